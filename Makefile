@@ -1,0 +1,50 @@
+# The harness's entry points. `make help` lists them.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+export PYTHONUNBUFFERED := 1
+
+.DEFAULT_GOAL := help
+.PHONY: help setup demo test test-slow lint contract bench-torch lock clean
+
+help: ## list the targets
+	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  %-12s %s\n", $$1, $$2}'
+
+$(STAMP): requirements.lock pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -r requirements.lock
+	$(BIN)/python -m pip install -q --no-deps -e .
+	touch $(STAMP)
+
+setup: $(STAMP) ## create .venv and install the locked versions (the other targets do this themselves)
+
+demo: setup ## generate ListOps, train a Transformer on it (cpu profile, ~10 min on 2 cores), print the results table
+	$(BIN)/python -m lra.train task=listops attention=full profile=cpu
+	$(BIN)/python -m lra.results --results results
+
+test: setup ## the test suite: tiny shapes and the smoke profile, no GPU, no network
+	$(BIN)/python -m pytest -m "not slow" -q
+
+test-slow: setup ## the slow tests too (real cpu-profile training)
+	$(BIN)/python -m pytest -q
+
+lint: setup ## ruff
+	$(BIN)/ruff check .
+
+contract: setup ## check the contracts of ../shared/DESIGN.md by name and shape, with a smoke run
+	$(BIN)/python ../shared/contract_check.py --run
+
+bench-torch: setup ## train-step throughput against an equivalent PyTorch encoder, side by side (installs torch 2.13 CPU)
+	$(BIN)/python -m pip install -q torch==2.13.0
+	$(BIN)/python scripts/bench_torch.py
+
+lock: ## rewrite requirements.lock from a fresh resolve of pyproject.toml
+	rm -rf /tmp/lra-lock && $(PYTHON) -m venv /tmp/lra-lock && /tmp/lra-lock/bin/pip install -q ".[dev]"
+	{ head -2 requirements.lock; /tmp/lra-lock/bin/pip freeze --exclude-editable | grep -v '^lra-harness'; } > requirements.lock.new
+	mv requirements.lock.new requirements.lock
+
+clean: ## remove caches (keeps .venv, data/, outputs/ and results/)
+	rm -rf .pytest_cache .ruff_cache .hypothesis
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +

@@ -1,0 +1,132 @@
+"""Attention kernels: pure functions on arrays shaped [batch, length, heads, head_dim].
+
+``attention`` is softmax attention over the allowed (query, key) pairs; ``linear_attention`` is normalised
+non-causal kernel attention. ``impl="xla"`` is plain jnp that XLA compiles on every backend; ``impl="pallas"``
+is reserved for the Pallas kernels (flash, block-sparse, chunked linear), which are not written yet.
+This package imports nothing else of the project.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from kernels import masks
+
+__all__ = ["attention", "linear_attention", "masks", "IMPLS", "FEATURE_MAPS"]
+
+IMPLS = ("xla", "pallas")
+
+
+def _check_impl(impl: str) -> None:
+    if impl not in IMPLS:
+        raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
+    if impl == "pallas":
+        raise NotImplementedError(
+            "impl='pallas': the Pallas kernels (flash, block-sparse, linear) are not implemented yet; use impl='xla'")
+
+
+def _allowed_pairs(mask, kv_valid, q_len: int, kv_len: int):
+    """Boolean array broadcastable to [batch, heads, q_len, kv_len], or None when every pair is allowed."""
+    allowed = None
+    if mask is not None:
+        if isinstance(mask, masks.Mask):
+            if not isinstance(mask, masks.Full):
+                allowed = jnp.asarray(mask.dense(q_len, kv_len))[None, None]
+        else:
+            m = jnp.asarray(mask, dtype=bool)
+            if m.ndim == 2:
+                m = m[None, None]
+            if m.ndim != 4 or m.shape[-2:] != (q_len, kv_len):
+                raise ValueError(f"mask array must be [q_len, kv_len] or [batch, heads|1, q_len, kv_len] with "
+                                 f"q_len={q_len}, kv_len={kv_len}; got shape {m.shape}")
+            allowed = m
+    if kv_valid is not None:
+        if kv_valid.shape[-1] != kv_len:
+            raise ValueError(f"kv_valid must be [batch, {kv_len}], got {kv_valid.shape}")
+        kvm = jnp.asarray(kv_valid, dtype=bool)[:, None, None, :]
+        allowed = kvm if allowed is None else allowed & kvm
+    return allowed
+
+
+def attention(q, k, v, *, mask=None, kv_valid=None, scale: float | None = None, impl: str = "xla",
+              dropout_rate: float = 0.0, dropout_rng=None):
+    """Softmax attention. q [B, Lq, H, D], k/v [B, Lk, H, D] -> [B, Lq, H, D].
+
+    mask: a ``kernels.masks.Mask`` or a boolean array [Lq, Lk] / [B, H|1, Lq, Lk]; kv_valid: bool [B, Lk]
+    marking real keys. A query with no allowed key returns zeros. scale defaults to 1/sqrt(D).
+    dropout_rate/dropout_rng: dropout on the attention weights (training only).
+    """
+    _check_impl(impl)
+    q_len, kv_len, head_dim = q.shape[1], k.shape[1], q.shape[-1]
+    scale = 1.0 / math.sqrt(head_dim) if scale is None else scale
+    logits = jnp.einsum("bqhd,bkhd->bhqk", q * jnp.asarray(scale, q.dtype), k)
+    # Softmax in float32 whatever the input dtype (bf16 logits lose the small weights).
+    logits = logits.astype(jnp.float32)
+    allowed = _allowed_pairs(mask, kv_valid, q_len, kv_len)
+    if allowed is not None:
+        logits = jnp.where(allowed, logits, jnp.finfo(jnp.float32).min)
+    weights = jax.nn.softmax(logits, axis=-1)
+    if allowed is not None:
+        # A row with no allowed key got a uniform softmax over masked logits: zero it (and its gradient).
+        weights = jnp.where(allowed, weights, 0.0)
+    if dropout_rate > 0.0 and dropout_rng is not None:
+        keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, weights.shape)
+        weights = jnp.where(keep, weights / (1.0 - dropout_rate), 0.0)
+    return jnp.einsum("bhqk,bkhd->bqhd", weights.astype(v.dtype), v)
+
+
+def _elu1(x):
+    return jax.nn.elu(x) + 1.0
+
+
+FEATURE_MAPS: dict[str, Callable] = {"elu1": _elu1, "relu": jax.nn.relu}
+
+
+def linear_attention(q, k, v, *, feature_map: str | Callable = "elu1", kv_valid=None, impl: str = "xla"):
+    """Normalised non-causal kernel attention, O(L) in length.
+
+    out_i = sum_j f(q_i).f(k_j) v_j / sum_j f(q_i).f(k_j) with q/k [B, L, H, D], v [B, Lk, H, Dv].
+    feature_map: "elu1" (elu(x)+1), "relu", or a callable applied to q and k. kv_valid: bool [B, Lk].
+    A query whose normaliser is zero (no valid key) returns zeros.
+    """
+    _check_impl(impl)
+    if isinstance(feature_map, str):
+        if feature_map not in FEATURE_MAPS:
+            raise ValueError(f"feature_map must be one of {sorted(FEATURE_MAPS)} or a callable, got {feature_map!r}")
+        feature_map = FEATURE_MAPS[feature_map]
+    fq = feature_map(q).astype(jnp.float32)
+    fk = feature_map(k).astype(jnp.float32)
+    if kv_valid is not None:
+        fk = jnp.where(jnp.asarray(kv_valid, bool)[:, :, None, None], fk, 0.0)
+    kv = jnp.einsum("bkhf,bkhd->bhfd", fk, v.astype(jnp.float32))
+    normaliser = jnp.einsum("bqhf,bhf->bqh", fq, fk.sum(axis=1))
+    out = jnp.einsum("bqhf,bhfd->bqhd", fq, kv)
+    safe = jnp.where(normaliser > 0, normaliser, 1.0)
+    out = jnp.where((normaliser > 0)[..., None], out / safe[..., None], 0.0)
+    return out.astype(v.dtype)
+
+
+def reference_attention(q, k, v, *, mask=None, kv_valid=None, scale=None):
+    """float64 numpy reference of ``attention`` (for tests): direct formula, no tricks."""
+    q, k, v = (np.asarray(a, dtype=np.float64) for a in (q, k, v))
+    b, q_len, h, d = q.shape
+    kv_len = k.shape[1]
+    scale = 1.0 / math.sqrt(d) if scale is None else scale
+    allowed = np.ones((b, h, q_len, kv_len), dtype=bool)
+    if mask is not None:
+        dense = mask.dense(q_len, kv_len) if isinstance(mask, masks.Mask) else np.asarray(mask, bool)
+        allowed &= np.broadcast_to(dense, allowed.shape)
+    if kv_valid is not None:
+        allowed &= np.asarray(kv_valid, bool)[:, None, None, :]
+    logits = np.einsum("bqhd,bkhd->bhqk", q, k) * scale
+    logits = np.where(allowed, logits, -np.inf)
+    row_max = np.max(logits, axis=-1, keepdims=True)
+    row_max = np.where(np.isfinite(row_max), row_max, 0.0)
+    e = np.where(allowed, np.exp(logits - row_max), 0.0)
+    denom = e.sum(-1, keepdims=True)
+    w = np.where(denom > 0, e / np.where(denom > 0, denom, 1.0), 0.0)
+    return np.einsum("bhqk,bkhd->bqhd", w, v)

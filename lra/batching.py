@@ -1,0 +1,91 @@
+"""Batches for training and evaluation.
+
+Training order is a pure function of (seed, step): epoch e uses a permutation drawn from (seed, e), so a resumed
+run sees exactly the batches an uninterrupted run would. With length bucketing, each epoch's permutation is cut
+into pools of ``pool_batches`` batches; inside a pool examples are sorted by length and cut into batches, and
+the batch order is shuffled again. Each batch is padded to its longest example rounded up to a multiple of
+``bucket_size`` (capped at max_length), so only a few shapes ever compile.
+
+Evaluation covers every example: sorted by length, batched, the last batch padded with weight-0 rows.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+
+def bucket_length(longest: int, bucket_size: int | None, max_length: int) -> int:
+    """The padded length for a batch whose longest example has ``longest`` tokens."""
+    if not bucket_size:
+        return max_length
+    return int(min(max_length, max(bucket_size, -(-int(longest) // bucket_size) * bucket_size)))
+
+
+def make_batch(arrays: dict, indices: np.ndarray, length: int, weights: np.ndarray | None = None) -> dict:
+    """Gather rows ``indices`` cut to ``length``: inputs int32 [B, length], valid bool, targets, weights."""
+    lengths = np.minimum(arrays["lengths"][indices], length)
+    return {
+        "inputs": np.ascontiguousarray(arrays["inputs"][indices, :length], dtype=np.int32),
+        "valid": np.arange(length)[None, :] < lengths[:, None],
+        "targets": arrays["targets"][indices].astype(np.int32),
+        "weights": np.ones(len(indices), np.float32) if weights is None else weights.astype(np.float32),
+    }
+
+
+class TrainBatches:
+    """Deterministic training batches: ``batch(step)`` depends only on (seed, step) and the data."""
+
+    def __init__(self, arrays: dict, batch_size: int, seed: int, *, max_length: int,
+                 bucket_size: int | None = None, pool_batches: int = 50):
+        self.arrays, self.batch_size, self.seed = arrays, batch_size, seed
+        self.max_length, self.bucket_size, self.pool_batches = max_length, bucket_size, pool_batches
+        self.num_examples = len(arrays["targets"])
+        if self.num_examples < batch_size:
+            raise ValueError(f"the training set has {self.num_examples} examples, fewer than batch_size="
+                             f"{batch_size}; lower train.batch_size or generate more data")
+        self.batches_per_epoch = self.num_examples // batch_size
+        self._epoch, self._plan = None, None
+
+    def epoch_plan(self, epoch: int) -> np.ndarray:
+        """int [batches_per_epoch, batch_size] example indices of one epoch."""
+        rng = np.random.default_rng([self.seed, epoch])
+        order = rng.permutation(self.num_examples)[: self.batches_per_epoch * self.batch_size]
+        if self.bucket_size:
+            pool = self.pool_batches * self.batch_size
+            lengths = self.arrays["lengths"]
+            chunks = [order[s: s + pool] for s in range(0, len(order), pool)]
+            order = np.concatenate([c[np.argsort(lengths[c], kind="stable")] for c in chunks])
+            plan = order.reshape(self.batches_per_epoch, self.batch_size)
+            return plan[rng.permutation(self.batches_per_epoch)]
+        return order.reshape(self.batches_per_epoch, self.batch_size)
+
+    def indices(self, step: int) -> np.ndarray:
+        epoch, i = divmod(int(step), self.batches_per_epoch)
+        if epoch != self._epoch:
+            self._epoch, self._plan = epoch, self.epoch_plan(epoch)
+        return self._plan[i]
+
+    def batch(self, step: int) -> dict:
+        idx = self.indices(step)
+        length = bucket_length(self.arrays["lengths"][idx].max(), self.bucket_size, self.max_length)
+        return make_batch(self.arrays, idx, length)
+
+    def shapes(self) -> list[int]:
+        """Every padded length a batch can have (largest last)."""
+        if not self.bucket_size:
+            return [self.max_length]
+        return sorted({bucket_length(n, self.bucket_size, self.max_length)
+                       for n in range(1, self.max_length + 1, self.bucket_size)} | {self.max_length})
+
+
+def eval_batches(arrays: dict, batch_size: int, *, max_length: int, bucket_size: int | None = None):
+    """Yield batches covering every example exactly once (weight 1); padding rows have weight 0."""
+    n = len(arrays["targets"])
+    order = np.argsort(arrays["lengths"], kind="stable") if bucket_size else np.arange(n)
+    for start in range(0, n, batch_size):
+        idx = order[start: start + batch_size]
+        weights = np.ones(batch_size, np.float32)
+        if len(idx) < batch_size:
+            weights[len(idx):] = 0.0
+            idx = np.concatenate([idx, np.full(batch_size - len(idx), idx[0])])
+        length = bucket_length(arrays["lengths"][idx].max(), bucket_size, max_length)
+        yield make_batch(arrays, idx, length, weights)

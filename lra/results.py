@@ -1,0 +1,115 @@
+"""Run records: result.json per run and one JSON line per run in <results_dir>/runs.jsonl.
+
+Writes are atomic: result.json goes through a temporary file and os.replace; a JSONL line is appended with a
+single os.write on an O_APPEND descriptor under an exclusive flock, so concurrent runs never interleave and an
+interrupted run never leaves half a line.
+"""
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import platform
+import subprocess
+from pathlib import Path
+
+# The fields every run record carries (contract 1 in DESIGN.md); records may add more.
+RECORD_FIELDS = (
+    "task", "attention", "impl", "profile", "seed", "params", "max_length", "batch_size", "train_steps",
+    "best_val_accuracy", "best_step", "test_accuracy", "steps_per_second", "examples_per_second",
+    "compile_seconds", "peak_memory_bytes", "memory_method", "device", "jax_version", "git_commit",
+    "wall_seconds", "config",
+)
+
+
+def write_json_atomic(path: str | os.PathLike, obj) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=2, sort_keys=True, default=_json_default)
+        f.write("\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def append_jsonl(path: str | os.PathLike, record: dict) -> None:
+    """Append one record as one line, atomically with respect to other writers of the same file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    line = (json.dumps(record, sort_keys=True, default=_json_default) + "\n").encode()
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        written = os.write(fd, line)
+        if written != len(line):  # disk full or similar: remove the partial line rather than leave it
+            os.ftruncate(fd, os.fstat(fd).st_size - written)
+            raise OSError(f"could not append a complete record to {path}")
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def read_jsonl(path: str | os.PathLike) -> list[dict]:
+    """Records of a JSONL file; a malformed line raises ValueError naming the file and line."""
+    records = []
+    with open(path) as f:
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}:{number}: not a JSON record ({e})") from None
+    return records
+
+
+def missing_fields(record: dict) -> list[str]:
+    return [f for f in RECORD_FIELDS if f not in record]
+
+
+def _json_default(obj):
+    if hasattr(obj, "item"):
+        return obj.item()
+    if hasattr(obj, "tolist"):
+        return obj.tolist()
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def git_commit(root: str | os.PathLike | None = None) -> str | None:
+    """HEAD of the repository holding this package, suffixed with '-dirty' when the tree has changes."""
+    root = Path(root) if root else Path(__file__).resolve().parent.parent
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
+        if head.returncode:
+            return None
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, timeout=10)
+        return head.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def cpu_description() -> str:
+    name = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    name = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return f"{name}, {len(os.sched_getaffinity(0))} cores"
+
+
+def device_description() -> str:
+    """E.g. 'cpu: AMD EPYC 7B13, 2 cores' or 'gpu: NVIDIA H100 80GB HBM3 x1'."""
+    import jax
+
+    devices = jax.local_devices()
+    platform_name = devices[0].platform
+    if platform_name == "cpu":
+        return f"cpu: {cpu_description()}"
+    return f"{platform_name}: {devices[0].device_kind} x{len(devices)}"

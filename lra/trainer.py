@@ -1,0 +1,327 @@
+"""Training, evaluation, checkpointing and the run record (no Hydra here: see lra.train for the CLI).
+
+One jitted train step (forward, backward, AdamW update) with donated params and optimiser state; the dropout
+key of step s is fold_in(key(seed), s) and the batch of step s is a pure function of (seed, s), so a resumed
+run continues exactly. Each input shape is compiled ahead of time once, and its compile time is kept apart
+from the timed steps. Evaluation covers the whole validation and test sets; test accuracy is measured with the
+parameters of the best validation checkpoint.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import resource
+import sys
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from lra import batching, config as config_lib, data as data_lib, optim, results
+from lra.checkpoint import RunCheckpoints
+from models import Classifier, EncoderConfig, count_params
+
+log = logging.getLogger("lra.train")
+# Orbax logs every save and restore through absl at INFO; keep the run log readable.
+logging.getLogger("absl").setLevel(logging.WARNING)
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite."""
+
+
+class DoesNotFit(RuntimeError):
+    """The compiled train step needs more memory than the device has."""
+
+
+def build_model(config: dict) -> Classifier:
+    task, model, attention = config["task"], config["model"], config["attention"]
+    enc = EncoderConfig(vocab_size=task["vocab_size"], num_classes=task["num_classes"],
+                        max_length=task["max_length"], attention=attention["name"],
+                        attention_options={k: v for k, v in attention.items() if k != "name"}, **model)
+    return Classifier(enc, nnx.Rngs(params=config["seed"]))
+
+
+def build_optimizer(config: dict) -> optax.GradientTransformation:
+    t = config["train"]
+    return optim.optimizer(lr=t["lr"], schedule_name=t["schedule"], warmup_steps=t["warmup_steps"],
+                           train_steps=t["train_steps"], weight_decay=t["weight_decay"], grad_clip=t["grad_clip"])
+
+
+def _weighted_mean(values, weights):
+    return (values * weights).sum() / jnp.maximum(weights.sum(), 1.0)
+
+
+class Steps:
+    """The jitted train/eval steps, compiled ahead of time once per input shape."""
+
+    def __init__(self, graphdef, tx, seed: int):
+        dropout_key = jax.random.fold_in(jax.random.key(seed), 1)
+
+        def loss_fn(params, batch, step):
+            model = nnx.merge(graphdef, params)
+            rngs = nnx.Rngs(dropout=jax.random.fold_in(dropout_key, step))
+            logits, _ = model(batch["inputs"], batch["valid"], deterministic=False, rngs=rngs)
+            ce = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), batch["targets"])
+            accuracy = _weighted_mean((logits.argmax(-1) == batch["targets"]).astype(jnp.float32), batch["weights"])
+            return _weighted_mean(ce, batch["weights"]), accuracy
+
+        def train_step(params, opt_state, batch, step):
+            (loss, accuracy), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, batch, step)
+            updates, opt_state = tx.update(grads, opt_state, params)
+            params = optax.apply_updates(params, updates)
+            return params, opt_state, {"loss": loss, "accuracy": accuracy, "grad_norm": optax.global_norm(grads)}
+
+        def eval_step(params, batch):
+            model = nnx.merge(graphdef, params)
+            logits, _ = model(batch["inputs"], batch["valid"], deterministic=True)
+            ce = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), batch["targets"])
+            w = batch["weights"]
+            return {"correct": ((logits.argmax(-1) == batch["targets"]) * w).sum(), "loss_sum": (ce * w).sum(),
+                    "count": w.sum()}
+
+        self._jit = {"train": jax.jit(train_step, donate_argnums=(0, 1)), "eval": jax.jit(eval_step)}
+        self._compiled = {}
+        self.compile_seconds = 0.0
+
+    def compiled(self, kind: str, *args):
+        shapes = tuple((x.shape, str(x.dtype)) for x in jax.tree.leaves(args[-2 if kind == "train" else -1]))
+        key = (kind, shapes)
+        if key not in self._compiled:
+            start = time.perf_counter()
+            self._compiled[key] = self._jit[kind].lower(*args).compile()
+            self.compile_seconds += time.perf_counter() - start
+        return self._compiled[key]
+
+
+def batch_struct(batch_size: int, length: int) -> dict:
+    return {"inputs": jax.ShapeDtypeStruct((batch_size, length), jnp.int32),
+            "valid": jax.ShapeDtypeStruct((batch_size, length), jnp.bool_),
+            "targets": jax.ShapeDtypeStruct((batch_size,), jnp.int32),
+            "weights": jax.ShapeDtypeStruct((batch_size,), jnp.float32)}
+
+
+def compiled_bytes(compiled) -> int | None:
+    """Bytes the compiled program needs at its peak: temp + arguments + outputs - aliased (donated)."""
+    analysis = compiled.memory_analysis()
+    if analysis is None:
+        return None
+    return int(analysis.temp_size_in_bytes + analysis.argument_size_in_bytes + analysis.output_size_in_bytes
+               - analysis.alias_size_in_bytes)
+
+
+def available_bytes(limit_gb: float | None = None) -> int | None:
+    if limit_gb:
+        return int(limit_gb * 2**30)
+    device = jax.local_devices()[0]
+    if device.platform != "cpu":
+        stats = device.memory_stats() or {}
+        if "bytes_limit" in stats:
+            return int(stats["bytes_limit"] - stats.get("bytes_in_use", 0))
+        return None
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def evaluate(steps: Steps, params, arrays: dict, config: dict) -> dict:
+    t = config["train"]
+    totals = {"correct": 0.0, "loss_sum": 0.0, "count": 0.0}
+    outputs = []
+    for batch in batching.eval_batches(arrays, t["eval_batch_size"], max_length=config["task"]["max_length"],
+                                       bucket_size=t["bucket_size"]):
+        outputs.append(steps.compiled("eval", params, batch)(params, batch))
+    for out in jax.device_get(outputs):
+        for k in totals:
+            totals[k] += float(out[k])
+    count = totals["count"]
+    if int(round(count)) != len(arrays["targets"]):
+        raise AssertionError(f"evaluation covered {count} examples, expected {len(arrays['targets'])}")
+    return {"accuracy": totals["correct"] / count, "loss": totals["loss_sum"] / count, "count": int(count)}
+
+
+def load_split(config: dict, split: str) -> dict:
+    task = config["task"]
+    src = data_lib.source(task["name"], split, data_dir=config["data_dir"], max_length=task["max_length"],
+                          **task.get("data", {}))
+    return src.arrays
+
+
+def _peak_memory(steps_bytes: int | None) -> tuple[int | None, str]:
+    device = jax.local_devices()[0]
+    if device.platform != "cpu":
+        stats = device.memory_stats() or {}
+        if "peak_bytes_in_use" in stats:
+            return int(stats["peak_bytes_in_use"]), "device_peak_bytes_in_use"
+    return steps_bytes, "compiled_memory_analysis"
+
+
+def train(config: dict, run_dir: str | Path) -> dict:
+    """Train, evaluate and record one run described by a resolved config dict. Returns the record."""
+    wall_start = time.time()
+    config_lib.validate(config)
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    result_path = run_dir / "result.json"
+    if result_path.exists():
+        record = json.loads(result_path.read_text())
+        log.info("run already finished (%s); delete it or choose another hydra.run.dir to train again",
+                 result_path)
+        return record
+    _claim_run_dir(run_dir, config)
+
+    t = config["train"]
+    model = build_model(config)
+    num_params = count_params(model)
+    graphdef, params = nnx.split(model, nnx.Param)
+    tx = build_optimizer(config)
+    opt_state = tx.init(params)
+    steps = Steps(graphdef, tx, config["seed"])
+    log.info("%s on %s: %s parameters, run dir %s", config["attention"]["name"], config["task"]["name"],
+             f"{num_params:,}", run_dir)
+
+    # Refuse a step that cannot fit before loading any data.
+    max_len = config["task"]["max_length"]
+    step_arg = jax.ShapeDtypeStruct((), jnp.int32)
+    largest = steps.compiled("train", params, opt_state, batch_struct(t["batch_size"], max_len), step_arg)
+    need, have = compiled_bytes(largest), available_bytes(t["memory_limit_gb"])
+    if need is not None and have is not None and need > have:
+        raise DoesNotFit(f"the train step at batch_size={t['batch_size']}, max_length={max_len} needs "
+                         f"{need / 2**30:.2f} GiB but {have / 2**30:.2f} GiB is available; lower train.batch_size "
+                         f"or task.max_length")
+
+    train_arrays, val_arrays, test_arrays = (load_split(config, s) for s in ("train", "val", "test"))
+    batches = batching.TrainBatches(train_arrays, t["batch_size"], config["seed"], max_length=max_len,
+                                    bucket_size=t["bucket_size"])
+
+    ckpt = RunCheckpoints(run_dir / "checkpoints")
+    meta = {"step": 0, "best_val_accuracy": -1.0, "best_step": None, "timed_seconds": 0.0, "timed_steps": 0,
+            "compile_seconds": 0.0, "wall_seconds": 0.0, "last_val": None, "last_train_loss": None}
+    restored = ckpt.restore("latest", {"params": params, "opt_state": opt_state})
+    if restored is not None:
+        state, meta = restored
+        params, opt_state = state["params"], state["opt_state"]
+        log.info("resuming from step %d (checkpoint in %s)", meta["step"], ckpt.directory / "latest")
+    start_step = meta["step"]
+    metrics_log = open(run_dir / "metrics.jsonl", "a")
+
+    def save_latest(step):
+        meta.update(step=step, compile_seconds=prior_compile + steps.compile_seconds,
+                    wall_seconds=prior_wall + time.time() - wall_start)
+        ckpt.save("latest", step, {"params": params, "opt_state": opt_state}, meta)
+
+    prior_compile, prior_wall = meta["compile_seconds"], meta["wall_seconds"]
+    progress = _progress_bar(t["train_steps"], start_step, t["progress"])
+    pending = []
+    window_start, window_compile = time.perf_counter(), steps.compile_seconds
+    try:
+        for step in range(start_step, t["train_steps"]):
+            batch = batches.batch(step)
+            step_arr = np.int32(step)
+            fn = steps.compiled("train", params, opt_state, batch, step_arr)
+            params, opt_state, metrics = fn(params, opt_state, batch, step_arr)
+            pending.append(metrics)
+            done = step + 1
+            is_eval = done % t["eval_every"] == 0 or done == t["train_steps"]
+            if done % t["log_every"] == 0 or is_eval:
+                host = jax.device_get(pending)
+                elapsed = time.perf_counter() - window_start - (steps.compile_seconds - window_compile)
+                meta["timed_seconds"] += elapsed
+                meta["timed_steps"] += len(host)
+                for i, m in enumerate(host):
+                    if not (math.isfinite(float(m["loss"])) and math.isfinite(float(m["grad_norm"]))):
+                        bad = done - len(host) + i
+                        raise TrainingDiverged(
+                            f"loss became {float(m['loss'])} at step {bad} (grad norm {float(m['grad_norm'])}); "
+                            f"checkpoints up to the last finite evaluation are kept in {ckpt.directory}. "
+                            f"Lower train.lr or set train.grad_clip.")
+                loss = float(np.mean([m["loss"] for m in host]))
+                acc = float(np.mean([m["accuracy"] for m in host]))
+                meta["last_train_loss"] = loss
+                sps = len(host) / elapsed if elapsed > 0 else float("nan")
+                metrics_log.write(json.dumps({"step": done, "train_loss": loss, "train_accuracy": acc,
+                                              "steps_per_second": sps}) + "\n")
+                progress.update(len(host))
+                progress.set_postfix(loss=f"{loss:.3f}", acc=f"{acc:.3f}", steps_s=f"{sps:.2f}")
+                pending = []
+                if is_eval:
+                    val = evaluate(steps, params, val_arrays, config)
+                    meta["last_val"] = val
+                    metrics_log.write(json.dumps({"step": done, "val_accuracy": val["accuracy"],
+                                                  "val_loss": val["loss"]}) + "\n")
+                    metrics_log.flush()
+                    if val["accuracy"] > meta["best_val_accuracy"]:
+                        meta["best_val_accuracy"], meta["best_step"] = val["accuracy"], done
+                        ckpt.save("best", done, {"params": params, "opt_state": opt_state}, meta)
+                    save_latest(done)
+                    progress.write(f"step {done}: val accuracy {val['accuracy']:.4f} (best {meta['best_val_accuracy']:.4f}"
+                                   f" at step {meta['best_step']}), train loss {loss:.4f}")
+                window_start, window_compile = time.perf_counter(), steps.compile_seconds
+    finally:
+        progress.close()
+        metrics_log.close()
+
+    best = ckpt.restore("best", {"params": params, "opt_state": opt_state})
+    best_params = best[0]["params"] if best is not None else params
+    test = evaluate(steps, best_params, test_arrays, config)
+    ckpt.close()
+
+    steps_per_second = meta["timed_steps"] / meta["timed_seconds"] if meta["timed_seconds"] > 0 else None
+    peak, method = _peak_memory(compiled_bytes(largest))
+    record = {
+        "task": config["task"]["name"], "attention": config["attention"]["name"],
+        "impl": config["attention"].get("impl", "xla"), "profile": config.get("profile"), "seed": config["seed"],
+        "params": num_params, "max_length": max_len, "batch_size": t["batch_size"],
+        "train_steps": t["train_steps"], "best_val_accuracy": meta["best_val_accuracy"],
+        "best_step": meta["best_step"], "test_accuracy": test["accuracy"], "test_loss": test["loss"],
+        "test_examples": test["count"], "val_accuracy_last": (meta["last_val"] or {}).get("accuracy"),
+        "final_train_loss": meta["last_train_loss"], "steps_per_second": steps_per_second,
+        "examples_per_second": steps_per_second * t["batch_size"] if steps_per_second else None,
+        "compile_seconds": prior_compile + steps.compile_seconds, "peak_memory_bytes": peak,
+        "memory_method": method, "peak_rss_bytes": _peak_rss_bytes(), "device": results.device_description(),
+        "jax_version": jax.__version__, "git_commit": results.git_commit(),
+        "wall_seconds": prior_wall + time.time() - wall_start, "run_dir": str(run_dir),
+        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "config": config,
+    }
+    results.write_json_atomic(result_path, record)
+    results.append_jsonl(Path(config["results_dir"]) / "runs.jsonl", record)
+    log.info("test accuracy %.4f at best validation step %s (val %.4f); record appended to %s",
+             test["accuracy"], meta["best_step"], meta["best_val_accuracy"], Path(config["results_dir"]) / "runs.jsonl")
+    return record
+
+
+def _claim_run_dir(run_dir: Path, config: dict) -> None:
+    """Record the config of the run that owns this directory; refuse to resume a different one."""
+    path = run_dir / "run_config.json"
+    view = config_lib.resume_view(config)
+    if path.exists():
+        old = json.loads(path.read_text())
+        changes = config_lib.diff(old, json.loads(json.dumps(view)))
+        if changes:
+            raise config_lib.ConfigError(
+                f"{run_dir} holds checkpoints of a run with a different config ({'; '.join(changes[:5])}); "
+                f"choose another hydra.run.dir or delete that directory")
+    else:
+        results.write_json_atomic(path, view)
+
+
+def _peak_rss_bytes() -> int:
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(rss if sys.platform == "darwin" else rss * 1024)
+
+
+def _progress_bar(total: int, initial: int, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, disable=not enabled, desc="train", unit="step", dynamic_ncols=True,
+                mininterval=1.0)

@@ -1,0 +1,36 @@
+"""Attention variants: a registry of NNX modules with one calling convention.
+
+    module = build(name, dim=..., num_heads=..., max_len=..., rngs=nnx.Rngs(0), **options)
+    y = module(x, valid=None, deterministic=True, rngs=None)   # x [batch, length, dim] -> same shape
+
+``valid`` is bool [batch, length] (True at real tokens); ``rngs`` (an ``nnx.Rngs`` with a ``dropout`` stream)
+is needed only when ``deterministic=False`` and the variant has dropout.
+Each class states its capabilities as class attributes: ``padding_invariant``, ``complexity``,
+``length_multiple`` and ``pallas`` (see ``AttentionBase``).
+"""
+from __future__ import annotations
+
+import inspect
+
+from models.attention.base import AttentionBase
+from models.attention.full import FullAttention
+
+REGISTRY: dict[str, type[AttentionBase]] = {
+    "full": FullAttention,
+}
+
+
+def build(name: str, *, dim: int, num_heads: int, max_len: int, rngs, **options) -> AttentionBase:
+    """Instantiate the variant ``name``; unknown names and unknown options fail with the valid choices."""
+    if name not in REGISTRY:
+        raise ValueError(f"unknown attention {name!r}; valid names: {', '.join(sorted(REGISTRY))}")
+    cls = REGISTRY[name]
+    accepted = set(inspect.signature(cls.__init__).parameters) - {"self"}
+    unknown = sorted(set(options) - accepted)
+    if unknown:
+        raise TypeError(f"attention {name!r} got unknown options {unknown}; it accepts "
+                        f"{sorted(accepted - {'dim', 'num_heads', 'max_len', 'rngs'})}")
+    return cls(dim=dim, num_heads=num_heads, max_len=max_len, rngs=rngs, **options)
+
+
+__all__ = ["REGISTRY", "build", "AttentionBase", "FullAttention"]

@@ -1,0 +1,47 @@
+"""Shared pieces of the attention variants: capability flags and the fused QKV / output projections."""
+from __future__ import annotations
+
+import jax.numpy as jnp
+from flax import nnx
+
+# LRA's attention layers initialise their projections with Xavier-uniform.
+dense_init = nnx.initializers.xavier_uniform()
+
+
+class AttentionBase(nnx.Module):
+    """Base class of every variant.
+
+    Capability flags (class attributes, read by tests and the harness):
+      padding_invariant: outputs at real positions do not change when padding is appended.
+      complexity: "quadratic", "linear", "n log n", ... in the sequence length.
+      length_multiple: the sequence length must be a multiple of this (1: any length).
+      pallas: has a Pallas kernel path (``impl="pallas"``).
+    """
+
+    padding_invariant: bool = True
+    complexity: str = "quadratic"
+    length_multiple: int = 1
+    pallas: bool = False
+
+    def __init__(self, *, dim: int, num_heads: int, qkv_dim: int | None, rngs: nnx.Rngs):
+        qkv_dim = dim if qkv_dim is None else qkv_dim
+        if dim < 1 or num_heads < 1 or qkv_dim < 1:
+            raise ValueError(f"dim, num_heads and qkv_dim must be positive, got {dim}, {num_heads}, {qkv_dim}")
+        if qkv_dim % num_heads:
+            raise ValueError(f"qkv_dim ({qkv_dim}) must be divisible by num_heads ({num_heads})")
+        self.dim, self.num_heads, self.qkv_dim = dim, num_heads, qkv_dim
+        self.head_dim = qkv_dim // num_heads
+        # One fused projection for q, k and v: a single larger matmul is faster than three on CPU.
+        self.qkv = nnx.Linear(dim, 3 * qkv_dim, kernel_init=dense_init, rngs=rngs)
+        self.out = nnx.Linear(qkv_dim, dim, kernel_init=dense_init, rngs=rngs)
+
+    def project_qkv(self, x):
+        """x [B, L, dim] -> q, k, v each [B, L, heads, head_dim]."""
+        b, length, _ = x.shape
+        qkv = self.qkv(x).reshape(b, length, 3, self.num_heads, self.head_dim)
+        return qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+
+    def project_out(self, y):
+        """y [B, L, heads, head_dim] -> [B, L, dim]."""
+        b, length = y.shape[:2]
+        return self.out(jnp.reshape(y, (b, length, self.qkv_dim)))
