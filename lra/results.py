@@ -113,3 +113,38 @@ def device_description() -> str:
     if platform_name == "cpu":
         return f"cpu: {cpu_description()}"
     return f"{platform_name}: {devices[0].device_kind} x{len(devices)}"
+
+
+def runs_table(records: list[dict]) -> str:
+    """Markdown table of run records, in file order (generated from the records, never typed by hand)."""
+    columns = ["task", "attention", "profile", "seed", "params", "test acc", "best val acc (step)", "steps/s",
+               "compile s", "wall min", "device"]
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for r in records:
+        sps = r.get("steps_per_second")
+        cells = [r.get("task"), r.get("attention"), r.get("profile"), r.get("seed"), f"{r.get('params', 0):,}",
+                 f"{100 * r['test_accuracy']:.2f}%", f"{100 * r['best_val_accuracy']:.2f}% ({r.get('best_step')})",
+                 "-" if sps is None else f"{sps:.2f}", f"{r.get('compile_seconds') or 0:.1f}",
+                 f"{(r.get('wall_seconds') or 0) / 60:.1f}", r.get("device")]
+        lines.append("| " + " | ".join(str(c) for c in cells) + " |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Print the run records of <results>/runs.jsonl as a table.")
+    parser.add_argument("--results", default="results", help="results directory (default: results)")
+    parser.add_argument("--profile", help="only runs of this profile")
+    args = parser.parse_args(argv)
+    path = Path(args.results) / "runs.jsonl"
+    if not path.exists():
+        print(f"no records yet: {path} does not exist (python -m lra.train ... appends to it)")
+        return 1
+    records = [r for r in read_jsonl(path) if not args.profile or r.get("profile") == args.profile]
+    print(runs_table(records))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

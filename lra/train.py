@@ -24,18 +24,31 @@ log = logging.getLogger("lra.train")
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    from lra import trainer
-    from lra.config import ConfigError
+    from lra import data
 
     config = OmegaConf.to_container(cfg, resolve=True)
     try:
+        # Missing data that cannot be generated fails here, before jax is even imported.
+        task = config["task"]
+        data.check_available(task["name"], data_dir=config["data_dir"], **task.get("data", {}))
+    except (FileNotFoundError, ValueError) as e:
+        _fail(e)
+
+    from lra import trainer
+    from lra.config import ConfigError
+
+    try:
         record = trainer.train(config, HydraConfig.get().runtime.output_dir)
     except (ConfigError, FileNotFoundError, trainer.DoesNotFit, trainer.TrainingDiverged, ValueError) as e:
-        # A clear one-line reason instead of a traceback; the exit status says it failed.
-        log.error("%s: %s", type(e).__name__, e)
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)
+        _fail(e)
     return record["test_accuracy"]
+
+
+def _fail(error: Exception) -> None:
+    """A clear reason instead of a traceback; the exit status says the run failed."""
+    log.error("%s: %s", type(error).__name__, error)
+    print(f"error: {error}", file=sys.stderr)
+    sys.exit(1)
 
 
 if __name__ == "__main__":

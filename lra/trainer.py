@@ -22,13 +22,16 @@ import numpy as np
 import optax
 from flax import nnx
 
-from lra import batching, config as config_lib, data as data_lib, optim, results
+from lra import batching, optim, results
+from lra import config as config_lib
+from lra import data as data_lib
 from lra.checkpoint import RunCheckpoints
 from models import Classifier, EncoderConfig, count_params
 
 log = logging.getLogger("lra.train")
 # Orbax logs every save and restore through absl at INFO; keep the run log readable.
 logging.getLogger("absl").setLevel(logging.WARNING)
+logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)
 
 
 class TrainingDiverged(RuntimeError):
@@ -57,6 +60,10 @@ def _weighted_mean(values, weights):
     return (values * weights).sum() / jnp.maximum(weights.sum(), 1.0)
 
 
+def _global_norm(tree):
+    return jnp.sqrt(sum(jnp.sum(jnp.square(x.astype(jnp.float32))) for x in jax.tree.leaves(tree)))
+
+
 class Steps:
     """The jitted train/eval steps, compiled ahead of time once per input shape."""
 
@@ -75,7 +82,7 @@ class Steps:
             (loss, accuracy), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, batch, step)
             updates, opt_state = tx.update(grads, opt_state, params)
             params = optax.apply_updates(params, updates)
-            return params, opt_state, {"loss": loss, "accuracy": accuracy, "grad_norm": optax.global_norm(grads)}
+            return params, opt_state, {"loss": loss, "accuracy": accuracy, "grad_norm": _global_norm(grads)}
 
         def eval_step(params, batch):
             model = nnx.merge(graphdef, params)
@@ -215,10 +222,10 @@ def train(config: dict, run_dir: str | Path) -> dict:
     start_step = meta["step"]
     metrics_log = open(run_dir / "metrics.jsonl", "a")
 
-    def save_latest(step):
+    def save(which, step):
         meta.update(step=step, compile_seconds=prior_compile + steps.compile_seconds,
                     wall_seconds=prior_wall + time.time() - wall_start)
-        ckpt.save("latest", step, {"params": params, "opt_state": opt_state}, meta)
+        ckpt.save(which, step, {"params": params, "opt_state": opt_state}, meta)
 
     prior_compile, prior_wall = meta["compile_seconds"], meta["wall_seconds"]
     progress = _progress_bar(t["train_steps"], start_step, t["progress"])
@@ -262,10 +269,11 @@ def train(config: dict, run_dir: str | Path) -> dict:
                     metrics_log.flush()
                     if val["accuracy"] > meta["best_val_accuracy"]:
                         meta["best_val_accuracy"], meta["best_step"] = val["accuracy"], done
-                        ckpt.save("best", done, {"params": params, "opt_state": opt_state}, meta)
-                    save_latest(done)
-                    progress.write(f"step {done}: val accuracy {val['accuracy']:.4f} (best {meta['best_val_accuracy']:.4f}"
-                                   f" at step {meta['best_step']}), train loss {loss:.4f}")
+                        save("best", done)
+                    save("latest", done)
+                    progress.write(f"step {done}: val accuracy {val['accuracy']:.4f} (best "
+                                   f"{meta['best_val_accuracy']:.4f} at step {meta['best_step']}), "
+                                   f"train loss {loss:.4f}")
                 window_start, window_compile = time.perf_counter(), steps.compile_seconds
     finally:
         progress.close()

@@ -1,0 +1,79 @@
+"""Every config composes, validates and builds a model that runs; bad names list the valid ones."""
+import itertools
+import subprocess
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from lra import config as config_lib
+from lra import trainer
+from tests.conftest import ROOT, cli, compose_config, group_options
+
+TASKS, ATTENTIONS, PROFILES = group_options("task"), group_options("attention"), group_options("profile")
+
+
+def test_groups_exist():
+    assert "listops" in TASKS and "full" in ATTENTIONS and PROFILES == ["cpu", "lra", "smoke"]
+    assert group_options("logger") == ["none"]
+
+
+@pytest.mark.parametrize("task,attention,profile", list(itertools.product(TASKS, ATTENTIONS, PROFILES)))
+def test_every_config_composes_and_runs_a_forward(task, attention, profile):
+    config = compose_config([f"task={task}", f"attention={attention}", f"profile={profile}"])
+    assert config["task"]["name"] == task and config["attention"]["name"] == attention
+    assert config["profile"] == profile
+    config_lib.validate(config)
+    model = trainer.build_model(config)
+    tokens = jnp.ones((2, 16), jnp.int32)
+    logits, _ = model(tokens, jnp.ones((2, 16), bool))
+    assert logits.shape == (2, config["task"]["num_classes"])
+    assert np.all(np.isfinite(np.asarray(logits)))
+
+
+def test_lra_profile_is_the_official_listops_config():
+    c = compose_config(["task=listops", "profile=lra"])
+    m, t = c["model"], c["train"]
+    assert (m["emb_dim"], m["num_heads"], m["num_layers"], m["qkv_dim"], m["mlp_dim"]) == (512, 8, 4, 512, 1024)
+    assert (m["dropout"], m["attention_dropout"], m["pooling"], m["positions"]) == (0.1, 0.1, "cls", "sinusoidal")
+    assert (t["batch_size"], t["train_steps"], t["lr"], t["schedule"], t["warmup_steps"], t["weight_decay"]) == \
+        (32, 5000, 0.05, "rsqrt", 1000, 0.1)
+    assert c["task"]["max_length"] == 2000
+    g = c["task"]["data"]["generate"]
+    assert (g["num_train"], g["num_val"], g["num_test"], g["min_length"], g["max_length"]) == \
+        (96000, 2000, 2000, 500, 2000)
+
+
+@pytest.mark.parametrize("override,key", [
+    ("train.batch_size=-1", "train.batch_size"),
+    ("train.train_steps=0", "train.train_steps"),
+    ("train.lr=-0.1", "train.lr"),
+    ("train.schedule=linear", "train.schedule"),
+    ("train.grad_clip=0", "train.grad_clip"),
+    ("train.bucket_size=0", "train.bucket_size"),
+    ("seed=-3", "seed"),
+    ("task.max_length=0", "task.max_length"),
+    ("train.weight_decay=-1", "train.weight_decay"),
+    ("attention.name=nope", "attention.name"),
+])
+def test_validation_names_the_key(override, key):
+    config = compose_config(["profile=smoke", override])
+    with pytest.raises(config_lib.ConfigError, match=key.replace(".", r"\.")):
+        config_lib.validate(config)
+
+
+@pytest.mark.parametrize("override,key", [("model.num_heads=3", "model.qkv_dim"), ("model.pooling=max", "pooling"),
+                                          ("model.emb_dim=0", "model.emb_dim")])
+def test_model_validation_names_the_key(override, key):
+    config = compose_config(["profile=smoke", override])
+    with pytest.raises(ValueError, match=key):
+        trainer.build_model(config)
+
+
+@pytest.mark.parametrize("group,bad", [("task", "imagenet"), ("attention", "nope"), ("profile", "gpu")])
+def test_unknown_choice_lists_valid_names(group, bad, subprocess_env):
+    r = subprocess.run(cli("lra.train", f"{group}={bad}"), cwd=ROOT, env=subprocess_env, capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode != 0
+    assert "Available options" in r.stderr and {"task": "listops", "attention": "full",
+                                                 "profile": "smoke"}[group] in r.stderr

@@ -1,0 +1,47 @@
+"""Records: atomic JSONL appends from concurrent writers, atomic JSON, malformed lines named."""
+import json
+import multiprocessing as mp
+
+import pytest
+
+from lra import results
+
+
+def _writer(path, worker, count):
+    for i in range(count):
+        results.append_jsonl(path, {"worker": worker, "i": i, "payload": "x" * 5000})
+
+
+def test_concurrent_appends_never_interleave(tmp_path):
+    path = tmp_path / "runs.jsonl"
+    ctx = mp.get_context("spawn")
+    procs = [ctx.Process(target=_writer, args=(path, w, 40)) for w in range(4)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+        assert p.exitcode == 0
+    records = results.read_jsonl(path)
+    assert len(records) == 160
+    assert {(r["worker"], r["i"]) for r in records} == {(w, i) for w in range(4) for i in range(40)}
+
+
+def test_write_json_atomic_and_read_errors(tmp_path):
+    results.write_json_atomic(tmp_path / "a" / "result.json", {"x": 1})
+    assert json.loads((tmp_path / "a" / "result.json").read_text()) == {"x": 1}
+    assert not list((tmp_path / "a").glob(".*tmp*"))
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"a": 1}\n{"a": \n')
+    with pytest.raises(ValueError, match="bad.jsonl:2"):
+        results.read_jsonl(bad)
+
+
+def test_runs_table_and_cli(tmp_path, capsys):
+    record = {f: 0 for f in results.RECORD_FIELDS}
+    record.update(task="listops", attention="full", profile="smoke", params=1234, test_accuracy=0.5,
+                  best_val_accuracy=0.25, best_step=10, steps_per_second=3.0, device="cpu")
+    results.append_jsonl(tmp_path / "runs.jsonl", record)
+    assert results.main(["--results", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "| listops | full | smoke | 0 | 1,234 | 50.00% | 25.00% (10) | 3.00 |" in out
+    assert results.main(["--results", str(tmp_path / "none")]) == 1
