@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+import kernels
 from models import attention as attention_lib
 
 dense_init = nnx.initializers.xavier_uniform()
@@ -71,8 +72,7 @@ def dropout(x, rate: float, deterministic: bool, rngs: nnx.Rngs | None):
     """Inverted dropout with an explicit key stream (keys are functions of the train step, see lra.train)."""
     if deterministic or rate == 0.0:
         return x
-    keep = jax.random.bernoulli(rngs.dropout(), 1.0 - rate, x.shape)
-    return jnp.where(keep, x / (1.0 - rate), 0.0)
+    return kernels.dropout(x, rate, rngs.dropout())
 
 
 class EncoderBlock(nnx.Module):

@@ -169,3 +169,35 @@ def test_linear_attention_no_valid_key_is_zero():
     assert np.all(out[0] == 0.0) and np.all(np.isfinite(out))
     with pytest.raises(ValueError, match="feature_map"):
         kernels.linear_attention(q, k, v, feature_map="cosh")
+
+
+def test_dropout_rate_scale_and_keys():
+    x = jnp.ones((400, 500), jnp.float32)
+    y = np.asarray(kernels.dropout(x, 0.1, jax.random.key(0)))
+    kept = y != 0
+    assert abs(1.0 - kept.mean() - 0.1) < 0.004  # 200k Bernoulli(0.1) draws: 5 sigma is about 0.0034
+    np.testing.assert_allclose(y[kept], 1 / 0.9, rtol=1e-6)
+    assert abs(y.mean() - 1.0) < 0.006  # unbiased in expectation
+    assert not np.array_equal(y, np.asarray(kernels.dropout(x, 0.1, jax.random.key(1))))
+    np.testing.assert_array_equal(y, np.asarray(kernels.dropout(x, 0.1, jax.random.key(0))))
+    assert kernels.dropout(x, 0.0, jax.random.key(0)) is x
+    with pytest.raises(ValueError, match="dropout rate"):
+        kernels.dropout(x, 1.0, jax.random.key(0))
+
+
+def test_random_bits_quality():
+    bits = np.asarray(kernels.random_bits(jax.random.key(3), (512, 512)))
+    assert bits.dtype == np.uint32
+    # every byte lane is uniform: chi-square over 256 buckets (df 255; 99.99% quantile about 360)
+    for shift in (0, 8, 16, 24):
+        counts = np.bincount(((bits >> shift) & 0xFF).ravel(), minlength=256)
+        expected = bits.size / 256
+        assert ((counts - expected) ** 2 / expected).sum() < 360, shift
+    # neighbours along both axes and across keys are uncorrelated (n = 262k: 5 sigma is about 0.01)
+    top = (bits >> 31).astype(np.float64)
+    other = (np.asarray(kernels.random_bits(jax.random.key(4), (512, 512))) >> 31).astype(np.float64)
+    for a, b in ((top[:, 1:], top[:, :-1]), (top[1:], top[:-1]), (top, other)):
+        assert abs(np.corrcoef(a.ravel(), b.ravel())[0, 1]) < 0.01
+    # each bit is fair
+    for bit in range(32):
+        assert abs(((bits >> bit) & 1).mean() - 0.5) < 0.005, bit
