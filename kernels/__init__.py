@@ -7,6 +7,7 @@ This package imports nothing else of the project.
 """
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 
@@ -62,20 +63,60 @@ def attention(q, k, v, *, mask=None, kv_valid=None, scale: float | None = None, 
     """
     _check_impl(impl)
     q_len, kv_len, head_dim = q.shape[1], k.shape[1], q.shape[-1]
-    scale = 1.0 / math.sqrt(head_dim) if scale is None else scale
-    logits = jnp.einsum("bqhd,bkhd->bhqk", q * jnp.asarray(scale, q.dtype), k)
-    # Softmax in float32 whatever the input dtype (bf16 logits lose the small weights).
-    logits = logits.astype(jnp.float32)
+    scale = 1.0 / math.sqrt(head_dim) if scale is None else float(scale)
     allowed = _allowed_pairs(mask, kv_valid, q_len, kv_len)
+    rate = float(dropout_rate) if dropout_rng is not None else 0.0
+    if not 0.0 <= rate < 1.0:
+        raise ValueError(f"dropout rate must be in [0, 1), got {rate}")
+    return _softmax_attention(q, k, v, allowed, dropout_rng if rate > 0.0 else None, scale, rate)
+
+
+# Dense softmax attention with a hand-written backward pass. Autodiff of the forward would run one more pass
+# over the [B, H, Lq, Lk] weights (the softmax Jacobian's row sums); here that sum is taken on the output
+# instead: sum_k dW_k W_k = dO . O (FlashAttention's identity), and masked entries need no extra select
+# because their weights are exactly zero.
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6))
+def _softmax_attention(q, k, v, allowed, rng, scale, rate):
+    return _softmax_attention_fwd(q, k, v, allowed, rng, scale, rate)[0]
+
+
+def _softmax_weights(q, k, allowed, scale):
+    # Logits and softmax in float32 whatever the input dtype (bf16 logits lose the small weights).
+    logits = jnp.einsum("bqhd,bkhd->bhqk", q * jnp.asarray(scale, q.dtype), k).astype(jnp.float32)
     if allowed is not None:
         logits = jnp.where(allowed, logits, jnp.finfo(jnp.float32).min)
-    weights = jax.nn.softmax(logits, axis=-1)
+    e = jnp.exp(logits - jnp.max(logits, axis=-1, keepdims=True))
     if allowed is not None:
-        # A row with no allowed key got a uniform softmax over masked logits: zero it (and its gradient).
-        weights = jnp.where(allowed, weights, 0.0)
-    if dropout_rate > 0.0 and dropout_rng is not None:
-        weights = dropout(weights, dropout_rate, dropout_rng)
-    return jnp.einsum("bhqk,bkhd->bqhd", weights.astype(v.dtype), v)
+        e = jnp.where(allowed, e, 0.0)  # a row with no allowed key ends all zeros, hence a zero output
+    denom = e.sum(axis=-1, keepdims=True)
+    return e / jnp.where(denom > 0, denom, 1.0)
+
+
+def _softmax_attention_fwd(q, k, v, allowed, rng, scale, rate):
+    weights = _softmax_weights(q, k, allowed, scale)
+    dropped = dropout(weights, rate, rng) if rate > 0.0 else weights
+    out = jnp.einsum("bhqk,bkhd->bqhd", dropped.astype(v.dtype), v)
+    return out, (q, k, v, allowed, rng, weights, out)
+
+
+def _softmax_attention_bwd(scale, rate, residuals, d_out):
+    q, k, v, allowed, rng, weights, out = residuals
+    d_dropped = jnp.einsum("bqhd,bkhd->bhqk", d_out, v).astype(jnp.float32)
+    if rate > 0.0:
+        keep, factor = _keep_mask(rng, rate, weights.shape)
+        dropped = jnp.where(keep, weights * factor, 0.0)
+        d_weights = jnp.where(keep, d_dropped * factor, 0.0)
+    else:
+        dropped, d_weights = weights, d_dropped
+    d_v = jnp.einsum("bhqk,bqhd->bkhd", dropped.astype(v.dtype), d_out)
+    row = jnp.einsum("bqhd,bqhd->bhq", d_out.astype(jnp.float32), out.astype(jnp.float32))[..., None]
+    d_logits = weights * (d_weights - row)
+    d_q = jnp.einsum("bhqk,bkhd->bqhd", d_logits, k.astype(jnp.float32)) * scale
+    d_k = jnp.einsum("bhqk,bqhd->bkhd", d_logits, q.astype(jnp.float32)) * scale
+    return d_q.astype(q.dtype), d_k.astype(k.dtype), d_v.astype(v.dtype), None, None
+
+
+_softmax_attention.defvjp(_softmax_attention_fwd, _softmax_attention_bwd)
 
 
 def random_bits(rng, shape) -> jax.Array:
@@ -103,6 +144,12 @@ def random_bits(rng, shape) -> jax.Array:
     return x ^ (x >> 16)
 
 
+def _keep_mask(rng, rate: float, shape):
+    """(keep bool array, scale 1/realised keep rate) for inverted dropout at ``rate``."""
+    threshold = int(round(rate * 2**32))
+    return random_bits(rng, shape) >= jnp.uint32(threshold), 2**32 / (2**32 - threshold)
+
+
 def dropout(x, rate: float, rng):
     """Inverted dropout: zero each element with probability ``rate``, scale the rest by 1/(1 - rate).
 
@@ -113,9 +160,8 @@ def dropout(x, rate: float, rng):
         raise ValueError(f"dropout rate must be in [0, 1), got {rate}")
     if rate == 0.0:
         return x
-    threshold = int(round(rate * 2**32))
-    keep = random_bits(rng, x.shape) >= jnp.uint32(threshold)
-    return jnp.where(keep, x * jnp.asarray(2**32 / (2**32 - threshold), x.dtype), jnp.zeros((), x.dtype))
+    keep, factor = _keep_mask(rng, rate, x.shape)
+    return jnp.where(keep, x * jnp.asarray(factor, x.dtype), jnp.zeros((), x.dtype))
 
 
 def _elu1(x):

@@ -130,19 +130,38 @@ def runs_table(records: list[dict]) -> str:
     return "\n".join(lines)
 
 
+README_START, README_END = "<!-- runs-table:start -->", "<!-- runs-table:end -->"
+
+
+def replace_block(text: str, table: str) -> str:
+    """``text`` with the part between the runs-table markers replaced by ``table``."""
+    if README_START not in text or README_END not in text:
+        raise ValueError(f"the markers {README_START} and {README_END} are missing")
+    head, rest = text.split(README_START, 1)
+    _, tail = rest.split(README_END, 1)
+    return f"{head}{README_START}\n{table}\n{README_END}{tail}"
+
+
 def main(argv=None) -> int:
     import argparse
 
     parser = argparse.ArgumentParser(description="Print the run records of <results>/runs.jsonl as a table.")
     parser.add_argument("--results", default="results", help="results directory (default: results)")
     parser.add_argument("--profile", help="only runs of this profile")
+    parser.add_argument("--readme", help="rewrite the runs table between the markers in this file instead")
     args = parser.parse_args(argv)
     path = Path(args.results) / "runs.jsonl"
     if not path.exists():
         print(f"no records yet: {path} does not exist (python -m lra.train ... appends to it)")
         return 1
     records = [r for r in read_jsonl(path) if not args.profile or r.get("profile") == args.profile]
-    print(runs_table(records))
+    table = runs_table(records)
+    if args.readme:
+        readme = Path(args.readme)
+        readme.write_text(replace_block(readme.read_text(), table))
+        print(f"rewrote the runs table in {readme} ({len(records)} runs)")
+    else:
+        print(table)
     return 0
 
 

@@ -45,3 +45,21 @@ def test_runs_table_and_cli(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "| listops | full | smoke | 0 | 1,234 | 50.00% | 25.00% (10) | 3.00 |" in out
     assert results.main(["--results", str(tmp_path / "none")]) == 1
+
+
+def test_readme_runs_table_is_generated_from_the_records():
+    """The README's runs table is exactly what `python -m lra.results --readme README.md` writes."""
+    from tests.conftest import ROOT
+
+    readme = (ROOT / "README.md").read_text()
+    path = ROOT / "results" / "runs.jsonl"
+    table = results.runs_table(results.read_jsonl(path)) if path.exists() else ""
+    block = readme.split(results.README_START, 1)[1].split(results.README_END, 1)[0].strip()
+    assert block == table.strip(), "run `python -m lra.results --readme README.md` after recording runs"
+
+
+def test_replace_block():
+    text = f"a\n{results.README_START}\nold\n{results.README_END}\nb"
+    assert results.replace_block(text, "new") == f"a\n{results.README_START}\nnew\n{results.README_END}\nb"
+    with pytest.raises(ValueError, match="markers"):
+        results.replace_block("no markers", "x")
