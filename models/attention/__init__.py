@@ -10,14 +10,16 @@ Each class states its capabilities as class attributes: ``padding_invariant``, `
 """
 from __future__ import annotations
 
+import importlib
 import inspect
+import pkgutil
 
-from models.attention.base import AttentionBase
-from models.attention.full import FullAttention
+from models.attention.base import REGISTRY, AttentionBase, register
 
-REGISTRY: dict[str, type[AttentionBase]] = {
-    "full": FullAttention,
-}
+# Every module of this package defines variants with @register; importing them fills REGISTRY.
+for _module in pkgutil.iter_modules(__path__):
+    if _module.name != "base":
+        importlib.import_module(f"{__name__}.{_module.name}")
 
 
 def build(name: str, *, dim: int, num_heads: int, max_len: int, rngs, **options) -> AttentionBase:
@@ -33,4 +35,4 @@ def build(name: str, *, dim: int, num_heads: int, max_len: int, rngs, **options)
     return cls(dim=dim, num_heads=num_heads, max_len=max_len, rngs=rngs, **options)
 
 
-__all__ = ["REGISTRY", "build", "AttentionBase", "FullAttention"]
+__all__ = ["REGISTRY", "build", "register", "AttentionBase"]

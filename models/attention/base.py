@@ -7,6 +7,20 @@ from flax import nnx
 # LRA's attention layers initialise their projections with Xavier-uniform.
 dense_init = nnx.initializers.xavier_uniform()
 
+# name -> class; filled by @register in each variant's module (models/attention/<variant>.py).
+REGISTRY: dict[str, type] = {}
+
+
+def register(name: str):
+    """Class decorator: make a variant available as ``attention=<name>`` and ``build(name, ...)``."""
+    def decorate(cls):
+        if name in REGISTRY and REGISTRY[name] is not cls:
+            raise ValueError(f"attention {name!r} registered twice ({REGISTRY[name].__name__}, {cls.__name__})")
+        cls.name = name
+        REGISTRY[name] = cls
+        return cls
+    return decorate
+
 
 class AttentionBase(nnx.Module):
     """Base class of every variant.

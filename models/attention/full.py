@@ -4,9 +4,10 @@ from __future__ import annotations
 from flax import nnx
 
 import kernels
-from models.attention.base import AttentionBase
+from models.attention.base import AttentionBase, register
 
 
+@register("full")
 class FullAttention(AttentionBase):
     """Multi-head softmax attention over every real token; padding keys are masked out.
 
