@@ -5,8 +5,7 @@ import numpy as np
 import pytest
 
 import kernels
-from kernels import block_sparse
-from kernels import masks
+from kernels import block_sparse, masks
 
 F32 = dict(rtol=2e-5, atol=2e-6)
 F32_GRAD = dict(rtol=1e-4, atol=1e-5)
