@@ -122,7 +122,10 @@ def runs_table(records: list[dict]) -> str:
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for r in records:
         sps = r.get("steps_per_second")
-        cells = [r.get("task"), r.get("attention"), r.get("profile"), r.get("seed"), f"{r.get('params', 0):,}",
+        params = f"{r.get('params', 0):,}"
+        if r.get("params_ratio") not in (None, 1.0):  # the LRA rule compares with the full Transformer
+            params += f" ({r['params_ratio']:.2f}x full)"
+        cells = [r.get("task"), r.get("attention"), r.get("profile"), r.get("seed"), params,
                  f"{100 * r['test_accuracy']:.2f}%", f"{100 * r['best_val_accuracy']:.2f}% ({r.get('best_step')})",
                  "-" if sps is None else f"{sps:.2f}", f"{r.get('compile_seconds') or 0:.1f}",
                  f"{(r.get('wall_seconds') or 0) / 60:.1f}", r.get("device")]

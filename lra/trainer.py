@@ -50,6 +50,12 @@ def build_model(config: dict) -> Classifier:
     return Classifier(enc, nnx.Rngs(params=config["seed"]))
 
 
+def full_attention_params(config: dict) -> int:
+    """Parameter count of the full-attention Transformer with the same task and model config (shapes only)."""
+    full = {**config, "attention": {"name": "full", "impl": "xla"}}
+    return count_params(nnx.eval_shape(lambda: build_model(full)))
+
+
 def build_optimizer(config: dict) -> optax.GradientTransformation:
     t = config["train"]
     return optim.optimizer(lr=t["lr"], schedule_name=t["schedule"], warmup_steps=t["warmup_steps"],
@@ -190,6 +196,7 @@ def train(config: dict, run_dir: str | Path) -> dict:
     t = config["train"]
     model = build_model(config)
     num_params = count_params(model)
+    full_params = full_attention_params(config)
     graphdef, params = nnx.split(model, nnx.Param)
     tx = build_optimizer(config)
     opt_state = tx.init(params)
@@ -289,7 +296,9 @@ def train(config: dict, run_dir: str | Path) -> dict:
     record = {
         "task": config["task"]["name"], "attention": config["attention"]["name"],
         "impl": config["attention"].get("impl", "xla"), "profile": config.get("profile"), "seed": config["seed"],
-        "params": num_params, "max_length": max_len, "batch_size": t["batch_size"],
+        "params": num_params, "params_full_attention": full_params, "params_ratio": num_params / full_params,
+        # LRA's apples-to-apples rule: at most about 10% more parameters than the Transformer of the same config.
+        "apples_to_apples": num_params <= 1.1 * full_params, "max_length": max_len, "batch_size": t["batch_size"],
         "train_steps": t["train_steps"], "best_val_accuracy": meta["best_val_accuracy"],
         "best_step": meta["best_step"], "test_accuracy": test["accuracy"], "test_loss": test["loss"],
         "test_examples": test["count"], "val_accuracy_last": (meta["last_val"] or {}).get("accuracy"),

@@ -45,6 +45,9 @@ def test_runs_table_and_cli(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "| listops | full | smoke | 0 | 1,234 | 50.00% | 25.00% (10) | 3.00 |" in out
     assert results.main(["--results", str(tmp_path / "none")]) == 1
+    results.append_jsonl(tmp_path / "runs.jsonl", {**record, "attention": "linformer", "params_ratio": 1.04})
+    assert results.main(["--results", str(tmp_path)]) == 0
+    assert "| listops | linformer | smoke | 0 | 1,234 (1.04x full) |" in capsys.readouterr().out
 
 
 def test_readme_runs_table_is_generated_from_the_records():

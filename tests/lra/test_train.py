@@ -41,6 +41,8 @@ def test_smoke_cli_end_to_end(isolated, subprocess_env):
     assert record["device"].startswith(platform)
     assert record["memory_method"] == ("compiled_memory_analysis" if platform == "cpu" else "device_peak_bytes_in_use")
     assert record["config"]["model"]["emb_dim"] == 32 and record["jax_version"] == jax.__version__
+    assert record["params_full_attention"] == record["params"] and record["params_ratio"] == 1.0
+    assert record["apples_to_apples"] is True
     assert 0 < record["wall_seconds"] < wall
     assert (paths["run"] / ".hydra" / "config.yaml").exists()  # the resolved config of the run
     # best_step is the step of the highest validation accuracy in the metrics log

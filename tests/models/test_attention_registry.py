@@ -1,0 +1,108 @@
+"""Checks every registered attention variant must pass: the contract, gradients, determinism, padding invariance
+(when claimed), memory that grows as the claimed complexity says, and a smoke training run on ListOps."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from lra import trainer
+from models.attention import REGISTRY, build
+from tests.conftest import compose_config, group_options
+
+NAMES = sorted(REGISTRY)
+DIM, HEADS = 32, 4
+
+
+def config_options(name):
+    """The options configs/attention/<name>.yaml passes to the constructor (what training uses)."""
+    return {k: v for k, v in compose_config([f"attention={name}"])["attention"].items() if k != "name"}
+
+
+def make(name, max_len, seed=0):
+    return build(name, dim=DIM, num_heads=HEADS, max_len=max_len, rngs=nnx.Rngs(seed), qkv_dim=DIM, dropout=0.1,
+                 **config_options(name))
+
+
+def test_every_variant_has_a_config_and_every_config_a_variant():
+    assert sorted(group_options("attention")) == NAMES
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_flags_and_docstring(name):
+    cls = REGISTRY[name]
+    assert isinstance(cls.padding_invariant, bool) and isinstance(cls.pallas, bool)
+    assert isinstance(cls.complexity, str) and cls.complexity
+    assert isinstance(cls.length_multiple, int) and cls.length_multiple >= 1
+    assert cls.__doc__ and len(cls.__doc__.strip()) > 20
+
+
+def inputs(length, lengths, seed=0):
+    x = jnp.asarray(np.random.default_rng(seed).standard_normal((len(lengths), length, DIM)), jnp.float32)
+    valid = jnp.asarray(np.arange(length)[None] < np.asarray(lengths)[:, None])
+    return x, valid
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_shapes_gradients_and_determinism(name):
+    length = 40
+    module = make(name, length)
+    x, valid = inputs(length, [40, 23])
+    y = module(x, valid)
+    assert y.shape == x.shape and np.all(np.isfinite(np.asarray(y)))
+    np.testing.assert_array_equal(np.asarray(module(x, valid)), np.asarray(y))  # eval is deterministic
+    graphdef, params, rest = nnx.split(module, nnx.Param, ...)
+
+    def loss(params, x):
+        m = nnx.merge(graphdef, params, rest)
+        out = m(x, valid, deterministic=False, rngs=nnx.Rngs(dropout=jax.random.key(0)))
+        return (out * jnp.sin(jnp.arange(out.size).reshape(out.shape))).sum()
+
+    g_params, g_x = jax.grad(loss, argnums=(0, 1))(params, x)
+    leaves = jax.tree.leaves(g_params) + [g_x]
+    assert all(np.all(np.isfinite(np.asarray(g))) for g in leaves)
+    assert np.any(np.asarray(g_x) != 0)
+
+
+@pytest.mark.parametrize("name", [n for n in NAMES if REGISTRY[n].padding_invariant])
+def test_padding_invariance(name):
+    module = make(name, 64)
+    x, valid = inputs(40, [40, 23, 31])
+    y = np.asarray(module(x, valid))
+    x_pad = jnp.pad(x, ((0, 0), (0, 24), (0, 0)), constant_values=3.0)  # padding content must not matter
+    valid_pad = jnp.pad(valid, ((0, 0), (0, 24)))
+    y_pad = np.asarray(module(x_pad, valid_pad))
+    for row, n in enumerate([40, 23, 31]):
+        np.testing.assert_allclose(y_pad[row, :n], y[row, :n], rtol=2e-5, atol=2e-5, err_msg=f"{name} row {row}")
+
+
+def step_bytes(name, length):
+    module = make(name, length)
+    graphdef, params, rest = nnx.split(module, nnx.Param, ...)
+    x = jax.ShapeDtypeStruct((1, length, DIM), jnp.float32)
+
+    def loss(params, x):
+        return nnx.merge(graphdef, params, rest)(x).sum()
+
+    analysis = jax.jit(jax.grad(loss)).lower(params, x).compile().memory_analysis()
+    return analysis.temp_size_in_bytes + analysis.output_size_in_bytes + analysis.argument_size_in_bytes
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_memory_grows_as_claimed(name):
+    """From L=512 to L=2048 (compiler figures, not wall time): quadratic about 16x, the others at most about 5x."""
+    ratio = step_bytes(name, 2048) / step_bytes(name, 512)
+    if REGISTRY[name].complexity == "quadratic":
+        assert ratio > 8.0, f"{name} claims quadratic but memory grew {ratio:.1f}x"
+    else:
+        assert ratio < 5.0, f"{name} claims {REGISTRY[name].complexity} but memory grew {ratio:.1f}x"
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_trains_listops_smoke(name, tmp_path):
+    config = compose_config(["task=listops", f"attention={name}", "profile=smoke", f"data_dir={tmp_path / 'data'}",
+                             f"results_dir={tmp_path / 'results'}", "train.progress=false", "train.train_steps=6",
+                             "train.eval_every=6", "train.log_every=3"])
+    record = trainer.train(config, tmp_path / "run")
+    assert record["attention"] == name and 0.0 <= record["test_accuracy"] <= 1.0
+    assert np.isfinite(record["final_train_loss"]) and record["params"] > 0
