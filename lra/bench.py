@@ -1,0 +1,171 @@
+"""Speed and memory of one train step per (attention variant, length): the LRA efficiency benchmark.
+
+    python -m lra.bench attention=[full,local,linear] lengths=[1024,2048] batch_size=8 [impl=xla] [bench=cpu]
+
+One step = forward, backward and AdamW update of the Text-task backbone (configs/bench.yaml, LRA's Text model),
+built and compiled exactly as lra.trainer does for training. Each (variant, length) is measured in a fresh
+subprocess so one variant's allocations never count against the next: compile (timed apart), check the
+compiled program's memory against what the device has (status "oom" without running when it cannot fit),
+warm up, then time ``repeats`` x ``steps`` steps blocking on each repeat's result and keep the median.
+Memory: on GPU/TPU the device's peak_bytes_in_use; on CPU the compiler's memory_analysis() (temp + arguments
++ outputs - aliased) with the process peak RSS beside it. A failing variant gets a row with status "error" and
+the message; the sweep goes on. Rows are appended to <results_dir>/bench.jsonl.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+log = logging.getLogger("lra.bench")
+
+
+def attention_config(name: str) -> dict:
+    path = CONFIG_DIR / "attention" / f"{name}.yaml"
+    if not path.exists():
+        valid = sorted(p.stem for p in (CONFIG_DIR / "attention").glob("*.yaml"))
+        raise ValueError(f"unknown attention {name!r}; valid names: {', '.join(valid)}")
+    return OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+
+
+def run_config(bench: dict, name: str, length: int) -> dict:
+    """The resolved training config whose train step is measured."""
+    attention = attention_config(name)
+    if bench.get("impl"):
+        attention["impl"] = bench["impl"]
+    return {
+        "task": {"name": "text", "num_classes": bench["num_classes"], "vocab_size": bench["vocab_size"],
+                 "max_length": length},
+        "model": dict(bench["model"]), "attention": attention, "seed": 0,
+        "train": {"batch_size": bench["batch_size"], "eval_batch_size": bench["batch_size"], "train_steps": 1000,
+                  "eval_every": 1000, "log_every": 100, "lr": 1e-3, "schedule": "constant", "warmup_steps": 0,
+                  "weight_decay": 0.0, "grad_clip": None, "bucket_size": None, "memory_limit_gb": None,
+                  "progress": False},
+    }
+
+
+def measure(bench: dict, name: str, length: int) -> dict:
+    """Measure one (variant, length) in this process; returns a bench row."""
+    import jax
+    import numpy as np
+    from flax import nnx
+
+    from lra import batching, results, trainer
+
+    config = run_config(bench, name, length)
+    row = {"attention": name, "impl": config["attention"].get("impl", "xla"), "length": length,
+           "batch_size": bench["batch_size"], "dtype": "float32", "device": results.device_description(),
+           "jax_version": jax.__version__, "git_commit": results.git_commit(), "model": config["model"]}
+    model = trainer.build_model(config)
+    row["params"] = trainer.count_params(model)
+    graphdef, params = nnx.split(model, nnx.Param)
+    tx = trainer.build_optimizer(config)
+    opt_state = tx.init(params)
+    steps = trainer.Steps(graphdef, tx, 0)
+    rng = np.random.default_rng(0)
+    b = bench["batch_size"]
+    arrays = {"inputs": rng.integers(1, bench["vocab_size"], (b, length)).astype(np.int32),
+              "targets": rng.integers(0, bench["num_classes"], b).astype(np.int32),
+              "lengths": np.full(b, length, np.int32)}
+    batch = batching.make_batch(arrays, np.arange(b), length)
+    step_fn = steps.compiled("train", params, opt_state, batch, np.int32(0))
+    row["compile_seconds"] = steps.compile_seconds
+    need = trainer.compiled_bytes(step_fn)
+    have = trainer.available_bytes(bench.get("memory_limit_gb"))
+    if need is not None and have is not None and need > have:
+        return {**row, "status": "oom", "peak_memory_bytes": need, "memory_method": "compiled_memory_analysis",
+                "message": f"needs {need / 2**30:.2f} GiB, {have / 2**30:.2f} GiB available"}
+    for i in range(bench["warmup"]):
+        params, opt_state, metrics = step_fn(params, opt_state, batch, np.int32(i))
+    jax.block_until_ready(metrics)
+    rates = []
+    for _ in range(bench["repeats"]):
+        start = time.perf_counter()
+        for i in range(bench["steps"]):
+            params, opt_state, metrics = step_fn(params, opt_state, batch, np.int32(i))
+        jax.block_until_ready(metrics)
+        rates.append(bench["steps"] / (time.perf_counter() - start))
+    sps = float(np.median(rates))
+    peak, method = trainer._peak_memory(need)
+    return {**row, "status": "ok", "steps_per_second": sps, "examples_per_second": sps * b,
+            "tokens_per_second": sps * b * length, "repeats": rates, "peak_memory_bytes": peak,
+            "memory_method": method, "peak_rss_bytes": trainer._peak_rss_bytes(),
+            "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+
+
+def measure_isolated(bench: dict, name: str, length: int, timeout: float) -> dict:
+    """Run ``measure`` in a fresh Python process; failures and timeouts become rows with a message."""
+    spec = json.dumps({"bench": bench, "name": name, "length": length})
+    base = {"attention": name, "length": length, "batch_size": bench["batch_size"], "impl": bench.get("impl")}
+    try:
+        r = subprocess.run([sys.executable, "-m", "lra.bench", "--one", spec], capture_output=True, text=True,
+                           timeout=timeout, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    except subprocess.TimeoutExpired:
+        return {**base, "status": "error", "message": f"timed out after {timeout:.0f} s"}
+    lines = [line for line in r.stdout.splitlines() if line.startswith("{")]
+    if r.returncode or not lines:
+        tail = (r.stderr.strip().splitlines() or ["no output"])[-1]
+        status = "oom" if "RESOURCE_EXHAUSTED" in r.stderr or "Out of memory" in r.stderr else "error"
+        return {**base, "status": status, "message": tail[-500:]}
+    return json.loads(lines[-1])
+
+
+def run(bench: dict) -> list[dict]:
+    from lra import results
+
+    names = list(bench["variants"])
+    for name in names:  # unknown names fail before any measurement
+        attention_config(name)
+    rows = []
+    out = Path(bench["results_dir"]) / "bench.jsonl"
+    for length in bench["lengths"]:
+        for name in names:
+            if bench.get("isolate", True):
+                row = measure_isolated(bench, name, int(length), bench.get("timeout_s", 900))
+            else:
+                try:
+                    row = measure(bench, name, int(length))
+                except Exception as e:  # one failing variant never stops the sweep
+                    row = {"attention": name, "length": length, "status": "error", "message": repr(e)[-500:]}
+            row["bench"] = bench.get("preset")
+            results.append_jsonl(out, row)
+            rows.append(row)
+            sps = row.get("steps_per_second")
+            log.info("%-12s L=%-6d %-6s %s", name, length, row["status"],
+                     f"{sps:.2f} steps/s, {row.get('peak_memory_bytes', 0) / 2**20:.0f} MiB" if sps else
+                     row.get("message", ""))
+    return rows
+
+
+@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="bench")
+def main(cfg: DictConfig) -> None:
+    bench = OmegaConf.to_container(cfg, resolve=True)
+    try:
+        run(bench)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
+
+
+def _cli_args(argv: list[str]) -> list[str]:
+    """``attention=[...]`` (the documented form) names the config key ``variants``: configs/attention/ is a config
+    group of the training app, and Hydra would read ``attention=`` as a choice in that group."""
+    return [("variants=" + a[len("attention="):]) if a.startswith("attention=") else a for a in argv]
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 3 and sys.argv[1] == "--one":
+        spec = json.loads(sys.argv[2])
+        logging.getLogger("absl").setLevel(logging.WARNING)
+        print(json.dumps(measure(spec["bench"], spec["name"], spec["length"]), default=float))
+    else:
+        sys.argv = [sys.argv[0], *_cli_args(sys.argv[1:])]
+        main()

@@ -1,0 +1,46 @@
+"""lra.bench: rows for each (variant, length), oom refused from the compiler's figures, errors never stop a sweep."""
+import subprocess
+
+from lra import bench, results
+from tests.conftest import ROOT, cli
+
+TINY = ["model.emb_dim=16", "model.num_heads=2", "model.num_layers=1", "model.qkv_dim=16", "model.mlp_dim=32",
+        "warmup=1", "steps=2", "repeats=2"]
+
+
+def test_bench_cli_rows(tmp_path, subprocess_env):
+    r = subprocess.run(cli("lra.bench", "attention=[full]", "lengths=[32,64]", "batch_size=2",
+                           f"results_dir={tmp_path}", f"hydra.run.dir={tmp_path / 'run'}", *TINY),
+                       cwd=ROOT, env=subprocess_env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    rows = results.read_jsonl(tmp_path / "bench.jsonl")
+    assert [(row["attention"], row["length"], row["status"]) for row in rows] == [("full", 32, "ok"),
+                                                                                  ("full", 64, "ok")]
+    for row in rows:
+        for field in ("attention", "impl", "length", "batch_size", "steps_per_second", "examples_per_second",
+                      "peak_memory_bytes", "memory_method", "compile_seconds", "device", "dtype", "jax_version",
+                      "status"):
+            assert field in row, field
+        assert row["steps_per_second"] > 0 and row["examples_per_second"] == row["steps_per_second"] * 2
+
+
+def test_oom_and_errors_do_not_stop_the_sweep(tmp_path):
+    config = {"variants": ["full"], "lengths": [32], "batch_size": 2, "impl": "xla", "warmup": 1, "steps": 1,
+              "repeats": 1, "isolate": False, "memory_limit_gb": 1e-6, "results_dir": str(tmp_path),
+              "vocab_size": 257, "num_classes": 2,
+              "model": {"emb_dim": 16, "num_heads": 2, "num_layers": 1, "qkv_dim": 16, "mlp_dim": 32, "dropout": 0.0,
+                        "attention_dropout": 0.0, "pooling": "cls", "positions": "sinusoidal"}}
+    rows = bench.run(config)
+    assert rows[0]["status"] == "oom" and "GiB" in rows[0]["message"]
+    config.update(memory_limit_gb=None, model={**config["model"], "num_heads": 3})  # 16 % 3: build fails
+    rows = bench.run(config)
+    assert rows[0]["status"] == "error" and "divisible" in rows[0]["message"]
+    assert len(results.read_jsonl(tmp_path / "bench.jsonl")) == 2
+
+
+def test_unknown_variant_fails_before_measuring(tmp_path, subprocess_env):
+    r = subprocess.run(cli("lra.bench", "attention=[full,nope]", f"results_dir={tmp_path}",
+                           f"hydra.run.dir={tmp_path / 'run'}"), cwd=ROOT, env=subprocess_env, capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 1 and "unknown attention 'nope'" in r.stderr and "full" in r.stderr
+    assert not (tmp_path / "bench.jsonl").exists()
