@@ -56,7 +56,6 @@ def measure(bench: dict, name: str, length: int) -> dict:
     """Measure one (variant, length) in this process; returns a bench row."""
     import jax
     import numpy as np
-    from flax import nnx
 
     from lra import batching, results, trainer
 
@@ -66,7 +65,7 @@ def measure(bench: dict, name: str, length: int) -> dict:
            "jax_version": jax.__version__, "git_commit": results.git_commit(), "model": config["model"]}
     model = trainer.build_model(config)
     row["params"] = trainer.count_params(model)
-    graphdef, params = nnx.split(model, nnx.Param)
+    graphdef, params, rest = trainer.split_model(model)
     tx = trainer.build_optimizer(config)
     opt_state = tx.init(params)
     steps = trainer.Steps(graphdef, tx, 0)
@@ -76,7 +75,7 @@ def measure(bench: dict, name: str, length: int) -> dict:
               "targets": rng.integers(0, bench["num_classes"], b).astype(np.int32),
               "lengths": np.full(b, length, np.int32)}
     batch = batching.make_batch(arrays, np.arange(b), length)
-    step_fn = steps.compiled("train", params, opt_state, batch, np.int32(0))
+    step_fn = steps.compiled("train", params, opt_state, rest, batch, np.int32(0))
     row["compile_seconds"] = steps.compile_seconds
     need = trainer.compiled_bytes(step_fn)
     have = trainer.available_bytes(bench.get("memory_limit_gb"))
@@ -84,13 +83,13 @@ def measure(bench: dict, name: str, length: int) -> dict:
         return {**row, "status": "oom", "peak_memory_bytes": need, "memory_method": "compiled_memory_analysis",
                 "message": f"needs {need / 2**30:.2f} GiB, {have / 2**30:.2f} GiB available"}
     for i in range(bench["warmup"]):
-        params, opt_state, metrics = step_fn(params, opt_state, batch, np.int32(i))
+        params, opt_state, rest, metrics = step_fn(params, opt_state, rest, batch, np.int32(i))
     jax.block_until_ready(metrics)
     rates = []
     for _ in range(bench["repeats"]):
         start = time.perf_counter()
         for i in range(bench["steps"]):
-            params, opt_state, metrics = step_fn(params, opt_state, batch, np.int32(i))
+            params, opt_state, rest, metrics = step_fn(params, opt_state, rest, batch, np.int32(i))
         jax.block_until_ready(metrics)
         rates.append(bench["steps"] / (time.perf_counter() - start))
     sps = float(np.median(rates))

@@ -133,16 +133,38 @@ def runs_table(records: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def variants_table() -> str:
+    """Markdown table of the registered attention variants and their capability flags (from the code)."""
+    from models.attention import REGISTRY
+
+    lines = ["| attention | paper / what | complexity | padding invariant | length multiple | Pallas |",
+             "|---|---|---|---|---|---|"]
+    for name in sorted(REGISTRY):
+        cls = REGISTRY[name]
+        summary = _first_paragraph(cls.__doc__ or "").replace("|", "\\|")
+        lines.append(f"| `{name}` | {summary} | {cls.complexity} | {'yes' if cls.padding_invariant else 'no'} | "
+                     f"{cls.length_multiple} | {'yes' if cls.pallas else 'no'} |")
+    return "\n".join(lines)
+
+
+def _first_paragraph(doc: str, limit: int = 110) -> str:
+    paragraph = " ".join(doc.strip().split("\n\n")[0].split())
+    if len(paragraph) > limit:
+        paragraph = paragraph[:limit].rsplit(" ", 1)[0] + " ..."
+    return paragraph
+
+
 README_START, README_END = "<!-- runs-table:start -->", "<!-- runs-table:end -->"
+VARIANTS_START, VARIANTS_END = "<!-- variants-table:start -->", "<!-- variants-table:end -->"
 
 
-def replace_block(text: str, table: str) -> str:
-    """``text`` with the part between the runs-table markers replaced by ``table``."""
-    if README_START not in text or README_END not in text:
-        raise ValueError(f"the markers {README_START} and {README_END} are missing")
-    head, rest = text.split(README_START, 1)
-    _, tail = rest.split(README_END, 1)
-    return f"{head}{README_START}\n{table}\n{README_END}{tail}"
+def replace_block(text: str, table: str, start: str = README_START, end: str = README_END) -> str:
+    """``text`` with the part between the markers ``start`` and ``end`` replaced by ``table``."""
+    if start not in text or end not in text:
+        raise ValueError(f"the markers {start} and {end} are missing")
+    head, rest = text.split(start, 1)
+    _, tail = rest.split(end, 1)
+    return f"{head}{start}\n{table}\n{end}{tail}"
 
 
 def main(argv=None) -> int:
@@ -151,7 +173,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description="Print the run records of <results>/runs.jsonl as a table.")
     parser.add_argument("--results", default="results", help="results directory (default: results)")
     parser.add_argument("--profile", help="only runs of this profile")
-    parser.add_argument("--readme", help="rewrite the runs table between the markers in this file instead")
+    parser.add_argument("--readme", help="rewrite the runs and variants tables between their markers in this file")
     args = parser.parse_args(argv)
     path = Path(args.results) / "runs.jsonl"
     if not path.exists():
@@ -161,8 +183,9 @@ def main(argv=None) -> int:
     table = runs_table(records)
     if args.readme:
         readme = Path(args.readme)
-        readme.write_text(replace_block(readme.read_text(), table))
-        print(f"rewrote the runs table in {readme} ({len(records)} runs)")
+        text = replace_block(readme.read_text(), table)
+        readme.write_text(replace_block(text, variants_table(), VARIANTS_START, VARIANTS_END))
+        print(f"rewrote the runs table ({len(records)} runs) and the variants table in {readme}")
     else:
         print(table)
     return 0

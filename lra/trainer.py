@@ -50,6 +50,19 @@ def build_model(config: dict) -> Classifier:
     return Classifier(enc, nnx.Rngs(params=config["seed"]))
 
 
+def split_model(model):
+    """(graphdef, params, rest): trainable nnx.Params and any other state (e.g. routing's centroids)."""
+    return nnx.split(model, nnx.Param, ...)
+
+
+def train_state(params, opt_state, rest) -> dict:
+    """What a checkpoint holds; ``rest`` only when the model has non-parameter state."""
+    state = {"params": params, "opt_state": opt_state}
+    if jax.tree.leaves(rest):
+        state["rest"] = rest
+    return state
+
+
 def full_attention_params(config: dict) -> int:
     """Parameter count of the full-attention Transformer with the same task and model config (shapes only)."""
     full = {**config, "attention": {"name": "full", "impl": "xla"}}
@@ -76,29 +89,30 @@ class Steps:
     def __init__(self, graphdef, tx, seed: int):
         dropout_key = jax.random.fold_in(jax.random.key(seed), 1)
 
-        def loss_fn(params, batch, step):
-            model = nnx.merge(graphdef, params)
+        def loss_fn(params, rest, batch, step):
+            # copy=True: variants with non-parameter state (routing's centroids) update it inside the trace.
+            model = nnx.merge(graphdef, params, rest, copy=True)
             rngs = nnx.Rngs(dropout=jax.random.fold_in(dropout_key, step))
             logits, _ = model(batch["inputs"], batch["valid"], deterministic=False, rngs=rngs)
             ce = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), batch["targets"])
             accuracy = _weighted_mean((logits.argmax(-1) == batch["targets"]).astype(jnp.float32), batch["weights"])
-            return _weighted_mean(ce, batch["weights"]), accuracy
+            return _weighted_mean(ce, batch["weights"]), (accuracy, nnx.state(model, nnx.Not(nnx.Param)))
 
-        def train_step(params, opt_state, batch, step):
-            (loss, accuracy), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, batch, step)
+        def train_step(params, opt_state, rest, batch, step):
+            (loss, (accuracy, rest)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, rest, batch, step)
             updates, opt_state = tx.update(grads, opt_state, params)
             params = optax.apply_updates(params, updates)
-            return params, opt_state, {"loss": loss, "accuracy": accuracy, "grad_norm": _global_norm(grads)}
+            return params, opt_state, rest, {"loss": loss, "accuracy": accuracy, "grad_norm": _global_norm(grads)}
 
-        def eval_step(params, batch):
-            model = nnx.merge(graphdef, params)
+        def eval_step(params, rest, batch):
+            model = nnx.merge(graphdef, params, rest, copy=True)
             logits, _ = model(batch["inputs"], batch["valid"], deterministic=True)
             ce = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), batch["targets"])
             w = batch["weights"]
             return {"correct": ((logits.argmax(-1) == batch["targets"]) * w).sum(), "loss_sum": (ce * w).sum(),
                     "count": w.sum()}
 
-        self._jit = {"train": jax.jit(train_step, donate_argnums=(0, 1)), "eval": jax.jit(eval_step)}
+        self._jit = {"train": jax.jit(train_step, donate_argnums=(0, 1, 2)), "eval": jax.jit(eval_step)}
         self._compiled = {}
         self.compile_seconds = 0.0
 
@@ -147,13 +161,13 @@ def available_bytes(limit_gb: float | None = None) -> int | None:
     return None
 
 
-def evaluate(steps: Steps, params, arrays: dict, config: dict) -> dict:
+def evaluate(steps: Steps, params, rest, arrays: dict, config: dict) -> dict:
     t = config["train"]
     totals = {"correct": 0.0, "loss_sum": 0.0, "count": 0.0}
     outputs = []
     for batch in batching.eval_batches(arrays, t["eval_batch_size"], max_length=config["task"]["max_length"],
                                        bucket_size=t["bucket_size"]):
-        outputs.append(steps.compiled("eval", params, batch)(params, batch))
+        outputs.append(steps.compiled("eval", params, rest, batch)(params, rest, batch))
     for out in jax.device_get(outputs):
         for k in totals:
             totals[k] += float(out[k])
@@ -197,7 +211,7 @@ def train(config: dict, run_dir: str | Path) -> dict:
     model = build_model(config)
     num_params = count_params(model)
     full_params = full_attention_params(config)
-    graphdef, params = nnx.split(model, nnx.Param)
+    graphdef, params, rest = split_model(model)
     tx = build_optimizer(config)
     opt_state = tx.init(params)
     steps = Steps(graphdef, tx, config["seed"])
@@ -207,7 +221,7 @@ def train(config: dict, run_dir: str | Path) -> dict:
     # Refuse a step that cannot fit before loading any data.
     max_len = config["task"]["max_length"]
     step_arg = jax.ShapeDtypeStruct((), jnp.int32)
-    largest = steps.compiled("train", params, opt_state, batch_struct(t["batch_size"], max_len), step_arg)
+    largest = steps.compiled("train", params, opt_state, rest, batch_struct(t["batch_size"], max_len), step_arg)
     need, have = compiled_bytes(largest), available_bytes(t["memory_limit_gb"])
     if need is not None and have is not None and need > have:
         raise DoesNotFit(f"the train step at batch_size={t['batch_size']}, max_length={max_len} needs "
@@ -221,10 +235,10 @@ def train(config: dict, run_dir: str | Path) -> dict:
     ckpt = RunCheckpoints(run_dir / "checkpoints")
     meta = {"step": 0, "best_val_accuracy": -1.0, "best_step": None, "timed_seconds": 0.0, "timed_steps": 0,
             "compile_seconds": 0.0, "wall_seconds": 0.0, "last_val": None, "last_train_loss": None}
-    restored = ckpt.restore("latest", {"params": params, "opt_state": opt_state})
+    restored = ckpt.restore("latest", train_state(params, opt_state, rest))
     if restored is not None:
         state, meta = restored
-        params, opt_state = state["params"], state["opt_state"]
+        params, opt_state, rest = state["params"], state["opt_state"], state.get("rest", rest)
         log.info("resuming from step %d (checkpoint in %s)", meta["step"], ckpt.directory / "latest")
     start_step = meta["step"]
     metrics_log = open(run_dir / "metrics.jsonl", "a")
@@ -232,7 +246,7 @@ def train(config: dict, run_dir: str | Path) -> dict:
     def save(which, step):
         meta.update(step=step, compile_seconds=prior_compile + steps.compile_seconds,
                     wall_seconds=prior_wall + time.time() - wall_start)
-        ckpt.save(which, step, {"params": params, "opt_state": opt_state}, meta)
+        ckpt.save(which, step, train_state(params, opt_state, rest), meta)
 
     prior_compile, prior_wall = meta["compile_seconds"], meta["wall_seconds"]
     progress = _progress_bar(t["train_steps"], start_step, t["progress"])
@@ -242,8 +256,8 @@ def train(config: dict, run_dir: str | Path) -> dict:
         for step in range(start_step, t["train_steps"]):
             batch = batches.batch(step)
             step_arr = np.int32(step)
-            fn = steps.compiled("train", params, opt_state, batch, step_arr)
-            params, opt_state, metrics = fn(params, opt_state, batch, step_arr)
+            fn = steps.compiled("train", params, opt_state, rest, batch, step_arr)
+            params, opt_state, rest, metrics = fn(params, opt_state, rest, batch, step_arr)
             pending.append(metrics)
             done = step + 1
             is_eval = done % t["eval_every"] == 0 or done == t["train_steps"]
@@ -269,7 +283,7 @@ def train(config: dict, run_dir: str | Path) -> dict:
                 progress.set_postfix(loss=f"{loss:.3f}", acc=f"{acc:.3f}", steps_s=f"{sps:.2f}")
                 pending = []
                 if is_eval:
-                    val = evaluate(steps, params, val_arrays, config)
+                    val = evaluate(steps, params, rest, val_arrays, config)
                     meta["last_val"] = val
                     metrics_log.write(json.dumps({"step": done, "val_accuracy": val["accuracy"],
                                                   "val_loss": val["loss"]}) + "\n")
@@ -286,9 +300,9 @@ def train(config: dict, run_dir: str | Path) -> dict:
         progress.close()
         metrics_log.close()
 
-    best = ckpt.restore("best", {"params": params, "opt_state": opt_state})
-    best_params = best[0]["params"] if best is not None else params
-    test = evaluate(steps, best_params, test_arrays, config)
+    best = ckpt.restore("best", train_state(params, opt_state, rest))
+    best_params, best_rest = (best[0]["params"], best[0].get("rest", rest)) if best is not None else (params, rest)
+    test = evaluate(steps, best_params, best_rest, test_arrays, config)
     ckpt.close()
 
     steps_per_second = meta["timed_steps"] / meta["timed_seconds"] if meta["timed_seconds"] > 0 else None

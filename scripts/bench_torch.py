@@ -116,7 +116,6 @@ class JaxBench:
 
     def __init__(self, config: dict, batch: dict):
         import jax
-        from flax import nnx
 
         from lra import config as config_lib
         from lra import trainer
@@ -126,13 +125,13 @@ class JaxBench:
         self.jax = jax
         model = trainer.build_model(config)
         self.num_params = count_params(model)
-        graphdef, self.params = nnx.split(model, nnx.Param)
+        graphdef, self.params, self.rest = trainer.split_model(model)
         tx = trainer.build_optimizer(config)
         self.opt_state = tx.init(self.params)
         self.steps = trainer.Steps(graphdef, tx, config["seed"])
         self.batch = jax.device_put(batch)  # once, as the torch side does; training hands numpy per step
         self.step = 0
-        self.fn = self.steps.compiled("train", self.params, self.opt_state, self.batch, np.int32(0))
+        self.fn = self.steps.compiled("train", self.params, self.opt_state, self.rest, self.batch, np.int32(0))
         self.compile_seconds = self.steps.compile_seconds
         self.last_loss = None
 
@@ -140,8 +139,8 @@ class JaxBench:
         """Run n steps, waiting for each; return the elapsed seconds."""
         start = time.perf_counter()
         for _ in range(n):
-            self.params, self.opt_state, metrics = self.fn(self.params, self.opt_state, self.batch,
-                                                           np.int32(self.step))
+            self.params, self.opt_state, self.rest, metrics = self.fn(self.params, self.opt_state, self.rest,
+                                                                      self.batch, np.int32(self.step))
             self.jax.block_until_ready((self.params, self.opt_state, metrics))
             self.step += 1
         elapsed = time.perf_counter() - start

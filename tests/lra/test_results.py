@@ -59,6 +59,8 @@ def test_readme_runs_table_is_generated_from_the_records():
     table = results.runs_table(results.read_jsonl(path)) if path.exists() else ""
     block = readme.split(results.README_START, 1)[1].split(results.README_END, 1)[0].strip()
     assert block == table.strip(), "run `python -m lra.results --readme README.md` after recording runs"
+    block = readme.split(results.VARIANTS_START, 1)[1].split(results.VARIANTS_END, 1)[0].strip()
+    assert block == results.variants_table().strip(), "run `python -m lra.results --readme README.md`"
 
 
 def test_replace_block():

@@ -6,7 +6,6 @@ import time
 import jax
 import numpy as np
 import pytest
-from flax import nnx
 
 from lra import config as config_lib
 from lra import data, results, trainer
@@ -60,12 +59,12 @@ def test_smoke_cli_end_to_end(isolated, subprocess_env):
 
 def restore_params(config, run_dir, which):
     model = trainer.build_model(config)
-    graphdef, params = nnx.split(model, nnx.Param)
+    graphdef, params, rest = trainer.split_model(model)
     tx = trainer.build_optimizer(config)
     ckpt = RunCheckpoints(run_dir / "checkpoints")
-    state, meta = ckpt.restore(which, {"params": params, "opt_state": tx.init(params)})
+    state, meta = ckpt.restore(which, trainer.train_state(params, tx.init(params), rest))
     ckpt.close()
-    return graphdef, tx, state["params"], meta
+    return graphdef, tx, state["params"], state.get("rest", rest), meta
 
 
 def test_test_accuracy_is_measured_at_the_best_checkpoint(isolated):
@@ -73,13 +72,13 @@ def test_test_accuracy_is_measured_at_the_best_checkpoint(isolated):
     # eval every 5 steps so best and last differ in general; the claim is checked by re-evaluating.
     config = smoke_config(paths, "train.eval_every=5", "train.train_steps=30")
     record = trainer.train(config, paths["run"])
-    graphdef, tx, best_params, meta = restore_params(config, paths["run"], "best")
+    graphdef, tx, best_params, best_rest, meta = restore_params(config, paths["run"], "best")
     assert meta["step"] == record["best_step"]
     steps = trainer.Steps(graphdef, tx, config["seed"])
     test_arrays = trainer.load_split(config, "test")
-    at_best = trainer.evaluate(steps, best_params, test_arrays, config)
+    at_best = trainer.evaluate(steps, best_params, best_rest, test_arrays, config)
     assert at_best["accuracy"] == record["test_accuracy"]
-    val_at_best = trainer.evaluate(steps, best_params, trainer.load_split(config, "val"), config)
+    val_at_best = trainer.evaluate(steps, best_params, best_rest, trainer.load_split(config, "val"), config)
     assert val_at_best["accuracy"] == record["best_val_accuracy"]
 
 
@@ -113,8 +112,8 @@ def test_resume_continues_exactly(isolated, tmp_path, monkeypatch):
     assert seen[0] == 10 and seen[-1] == 29, "resumed from the checkpoint, not from scratch"
     for key in ("test_accuracy", "best_val_accuracy", "best_step", "final_train_loss", "val_accuracy_last"):
         assert resumed[key] == reference[key], key
-    _, _, p_ref, _ = restore_params(config, tmp_path / "uninterrupted", "latest")
-    _, _, p_res, _ = restore_params(config, paths["run"], "latest")
+    _, _, p_ref, _, _ = restore_params(config, tmp_path / "uninterrupted", "latest")
+    _, _, p_res, _, _ = restore_params(config, paths["run"], "latest")
     for a, b in zip(jax.tree.leaves(p_ref), jax.tree.leaves(p_res)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     assert len(results.read_jsonl(paths["results"] / "runs.jsonl")) == 2  # reference + resumed, no duplicate
@@ -139,11 +138,11 @@ def test_nan_loss_stops_with_the_step_and_keeps_checkpoints(isolated, monkeypatc
         if kind != "train" or isinstance(args[-1], jax.ShapeDtypeStruct):  # eval, or the memory check
             return fn
 
-        def step_fn(params, opt_state, batch, step):
-            params, opt_state, metrics = fn(params, opt_state, batch, step)
+        def step_fn(params, opt_state, rest, batch, step):
+            params, opt_state, rest, metrics = fn(params, opt_state, rest, batch, step)
             if int(step) == 13:
                 metrics = {**metrics, "loss": metrics["loss"] * np.nan}
-            return params, opt_state, metrics
+            return params, opt_state, rest, metrics
         return step_fn
 
     monkeypatch.setattr(trainer.Steps, "compiled", poisoned)
