@@ -154,8 +154,28 @@ def _first_paragraph(doc: str, limit: int = 110) -> str:
     return paragraph
 
 
+def bench_table(rows: list[dict]) -> str:
+    """Markdown table of benchmark rows: steps/s, speedup over full attention and memory, per length."""
+    ok = [r for r in rows if r.get("status") == "ok"]
+    full = {(r["length"], r["batch_size"], r.get("device")): r["steps_per_second"] for r in ok
+            if r["attention"] == "full"}
+    lines = ["| attention | length | batch | steps/s | speedup vs full | memory (MiB) | memory method | device |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in sorted(rows, key=lambda r: (r.get("length", 0), r.get("attention", ""))):
+        if r.get("status") != "ok":
+            lines.append(f"| {r.get('attention')} | {r.get('length')} | {r.get('batch_size')} | {r.get('status')} | "
+                         f"- | - | - | {r.get('device', '')} |")
+            continue
+        base = full.get((r["length"], r["batch_size"], r.get("device")))
+        speedup = f"{r['steps_per_second'] / base:.2f}x" if base else "-"
+        lines.append(f"| {r['attention']} | {r['length']} | {r['batch_size']} | {r['steps_per_second']:.3f} | "
+                     f"{speedup} | {r['peak_memory_bytes'] / 2**20:,.0f} | {r['memory_method']} | {r['device']} |")
+    return "\n".join(lines)
+
+
 README_START, README_END = "<!-- runs-table:start -->", "<!-- runs-table:end -->"
 VARIANTS_START, VARIANTS_END = "<!-- variants-table:start -->", "<!-- variants-table:end -->"
+BENCH_START, BENCH_END = "<!-- bench-table:start -->", "<!-- bench-table:end -->"
 
 
 def replace_block(text: str, table: str, start: str = README_START, end: str = README_END) -> str:
@@ -184,8 +204,11 @@ def main(argv=None) -> int:
     if args.readme:
         readme = Path(args.readme)
         text = replace_block(readme.read_text(), table)
-        readme.write_text(replace_block(text, variants_table(), VARIANTS_START, VARIANTS_END))
-        print(f"rewrote the runs table ({len(records)} runs) and the variants table in {readme}")
+        text = replace_block(text, variants_table(), VARIANTS_START, VARIANTS_END)
+        bench_path = Path(args.results) / "bench.jsonl"
+        bench_rows = read_jsonl(bench_path) if bench_path.exists() else []
+        readme.write_text(replace_block(text, bench_table(bench_rows), BENCH_START, BENCH_END))
+        print(f"rewrote the runs ({len(records)}), variants and bench ({len(bench_rows)} rows) tables in {readme}")
     else:
         print(table)
     return 0

@@ -61,6 +61,21 @@ def test_readme_runs_table_is_generated_from_the_records():
     assert block == table.strip(), "run `python -m lra.results --readme README.md` after recording runs"
     block = readme.split(results.VARIANTS_START, 1)[1].split(results.VARIANTS_END, 1)[0].strip()
     assert block == results.variants_table().strip(), "run `python -m lra.results --readme README.md`"
+    bench_path = ROOT / "results" / "bench.jsonl"
+    rows = results.read_jsonl(bench_path) if bench_path.exists() else []
+    block = readme.split(results.BENCH_START, 1)[1].split(results.BENCH_END, 1)[0].strip()
+    assert block == results.bench_table(rows).strip(), "run `python -m lra.results --readme README.md`"
+
+
+def test_bench_table_speedups():
+    rows = [{"attention": "full", "length": 8, "batch_size": 2, "device": "cpu", "status": "ok",
+             "steps_per_second": 2.0, "peak_memory_bytes": 2**21, "memory_method": "m"},
+            {"attention": "local", "length": 8, "batch_size": 2, "device": "cpu", "status": "ok",
+             "steps_per_second": 5.0, "peak_memory_bytes": 2**20, "memory_method": "m"},
+            {"attention": "reformer", "length": 8, "batch_size": 2, "status": "oom"}]
+    table = results.bench_table(rows)
+    assert "| local | 8 | 2 | 5.000 | 2.50x | 1 | m | cpu |" in table
+    assert "| full | 8 | 2 | 2.000 | 1.00x | 2 | m | cpu |" in table and "| reformer | 8 | 2 | oom |" in table
 
 
 def test_replace_block():
