@@ -321,7 +321,7 @@ def train(config: dict, run_dir: str | Path) -> dict:
         "compile_seconds": prior_compile + steps.compile_seconds, "peak_memory_bytes": peak,
         "memory_method": method, "peak_rss_bytes": _peak_rss_bytes(), "device": results.device_description(),
         "jax_version": jax.__version__, "git_commit": results.git_commit(),
-        "wall_seconds": prior_wall + time.time() - wall_start, "run_dir": str(run_dir),
+        "wall_seconds": prior_wall + time.time() - wall_start, "run_dir": _relative(run_dir),
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "config": config,
     }
     results.write_json_atomic(result_path, record)
@@ -344,6 +344,14 @@ def _claim_run_dir(run_dir: Path, config: dict) -> None:
                 f"choose another hydra.run.dir or delete that directory")
     else:
         results.write_json_atomic(path, view)
+
+
+def _relative(path: Path) -> str:
+    """The path relative to the working directory when it lies below it (records never hold machine paths)."""
+    try:
+        return str(Path(path).resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
 
 
 def _peak_rss_bytes() -> int:
