@@ -27,14 +27,8 @@ def block_plan(mask: masks_lib.Mask, length: int, block: int):
         raise ValueError(f"length {length} must be a multiple of the block size {block}")
     n = length // block
     rows, element_rows = [], []
-    positions = np.arange(length)
     for qb in range(n):
-        q_pos = positions[qb * block:(qb + 1) * block]
-        if isinstance(mask, masks_lib.BigBird) and mask.block == block:
-            allowed = _bigbird_row(mask, n, qb, block)
-        else:
-            allowed = np.broadcast_to(mask._allowed(q_pos[:, None], positions[None, :]), (block, length))
-        per_block = allowed.reshape(block, n, block)
+        per_block = mask.rows(qb * block, (qb + 1) * block, length, length).reshape(block, n, block)
         used = np.flatnonzero(per_block.any(axis=(0, 2)))
         rows.append(used)
         element_rows.append(np.transpose(per_block[:, used, :], (1, 0, 2)))
@@ -45,14 +39,6 @@ def block_plan(mask: masks_lib.Mask, length: int, block: int):
         key_blocks[qb, :len(used)] = used
         element[qb, :len(used)] = elem
     return key_blocks, element
-
-
-def _bigbird_row(mask: masks_lib.BigBird, n: int, qb: int, block: int) -> np.ndarray:
-    """One block row of BigBird's pattern without building the dense L x L mask."""
-    kb = np.arange(n)
-    row = (np.abs(qb - kb) <= 1) | (qb == 0) | (kb == 0) | (qb == n - 1) | (kb == n - 1)
-    row[mask.random_blocks(n, n)[qb]] = True
-    return np.repeat(np.repeat(row[None], block, axis=1), block, axis=0)
 
 
 def block_sparse_attention(q, k, v, mask: masks_lib.Mask, *, block: int, kv_valid=None, scale: float | None = None,

@@ -28,11 +28,16 @@ class Mask:
     def _allowed(self, i: np.ndarray, j: np.ndarray) -> np.ndarray:
         raise NotImplementedError
 
+    def rows(self, q_start: int, q_stop: int, q_len: int, kv_len: int) -> np.ndarray:
+        """Boolean [q_stop - q_start, kv_len]: the rows q_start..q_stop-1 of ``dense(q_len, kv_len)``, built
+        without the other rows (block-sparse planning walks the mask a block of rows at a time)."""
+        i = np.arange(q_start, q_stop)[:, None]
+        j = np.arange(kv_len)[None, :]
+        return np.broadcast_to(self._allowed(i, j), (q_stop - q_start, kv_len)).copy()
+
     def dense(self, q_len: int, kv_len: int) -> np.ndarray:
         """Boolean [q_len, kv_len] array, True where query i may attend to key j."""
-        i = np.arange(q_len)[:, None]
-        j = np.arange(kv_len)[None, :]
-        return np.broadcast_to(self._allowed(i, j), (q_len, kv_len)).copy()
+        return self.rows(0, q_len, q_len, kv_len)
 
     def block_layout(self, q_len: int, kv_len: int, block_q: int, block_k: int) -> np.ndarray:
         """int8 [ceil(q_len / block_q), ceil(kv_len / block_k)] of EMPTY / PARTIAL / FULL.
@@ -63,6 +68,9 @@ class Union(Mask):
     def _allowed(self, i, j):
         return self.a._allowed(i, j) | self.b._allowed(i, j)
 
+    def rows(self, q_start, q_stop, q_len, kv_len):
+        return self.a.rows(q_start, q_stop, q_len, kv_len) | self.b.rows(q_start, q_stop, q_len, kv_len)
+
 
 @dataclasses.dataclass(frozen=True)
 class Intersection(Mask):
@@ -71,6 +79,9 @@ class Intersection(Mask):
 
     def _allowed(self, i, j):
         return self.a._allowed(i, j) & self.b._allowed(i, j)
+
+    def rows(self, q_start, q_stop, q_len, kv_len):
+        return self.a.rows(q_start, q_stop, q_len, kv_len) & self.b.rows(q_start, q_stop, q_len, kv_len)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -147,18 +158,17 @@ class BigBird(Mask):
         return np.stack([rng.choice(num_k_blocks, size=r, replace=False) for _ in range(num_q_blocks)]) \
             if r else np.zeros((num_q_blocks, 0), dtype=np.int64)
 
-    def dense(self, q_len: int, kv_len: int) -> np.ndarray:
+    def rows(self, q_start: int, q_stop: int, q_len: int, kv_len: int) -> np.ndarray:
+        # Computed on the block grid of the needed rows only: no q_len x kv_len array.
         nq, nk = -(-q_len // self.block), -(-kv_len // self.block)
-        qb = np.arange(nq)[:, None]
+        qb = (np.arange(q_start, q_stop) // self.block)[:, None]
         kb = np.arange(nk)[None, :]
         blocks = (np.abs(qb - kb) <= 1) | (qb == 0) | (kb == 0) | (qb == nq - 1) | (kb == nk - 1)
-        rand = self.random_blocks(nq, nk)
-        blocks[np.arange(nq)[:, None], rand] = True
-        full = np.repeat(np.repeat(blocks, self.block, axis=0), self.block, axis=1)
-        return full[:q_len, :kv_len].copy()
+        blocks |= (self.random_blocks(nq, nk)[qb[:, 0]][:, :, None] == kb[:, None, :]).any(axis=1)
+        return np.repeat(blocks, self.block, axis=1)[:, :kv_len].copy()
 
     def _allowed(self, i, j):
-        # Only reached when BigBird is composed with another mask: evaluate through the dense form.
+        # Element-wise evaluation needs the sequence length, which (i, j) alone do not give: take it from them.
         q_len, kv_len = int(np.max(i)) + 1, int(np.max(j)) + 1
         return self.dense(q_len, kv_len)[i, j]
 

@@ -93,10 +93,10 @@ def measure(bench: dict, name: str, length: int) -> dict:
         jax.block_until_ready(metrics)
         rates.append(bench["steps"] / (time.perf_counter() - start))
     sps = float(np.median(rates))
-    peak, method = trainer._peak_memory(need)
+    peak, method = trainer.peak_memory(need)
     return {**row, "status": "ok", "steps_per_second": sps, "examples_per_second": sps * b,
             "tokens_per_second": sps * b * length, "repeats": rates, "peak_memory_bytes": peak,
-            "memory_method": method, "peak_rss_bytes": trainer._peak_rss_bytes(),
+            "memory_method": method, "peak_rss_bytes": trainer.peak_rss_bytes(),
             "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
 
 

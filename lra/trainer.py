@@ -184,7 +184,7 @@ def load_split(config: dict, split: str) -> dict:
     return src.arrays
 
 
-def _peak_memory(steps_bytes: int | None) -> tuple[int | None, str]:
+def peak_memory(steps_bytes: int | None) -> tuple[int | None, str]:
     device = jax.local_devices()[0]
     if device.platform != "cpu":
         stats = device.memory_stats() or {}
@@ -306,7 +306,7 @@ def train(config: dict, run_dir: str | Path) -> dict:
     ckpt.close()
 
     steps_per_second = meta["timed_steps"] / meta["timed_seconds"] if meta["timed_seconds"] > 0 else None
-    peak, method = _peak_memory(compiled_bytes(largest))
+    peak, method = peak_memory(compiled_bytes(largest))
     record = {
         "task": config["task"]["name"], "attention": config["attention"]["name"],
         "impl": config["attention"].get("impl", "xla"), "profile": config.get("profile"), "seed": config["seed"],
@@ -319,7 +319,7 @@ def train(config: dict, run_dir: str | Path) -> dict:
         "final_train_loss": meta["last_train_loss"], "steps_per_second": steps_per_second,
         "examples_per_second": steps_per_second * t["batch_size"] if steps_per_second else None,
         "compile_seconds": prior_compile + steps.compile_seconds, "peak_memory_bytes": peak,
-        "memory_method": method, "peak_rss_bytes": _peak_rss_bytes(), "device": results.device_description(),
+        "memory_method": method, "peak_rss_bytes": peak_rss_bytes(), "device": results.device_description(),
         "jax_version": jax.__version__, "git_commit": results.git_commit(),
         "wall_seconds": prior_wall + time.time() - wall_start, "run_dir": _relative(run_dir),
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "config": config,
@@ -354,7 +354,7 @@ def _relative(path: Path) -> str:
         return str(path)
 
 
-def _peak_rss_bytes() -> int:
+def peak_rss_bytes() -> int:
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return int(rss if sys.platform == "darwin" else rss * 1024)
 

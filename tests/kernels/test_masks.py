@@ -76,3 +76,23 @@ def test_block_layout_exact(mask, q_len, kv_len, bq, bk):
        bq=st.sampled_from([1, 4, 8, 16]), bk=st.sampled_from([1, 4, 8, 16]))
 def test_block_layout_random(window, n_global, q_len, kv_len, bq, bk):
     check_layout(masks.Local(window) | masks.Global(n_global), q_len, kv_len, bq, bk)
+
+
+def test_bigbird_is_exactly_window_global_and_random_blocks():
+    mask = masks.BigBird(block=4, num_random_blocks=2, seed=7)
+    n = 9
+    expected = np.zeros((n, n), bool)
+    rand = mask.random_blocks(n, n)
+    for a in range(n):
+        for b in range(n):
+            expected[a, b] = abs(a - b) <= 1 or a in (0, n - 1) or b in (0, n - 1) or b in rand[a]
+    dense = mask.dense(34, 34)  # 9 blocks, the last one ragged
+    np.testing.assert_array_equal(dense, np.repeat(np.repeat(expected, 4, 0), 4, 1)[:34, :34])
+
+
+@pytest.mark.parametrize("mask", [masks.Local(3), masks.Strided(3), masks.Global(2), masks.BigBird(4, 1, 2),
+                                  masks.Local(2) | masks.BigBird(4, 1, 0), masks.Local(5) & masks.Global(3)])
+def test_rows_are_slices_of_dense(mask):
+    dense = mask.dense(24, 24)
+    for start, stop in ((0, 8), (8, 16), (5, 13), (20, 24)):
+        np.testing.assert_array_equal(mask.rows(start, stop, 24, 24), dense[start:stop])
