@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import resource
 import sys
 import time
@@ -320,6 +321,8 @@ def train(config: dict, run_dir: str | Path) -> dict:
         "examples_per_second": steps_per_second * t["batch_size"] if steps_per_second else None,
         "compile_seconds": prior_compile + steps.compile_seconds, "peak_memory_bytes": peak,
         "memory_method": method, "peak_rss_bytes": peak_rss_bytes(), "device": results.device_description(),
+        # The machine's 1-minute load when the run ended: above the core count, steps/s was measured under contention.
+        "load_average_1m": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
         "jax_version": jax.__version__, "git_commit": results.git_commit(),
         "wall_seconds": prior_wall + time.time() - wall_start, "run_dir": _relative(run_dir),
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "config": config,

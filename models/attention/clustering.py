@@ -22,6 +22,7 @@ from flax import errors, nnx
 
 import kernels
 from models.attention.base import AttentionBase, dense_init, register
+from models.attention.sparse_patterns import LocalPattern
 
 NEG = jnp.finfo(jnp.float32).min
 
@@ -95,7 +96,10 @@ class ReformerAttention(AttentionBase):
     angular-LSH buckets with a random rotation, sorted by (bucket, position), cut into chunks of ``chunk_size``,
     and each chunk attends to itself and to the previous chunk (look-one-back; the first chunk has no previous
     chunk, so no wrap-around). A token does not attend to itself unless no other key is available; padded keys are
-    masked. Rounds are combined with weights softmax(logsumexp of each round's logits).
+    masked. With several rounds, a key that shares a window with the query in m rounds has its logit lowered by
+    log m in each (the paper's duplicate correction, section 2.3, counted exactly from every round's chunks), and
+    the rounds are combined with weights softmax(logsumexp of each round's logits): the result is softmax
+    attention over the union of the rounds' key sets, each key counted once.
 
     Padding tokens are hashed into an extra last bucket, so the real tokens' sorted order, chunks and windows do
     not depend on how much padding follows: the layer is padding invariant.
@@ -137,6 +141,26 @@ class ReformerAttention(AttentionBase):
         key = jax.random.key(self.hash_seed) if key is None else key
         return jax.random.normal(key, (self.head_dim, self.num_hashes, max(self.num_buckets // 2, 1)), jnp.float32)
 
+    def _duplicate_counts(self, inverse, alone, s_pos, w_pos, is_self):
+        """For each (round, query, window key) pair: in how many rounds that key is among the query's keys.
+
+        inverse [B, H, R, Lp]: sorted position of each token per round; alone [B, H, R, n, c]: queries (sorted
+        order) with no key but themselves; s_pos [B, H, R, n, c] and w_pos [B, H, R, n, 2c]: original positions of
+        the sorted queries and of their window keys (-1: no previous chunk). Key j is among query i's keys in
+        round r' when its chunk there is i's chunk or the one before (the same rule as the attention itself), and
+        i is among its own keys in the rounds where it is alone. Returns float32 counts >= 1 where allowed.
+        """
+        b, h, r, n, c = s_pos.shape
+        chunk = jnp.transpose(inverse // self.chunk_size, (0, 1, 3, 2))                # [B, H, Lp, R']
+        q_chunk = _gather_rows(chunk, s_pos)                                           # [B, H, R, n, c, R']
+        k_chunk = _gather_rows(chunk, jnp.maximum(w_pos, 0))                           # [B, H, R, n, 2c, R']
+        gap = q_chunk[..., :, None, :] - k_chunk[..., None, :, :]                       # [B, H, R, n, c, 2c, R']
+        together = ((gap == 0) | (gap == 1)).sum(axis=-1)
+        alone_orig = jnp.take_along_axis(alone.reshape(b, h, r, n * c), inverse, axis=-1)   # [B, H, R', Lp]
+        self_rounds = _gather_rows(jnp.transpose(alone_orig, (0, 1, 3, 2)).astype(jnp.int32), s_pos).sum(-1)
+        counts = jnp.where(is_self, self_rounds[..., None], together)
+        return jnp.maximum(counts, 1).astype(jnp.float32)
+
     def __call__(self, x, valid=None, deterministic: bool = True, rngs: nnx.Rngs | None = None):
         b, length, _ = x.shape
         use_dropout = not deterministic and self.dropout > 0.0
@@ -177,7 +201,11 @@ class ReformerAttention(AttentionBase):
         logits = jnp.einsum("bhrnqd,bhrnkd->bhrnqk", sq * jnp.asarray(scale, sq.dtype), wk).astype(jnp.float32)
         is_self = s_pos[..., :, None] == w_pos[..., None, :]
         allowed = w_valid[..., None, :] & ~is_self
-        allowed = allowed | (is_self & ~jnp.any(allowed, axis=-1, keepdims=True))   # self only as last resort
+        alone = ~jnp.any(allowed, axis=-1)                                           # [B, H, R, n, c]
+        allowed = allowed | (is_self & alone[..., None])                             # self only as last resort
+        inverse = jnp.argsort(perm, axis=-1)                                         # sorted position of token
+        if r > 1:
+            logits = logits - jnp.log(self._duplicate_counts(inverse, alone, s_pos, w_pos, is_self))
         logits = jnp.where(allowed, logits, NEG)
         lse = jax.nn.logsumexp(logits, axis=-1, keepdims=True)                       # every row has a key
         weights = jnp.where(allowed, jnp.exp(logits - lse), 0.0)
@@ -185,7 +213,6 @@ class ReformerAttention(AttentionBase):
             weights = kernels.dropout(weights, self.dropout, rngs.dropout())
         out = jnp.einsum("bhrnqk,bhrnkd->bhrnqd", weights.astype(sv.dtype), wv)
         # Back to original positions, then combine rounds by their normalisers.
-        inverse = jnp.argsort(perm, axis=-1)
         out = _gather_rows(out.reshape(b, self.num_heads, r, padded, -1), inverse)   # [B, H, R, Lp, D]
         lse = jnp.take_along_axis(lse.reshape(b, self.num_heads, r, padded), inverse, axis=-1)
         round_weights = jax.nn.softmax(lse, axis=2)
@@ -219,6 +246,10 @@ class RoutingAttention(AttentionBase):
     merge inside the traced function with ``nnx.merge(graphdef, params, rest, copy=True)`` and return the new
     non-Param state; centroids that belong to an outer trace cannot be written, so that call skips the update
     (with a RuntimeWarning).
+    Local heads: as in the paper's models, which mix routing heads with local-attention heads in each layer,
+    ``local_heads`` of the heads (the first ones; default None: num_heads // 2) attend to a sliding window of
+    ``local_window`` keys on each side (default None: window // 2, so a local head sees about as many keys as a
+    cluster holds); the others route. ``local_heads=0`` makes every head a routing head.
     Not padding invariant: w depends on the padded length.
     """
 
@@ -229,11 +260,17 @@ class RoutingAttention(AttentionBase):
 
     def __init__(self, *, dim: int, num_heads: int, max_len: int, rngs: nnx.Rngs, qkv_dim: int | None = None,
                  dropout: float = 0.0, impl: str = "xla", num_clusters: int | None = None, window: int = 128,
-                 decay: float = 0.999):
+                 decay: float = 0.999, local_heads: int | None = None, local_window: int | None = None):
         super().__init__(dim=dim, num_heads=num_heads, qkv_dim=qkv_dim, rngs=rngs)
         _check_impl(impl, "routing")
         if window < 1:
             raise ValueError(f"window must be positive, got {window}")
+        local_heads = num_heads // 2 if local_heads is None else local_heads
+        if not 0 <= local_heads < num_heads:
+            raise ValueError(f"routing: local_heads must be in [0, num_heads={num_heads}) so that at least one head "
+                             f"routes, got {local_heads} (for local attention alone use attention=local)")
+        self.local_heads = int(local_heads)
+        self.local = LocalPattern(window=max(window // 2, 1) if local_window is None else local_window)
         if num_clusters is None:
             num_clusters = max(1, -(-max_len // window))
         if num_clusters < 1:
@@ -242,11 +279,13 @@ class RoutingAttention(AttentionBase):
             raise ValueError(f"decay must be in [0, 1), got {decay}")
         self.dropout, self.impl = dropout, impl
         self.num_clusters, self.window, self.decay = num_clusters, window, decay
-        init = jax.random.normal(rngs.params(), (num_heads, num_clusters, self.head_dim), jnp.float32)
+        init = jax.random.normal(rngs.params(), (num_heads - self.local_heads, num_clusters, self.head_dim),
+                                 jnp.float32)
         self.centroids = ClusterCentroids(_unit(init))
 
     def route(self, q, k, valid):
-        """Top-w query and key indices per centroid: two int32 [B, H, C, w], and the cosine scores [B, H, C, L]."""
+        """Top-w query and key indices per centroid: two int32 [B, H, C, w], and the cosine scores [B, H, C, L]
+        (q, k [B, L, H, D]: the routing heads only)."""
         length = q.shape[1]
         w = -(-length // self.num_clusters)
         mu = _unit(self.centroids[...])
@@ -286,8 +325,15 @@ class RoutingAttention(AttentionBase):
             raise ValueError("routing with dropout needs rngs when deterministic=False")
         q, k, v = self.project_qkv(x)
         valid = jnp.ones((b, length), bool) if valid is None else jnp.asarray(valid, bool)
+        local_rng, rng = jax.random.split(rngs.dropout()) if use_dropout else (None, None)
+        nl = self.local_heads
+        local = None
+        if nl:
+            local = self.local(q[:, :, :nl], k[:, :, :nl], v[:, :, :nl], valid, self.dropout if use_dropout else 0.0,
+                               local_rng)
+            q, k, v = q[:, :, nl:], k[:, :, nl:], v[:, :, nl:]
         q_idx, k_idx, q_scores, k_scores = self.route(q, k, valid)
-        h = self.num_heads
+        h = self.num_heads - nl
 
         def heads_first(a):
             return jnp.transpose(a, (0, 2, 1, 3))   # [B, L, H, D] -> [B, H, L, D]
@@ -300,7 +346,7 @@ class RoutingAttention(AttentionBase):
         logits = jnp.einsum("bhcqd,bhckd->bhcqk", qg * jnp.asarray(scale, qg.dtype), kg).astype(jnp.float32)
         weights = _masked_softmax(logits, kv_valid[..., None, :])
         if use_dropout:
-            weights = kernels.dropout(weights, self.dropout, rngs.dropout())
+            weights = kernels.dropout(weights, self.dropout, rng)
         out = jnp.einsum("bhcqk,bhckd->bhcqd", weights.astype(vg.dtype), vg)
         # Scatter back: sum over the centroids that picked each query, then average.
         flat = (q_idx + (jnp.arange(b * h, dtype=jnp.int32) * length).reshape(b, h, 1, 1)).reshape(-1)
@@ -310,6 +356,8 @@ class RoutingAttention(AttentionBase):
         y = jnp.transpose(y.reshape(b, h, length, self.head_dim), (0, 2, 1, 3))
         if not deterministic:
             self.update_centroids(q_scores, k_scores, q, k, valid)
+        if local is not None:
+            y = jnp.concatenate([local.astype(y.dtype), y], axis=2)
         return self.project_out(y)
 
 

@@ -397,14 +397,14 @@ class _GlobalTokens(_PatternAttention):
     def _setup_tokens(self, dim, n, mode, rngs):
         if mode not in ("first", "learned"):
             raise ValueError(f"global mode must be 'first' or 'learned', got {mode!r}")
-        self.mode = mode
+        self.mode, self.num_global = mode, int(n)
         if mode == "learned":
             self.global_tokens = nnx.Param(nnx.initializers.normal(0.02)(rngs.params(), (n, dim)))
 
     def __call__(self, x, valid=None, deterministic: bool = True, rngs: nnx.Rngs | None = None):
         if self.mode == "first":
             return super().__call__(x, valid, deterministic, rngs)
-        b, n = x.shape[0], self.pattern.n
+        b, n = x.shape[0], self.num_global
         tokens = jnp.broadcast_to(self.global_tokens[...].astype(x.dtype)[None], (b, n, x.shape[-1]))
         x = jnp.concatenate([tokens, x], axis=1)
         if valid is not None:
@@ -571,7 +571,7 @@ def _make_pattern(entry, shared: dict):
 
 
 @register("mixed_heads")
-class MixedHeadsAttention(_PatternAttention):
+class MixedHeadsAttention(_GlobalTokens):
     """Different sparse patterns in different heads of one layer (per-head patterns as in Child et al. 2019,
     "Generating Long Sequences with Sparse Transformers", and Beltagy et al. 2020, "Longformer"). Each head group
     runs its pattern on its q/k/v head slices; the outputs are put back in head order before the output
@@ -581,7 +581,9 @@ class MixedHeadsAttention(_PatternAttention):
     or dicts {"name": ..., **options}; length num_heads, or a divisor of it: each entry then covers
     num_heads / len(heads) consecutive heads; default [local, global]); window, block, stride, n, dilation,
     summary, num_random_blocks, seed (shared options, None: each pattern's default; a dict entry's own options
-    win); dropout, impl. Global tokens are the first n positions (no learned tokens: the heads share one sequence).
+    win); mode ("first": global tokens are the first n positions; "learned": max n over the heads' global/longformer
+    patterns learned tokens are prepended to the sequence that every head sees, and removed from the output;
+    a head whose pattern has no global tokens treats them as ordinary leading positions); dropout, impl.
     Flags: complexity becomes "quadratic" and padding_invariant False on instances whose heads need it.
     """
 
@@ -592,7 +594,7 @@ class MixedHeadsAttention(_PatternAttention):
                  dropout: float = 0.0, impl: str = "xla", heads=("local", "global"), window: int | None = None,
                  block: int | None = None, stride: int | None = None, n: int | None = None,
                  dilation: int | None = None, summary: int | None = None, num_random_blocks: int | None = None,
-                 seed: int | None = None):
+                 seed: int | None = None, mode: str = "first"):
         self._setup(dim, num_heads, qkv_dim, rngs, dropout, impl)
         heads = list(heads)
         if not heads or num_heads % len(heads):
@@ -615,6 +617,11 @@ class MixedHeadsAttention(_PatternAttention):
         if not all(p.padding_invariant for p in per_head):
             self.padding_invariant = False
         self.head_patterns = tuple(per_head)
+        global_n = [p.n for p in per_head if isinstance(p, (GlobalPattern, LongformerPattern))]
+        if mode == "learned" and not any(global_n):
+            raise ValueError("mixed_heads: mode='learned' adds learned global tokens, but no head has a global or "
+                             "longformer pattern with n >= 1; add one to heads or use mode='first'")
+        self._setup_tokens(dim, max(global_n, default=0), mode, rngs)
 
     def _attend(self, q, k, v, valid, rate, rng):
         rngs = _split(rng, len(self.groups))

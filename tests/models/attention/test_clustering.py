@@ -48,7 +48,8 @@ def assert_grads_close(f, g, x):
 
 
 def reformer_reference(module, x, valid):
-    """float64 numpy Reformer: per round, dense attention over the pairs its sort/chunk rule allows."""
+    """float64 numpy Reformer: dense softmax attention over the union of the keys each round's sort/chunk rule
+    allows (every key counted once, however many rounds share it: what the duplicate correction guarantees)."""
     qk, _, v = module.project_qkv(x)
     k = reformer_keys(qk)
     buckets = np.asarray(lsh_buckets(qk, module.rotations(), module.num_buckets))   # [B, H, R, L]
@@ -57,9 +58,10 @@ def reformer_reference(module, x, valid):
     b, length, h, d = qk.shape
     c = module.chunk_size
     out = np.zeros((b, length, h, d))
+    eye = np.eye(length, dtype=bool)
     for bi in range(b):
         for hi in range(h):
-            outs, lses = [], []
+            union = np.zeros((length, length), bool)
             for r in range(module.num_hashes):
                 bucket = np.where(valid[bi], buckets[bi, hi, r], module.num_buckets)
                 order = np.lexsort((np.arange(length), bucket))
@@ -68,19 +70,12 @@ def reformer_reference(module, x, valid):
                 chunk = rank // c
                 allowed = valid[bi][None, :] & ((chunk[None, :] == chunk[:, None])
                                                 | (chunk[None, :] == chunk[:, None] - 1))
-                eye = np.eye(length, dtype=bool)
                 allowed &= ~eye
                 allowed |= eye & ~allowed.any(axis=1, keepdims=True)
-                logits = qk[bi, :, hi] @ k[bi, :, hi].T / np.sqrt(d)
-                logits = np.where(allowed, logits, -np.inf)
-                m = logits.max(axis=1, keepdims=True)
-                e = np.exp(logits - m)
-                lses.append(np.log(e.sum(1)) + m[:, 0])
-                outs.append((e / e.sum(1, keepdims=True)) @ v[bi, :, hi])
-            lses = np.stack(lses)
-            weights = np.exp(lses - lses.max(0))
-            weights /= weights.sum(0)
-            out[bi, :, hi] = np.einsum("rl,rld->ld", weights, np.stack(outs))
+                union |= allowed
+            logits = np.where(union, qk[bi, :, hi] @ k[bi, :, hi].T / np.sqrt(d), -np.inf)
+            e = np.exp(logits - logits.max(axis=1, keepdims=True))
+            out[bi, :, hi] = (e / e.sum(1, keepdims=True)) @ v[bi, :, hi]
     return np.asarray(module.project_out(jnp.asarray(out, jnp.float32)))
 
 
@@ -105,7 +100,8 @@ def test_reformer_one_bucket_equals_shared_qk_full_attention():
 
 @pytest.mark.parametrize("options", [dict(num_buckets=1, chunk_size=4, num_hashes=1),
                                      dict(num_buckets=4, chunk_size=4, num_hashes=1),
-                                     dict(num_buckets=6, chunk_size=3, num_hashes=3)], ids=str)
+                                     dict(num_buckets=6, chunk_size=3, num_hashes=3),
+                                     dict(num_buckets=2, chunk_size=4, num_hashes=4)], ids=str)
 def test_reformer_equals_sort_and_chunk_reference(options):
     module = reformer(seed=2, **options)
     x, valid = inputs([13, 9], 13, seed=3)
@@ -146,7 +142,8 @@ def test_reformer_rejects_odd_buckets():
 
 def test_routing_one_cluster_equals_full_attention():
     x, valid = inputs([11, 4], 11)
-    module = RoutingAttention(dim=DIM, num_heads=HEADS, max_len=11, rngs=nnx.Rngs(5), num_clusters=1)
+    module = RoutingAttention(dim=DIM, num_heads=HEADS, max_len=11, rngs=nnx.Rngs(5), num_clusters=1,
+                              local_heads=0)
     full = FullAttention(dim=DIM, num_heads=HEADS, max_len=11, rngs=nnx.Rngs(5))
     assert_close(jax.jit(lambda x: module(x, valid))(x), jax.jit(lambda x: full(x, valid))(x))
     assert_grads_close(lambda x: module(x, valid), lambda x: full(x, valid), x)
@@ -155,7 +152,8 @@ def test_routing_one_cluster_equals_full_attention():
 def test_routing_equals_per_cluster_reference():
     """Several clusters: each centroid's top-w queries attend to its top-w keys; outputs averaged per query."""
     x, valid = inputs([14, 9], 14, seed=4)
-    module = RoutingAttention(dim=DIM, num_heads=HEADS, max_len=14, rngs=nnx.Rngs(1), num_clusters=3)
+    module = RoutingAttention(dim=DIM, num_heads=HEADS, max_len=14, rngs=nnx.Rngs(1), num_clusters=3,
+                              local_heads=0)
     q, k, v = module.project_qkv(x)
     q_idx, k_idx, _, _ = (np.asarray(a) for a in module.route(q, k, valid))
     assert q_idx.shape == (2, HEADS, 3, 5)
@@ -175,9 +173,30 @@ def test_routing_equals_per_cluster_reference():
     assert_close(run(module, x, valid), ref)
 
 
+def test_routing_local_heads_attend_to_their_window():
+    """local_heads=1 of 2: head 0 is sliding-window attention, head 1 routes (one cluster: every key)."""
+    x, valid = inputs([11, 6], 11, seed=2)
+    module = RoutingAttention(dim=DIM, num_heads=HEADS, max_len=11, rngs=nnx.Rngs(3), num_clusters=1,
+                              local_heads=1, local_window=2)
+    assert module.centroids[...].shape[0] == HEADS - 1
+    mask = jnp.stack([masks.Local(2).dense(11, 11), jnp.ones((11, 11), bool)])[None]     # [1, H, L, L]
+
+    def dense(x):
+        q, k, v = module.project_qkv(x)
+        return module.project_out(kernels.attention(q, k, v, mask=mask, kv_valid=valid))
+
+    assert_close(run(module, x, valid), jax.jit(dense)(x))
+    assert_grads_close(lambda x: module(x, valid), dense, x)
+    default = RoutingAttention(dim=DIM, num_heads=4, max_len=11, rngs=nnx.Rngs(3), window=8)
+    assert (default.local_heads, default.local.window) == (2, 4)        # the paper's mix by default
+    with pytest.raises(ValueError, match="local_heads"):
+        RoutingAttention(dim=DIM, num_heads=HEADS, max_len=11, rngs=nnx.Rngs(3), local_heads=HEADS)
+
+
 def test_routing_centroids_update_in_training_only():
     x, valid = inputs([12, 5], 12)
-    module = RoutingAttention(dim=DIM, num_heads=HEADS, max_len=12, rngs=nnx.Rngs(0), num_clusters=1, decay=0.0)
+    module = RoutingAttention(dim=DIM, num_heads=HEADS, max_len=12, rngs=nnx.Rngs(0), num_clusters=1, decay=0.0,
+                              local_heads=0)
     assert "centroids" not in nnx.state(module, nnx.Param)
     before = np.asarray(module.centroids[...])
     module(x, valid)

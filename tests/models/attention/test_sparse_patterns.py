@@ -166,6 +166,27 @@ def test_mixed_heads_entries_cover_head_groups():
         make("mixed_heads", heads=["nope", "local"])
 
 
+def test_mixed_heads_learned_global_tokens():
+    """mode='learned': n learned tokens lead the sequence every head sees; the global head treats them as global,
+    the local head as ordinary leading positions; they are removed from the output and receive gradient."""
+    n, length = 2, 12
+    module = make("mixed_heads", num_heads=2, heads=["global", "local"], window=1, n=n, mode="learned")
+    assert module.global_tokens.shape == (n, DIM)
+    total = n + length
+    per_head = np.stack([masks.Global(n).dense(total, total), masks.Local(1).dense(total, total)])[None]
+
+    def reference(m, x, valid):
+        b = x.shape[0]
+        x = jnp.concatenate([jnp.broadcast_to(m.global_tokens[...][None], (b, n, DIM)), x], axis=1)
+        valid = jnp.concatenate([jnp.ones((b, n), bool), valid], axis=1)
+        return dense_reference(per_head)(m, x, valid)[:, n:]
+
+    x, valid = inputs(length, [length, 5])
+    assert_matches(module, reference, x, valid)
+    with pytest.raises(ValueError, match="learned"):
+        make("mixed_heads", heads=["local", "strided"], mode="learned")
+
+
 # Patterns that cover every pair at this length equal FullAttention built with the same rngs (same parameters).
 COVERING = [
     ("local", dict(window=20, block=4), 13),
