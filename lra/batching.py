@@ -7,6 +7,9 @@ the batch order is shuffled again. Each batch is padded to its longest example r
 ``bucket_size`` (capped at max_length), so only a few shapes ever compile.
 
 Evaluation covers every example: sorted by length, batched, the last batch padded with weight-0 rows.
+
+Pair tasks (Retrieval) hold ``inputs`` [N, 2, max_length] and ``lengths`` [N, 2]: one document per slot of the
+pair axis. Batches keep that axis (inputs/valid [B, 2, length]); an example's length is its longer document's.
 """
 from __future__ import annotations
 
@@ -20,12 +23,18 @@ def bucket_length(longest: int, bucket_size: int | None, max_length: int) -> int
     return int(min(max_length, max(bucket_size, -(-int(longest) // bucket_size) * bucket_size)))
 
 
+def example_lengths(arrays: dict) -> np.ndarray:
+    """int [N]: each example's length (a pair's longer document)."""
+    lengths = arrays["lengths"]
+    return lengths.max(axis=-1) if lengths.ndim > 1 else lengths
+
+
 def make_batch(arrays: dict, indices: np.ndarray, length: int, weights: np.ndarray | None = None) -> dict:
-    """Gather rows ``indices`` cut to ``length``: inputs int32 [B, length], valid bool, targets, weights."""
+    """Gather rows ``indices`` cut to ``length``: inputs int32 [B, (2,) length], valid bool, targets, weights."""
     lengths = np.minimum(arrays["lengths"][indices], length)
     return {
-        "inputs": np.ascontiguousarray(arrays["inputs"][indices, :length], dtype=np.int32),
-        "valid": np.arange(length)[None, :] < lengths[:, None],
+        "inputs": np.ascontiguousarray(arrays["inputs"][indices][..., :length], dtype=np.int32),
+        "valid": np.arange(length) < lengths[..., None],
         "targets": arrays["targets"][indices].astype(np.int32),
         "weights": np.ones(len(indices), np.float32) if weights is None else weights.astype(np.float32),
     }
@@ -51,7 +60,7 @@ class TrainBatches:
         order = rng.permutation(self.num_examples)[: self.batches_per_epoch * self.batch_size]
         if self.bucket_size:
             pool = self.pool_batches * self.batch_size
-            lengths = self.arrays["lengths"]
+            lengths = example_lengths(self.arrays)
             chunks = [order[s: s + pool] for s in range(0, len(order), pool)]
             order = np.concatenate([c[np.argsort(lengths[c], kind="stable")] for c in chunks])
             plan = order.reshape(self.batches_per_epoch, self.batch_size)
@@ -66,7 +75,7 @@ class TrainBatches:
 
     def batch(self, step: int) -> dict:
         idx = self.indices(step)
-        length = bucket_length(self.arrays["lengths"][idx].max(), self.bucket_size, self.max_length)
+        length = bucket_length(example_lengths(self.arrays)[idx].max(), self.bucket_size, self.max_length)
         return make_batch(self.arrays, idx, length)
 
     def shapes(self) -> list[int]:
@@ -80,12 +89,13 @@ class TrainBatches:
 def eval_batches(arrays: dict, batch_size: int, *, max_length: int, bucket_size: int | None = None):
     """Yield batches covering every example exactly once (weight 1); padding rows have weight 0."""
     n = len(arrays["targets"])
-    order = np.argsort(arrays["lengths"], kind="stable") if bucket_size else np.arange(n)
+    lengths = example_lengths(arrays)
+    order = np.argsort(lengths, kind="stable") if bucket_size else np.arange(n)
     for start in range(0, n, batch_size):
         idx = order[start: start + batch_size]
         weights = np.ones(batch_size, np.float32)
         if len(idx) < batch_size:
             weights[len(idx):] = 0.0
             idx = np.concatenate([idx, np.full(batch_size - len(idx), idx[0])])
-        length = bucket_length(arrays["lengths"][idx].max(), bucket_size, max_length)
+        length = bucket_length(lengths[idx].max(), bucket_size, max_length)
         yield make_batch(arrays, idx, length, weights)

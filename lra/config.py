@@ -35,6 +35,10 @@ def validate(config: dict) -> None:
             raise ConfigError(f"the config has no '{section}' section; compose it through configs/train.yaml")
     for key in ("max_length", "num_classes", "vocab_size"):
         _positive_int(config, "task", key)
+    pair = config["task"].get("pair")
+    if pair not in (None, "paper", "concat"):
+        raise ConfigError(f"task.pair must be null, 'paper' ([X1, X2, X1*X2, X1-X2]) or 'concat' ([X1, X2]), "
+                          f"got {pair!r}")
     for key in ("batch_size", "eval_batch_size", "train_steps", "eval_every", "log_every"):
         _positive_int(config, "train", key)
     train = config["train"]

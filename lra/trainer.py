@@ -46,7 +46,7 @@ class DoesNotFit(RuntimeError):
 def build_model(config: dict) -> Classifier:
     task, model, attention = config["task"], config["model"], config["attention"]
     enc = EncoderConfig(vocab_size=task["vocab_size"], num_classes=task["num_classes"],
-                        max_length=task["max_length"], attention=attention["name"],
+                        max_length=task["max_length"], attention=attention["name"], pair=task.get("pair"),
                         attention_options={k: v for k, v in attention.items() if k != "name"}, **model)
     return Classifier(enc, nnx.Rngs(params=config["seed"]))
 
@@ -127,9 +127,10 @@ class Steps:
         return self._compiled[key]
 
 
-def batch_struct(batch_size: int, length: int) -> dict:
-    return {"inputs": jax.ShapeDtypeStruct((batch_size, length), jnp.int32),
-            "valid": jax.ShapeDtypeStruct((batch_size, length), jnp.bool_),
+def batch_struct(batch_size: int, length: int, pair: bool = False) -> dict:
+    shape = (batch_size, 2, length) if pair else (batch_size, length)
+    return {"inputs": jax.ShapeDtypeStruct(shape, jnp.int32),
+            "valid": jax.ShapeDtypeStruct(shape, jnp.bool_),
             "targets": jax.ShapeDtypeStruct((batch_size,), jnp.int32),
             "weights": jax.ShapeDtypeStruct((batch_size,), jnp.float32)}
 
@@ -182,7 +183,15 @@ def load_split(config: dict, split: str) -> dict:
     task = config["task"]
     src = data_lib.source(task["name"], split, data_dir=config["data_dir"], max_length=task["max_length"],
                           **task.get("data", {}))
-    return src.arrays
+    return pair_arrays(src.arrays)
+
+
+def pair_arrays(arrays: dict) -> dict:
+    """Pair tasks' ``inputs1/inputs2`` and ``lengths1/lengths2`` stacked on a pair axis (see lra.batching)."""
+    if "inputs1" not in arrays:
+        return arrays
+    return {"inputs": np.stack([arrays["inputs1"], arrays["inputs2"]], axis=1),
+            "lengths": np.stack([arrays["lengths1"], arrays["lengths2"]], axis=1), "targets": arrays["targets"]}
 
 
 def peak_memory(steps_bytes: int | None) -> tuple[int | None, str]:
@@ -222,7 +231,8 @@ def train(config: dict, run_dir: str | Path) -> dict:
     # Refuse a step that cannot fit before loading any data.
     max_len = config["task"]["max_length"]
     step_arg = jax.ShapeDtypeStruct((), jnp.int32)
-    largest = steps.compiled("train", params, opt_state, rest, batch_struct(t["batch_size"], max_len), step_arg)
+    largest_batch = batch_struct(t["batch_size"], max_len, pair=bool(config["task"].get("pair")))
+    largest = steps.compiled("train", params, opt_state, rest, largest_batch, step_arg)
     need, have = compiled_bytes(largest), available_bytes(t["memory_limit_gb"])
     if need is not None and have is not None and need > have:
         raise DoesNotFit(f"the train step at batch_size={t['batch_size']}, max_length={max_len} needs "

@@ -4,6 +4,11 @@ Token embedding + positions (sinusoidal or learned) -> optional learned CLS vect
 (attention from ``models.attention.build``, GELU MLP, dropout) -> final LayerNorm -> CLS or mean pooling ->
 head Dense(mlp_dim) - ReLU - Dense(num_classes). Calling returns ``(logits, aux)``; aux holds named
 intermediates (the pooled vector) so probing needs no code change.
+
+Pair tasks (LRA Retrieval) use the same classifier as a dual encoder: tokens [B, 2, L] are two documents that the
+one shared encoder reads separately (each with its own CLS vector, no cross attention); the two pooled vectors
+X1, X2 are combined as [X1, X2, X1 * X2, X1 - X2] (``pair="paper"``, the LRA paper) or [X1, X2]
+(``pair="concat"``, the official LRA code) before the head.
 """
 from __future__ import annotations
 
@@ -20,6 +25,7 @@ from models import attention as attention_lib
 dense_init = nnx.initializers.xavier_uniform()
 POOLINGS = ("cls", "mean")
 POSITIONS = ("sinusoidal", "learned")
+PAIRS = {"paper": 4, "concat": 2}   # pair combination -> pooled vectors in the head's input
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,6 +44,7 @@ class EncoderConfig:
     positions: str = "sinusoidal"
     attention: str = "full"
     attention_options: dict = dataclasses.field(default_factory=dict)
+    pair: str | None = None
 
     def __post_init__(self):
         for key in ("vocab_size", "num_classes", "max_length", "emb_dim", "num_heads", "num_layers", "qkv_dim",
@@ -55,6 +62,8 @@ class EncoderConfig:
             raise ValueError(f"model.pooling must be one of {POOLINGS}, got {self.pooling!r}")
         if self.positions not in POSITIONS:
             raise ValueError(f"model.positions must be one of {POSITIONS}, got {self.positions!r}")
+        if self.pair is not None and self.pair not in PAIRS:
+            raise ValueError(f"task.pair must be null or one of {tuple(PAIRS)}, got {self.pair!r}")
 
 
 def sinusoidal_positions(length: int, dim: int) -> np.ndarray:
@@ -137,7 +146,8 @@ class Classifier(nnx.Module):
     def __init__(self, cfg: EncoderConfig, rngs: nnx.Rngs):
         self.cfg = cfg
         self.encoder = Encoder(cfg, rngs)
-        self.head_hidden = nnx.Linear(cfg.emb_dim, cfg.mlp_dim, kernel_init=dense_init, rngs=rngs)
+        head_in = cfg.emb_dim * (PAIRS[cfg.pair] if cfg.pair else 1)
+        self.head_hidden = nnx.Linear(head_in, cfg.mlp_dim, kernel_init=dense_init, rngs=rngs)
         self.head_out = nnx.Linear(cfg.mlp_dim, cfg.num_classes, kernel_init=dense_init, rngs=rngs)
 
     def pool(self, x, valid):
@@ -147,11 +157,26 @@ class Classifier(nnx.Module):
         return (x * weights).sum(axis=1) / jnp.maximum(weights.sum(axis=1), 1.0)
 
     def __call__(self, tokens, valid, deterministic: bool = True, rngs: nnx.Rngs | None = None):
-        """tokens int [B, L], valid bool [B, L] -> logits float32 [B, num_classes], aux dict."""
+        """tokens int [B, L] (pair tasks: [B, 2, L]), valid bool of the same shape -> logits float32
+        [B, num_classes], aux dict."""
+        pair = tokens.ndim == 3
+        if pair != bool(self.cfg.pair):
+            raise ValueError(f"the classifier was built with pair={self.cfg.pair!r} but got tokens of shape "
+                             f"{tokens.shape}: pair tasks take [batch, 2, length], the others [batch, length]")
+        if pair:
+            b, _, length = tokens.shape
+            tokens, valid = tokens.reshape(2 * b, length), valid.reshape(2 * b, length)
         x, valid = self.encoder(tokens, valid, deterministic, rngs)
         pooled = self.pool(x, valid)
+        aux = {"pooled": pooled}
+        if pair:
+            pooled = pooled.reshape(b, 2, -1)
+            x1, x2 = pooled[:, 0], pooled[:, 1]
+            parts = [x1, x2, x1 * x2, x1 - x2] if self.cfg.pair == "paper" else [x1, x2]
+            pooled = jnp.concatenate(parts, axis=-1)
+            aux = {"pooled": aux["pooled"].reshape(b, 2, -1), "combined": pooled}
         logits = self.head_out(jax.nn.relu(self.head_hidden(pooled)))
-        return logits, {"pooled": pooled}
+        return logits, aux
 
 
 def count_params(module: nnx.Module) -> int:

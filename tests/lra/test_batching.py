@@ -79,3 +79,24 @@ def test_bucket_length():
     assert batching.bucket_length(33, 32, 100) == 64
     assert batching.bucket_length(99, 32, 100) == 100
     assert batching.bucket_length(5, None, 100) == 100
+
+
+def test_pair_arrays_batch_with_a_pair_axis():
+    """Retrieval: inputs [N, 2, L], lengths [N, 2]; a batch is padded to its longest document, valid per slot."""
+    from lra.trainer import pair_arrays
+
+    one, two = arrays(n=40, seed=1), arrays(n=40, seed=2)
+    data = pair_arrays({"inputs1": one["inputs"], "inputs2": two["inputs"], "lengths1": one["lengths"],
+                        "lengths2": two["lengths"], "targets": one["targets"]})
+    assert data["inputs"].shape == (40, 2, 64) and data["lengths"].shape == (40, 2)
+    batches = batching.TrainBatches(data, 8, seed=0, max_length=64, bucket_size=16)
+    for step in range(10):
+        batch, idx = batches.batch(step), batches.indices(step)
+        length = batch["inputs"].shape[-1]
+        assert batch["inputs"].shape == batch["valid"].shape == (8, 2, length)
+        assert length == batching.bucket_length(data["lengths"][idx].max(), 16, 64)
+        np.testing.assert_array_equal(batch["valid"].sum(-1), data["lengths"][idx])
+        np.testing.assert_array_equal(batch["inputs"][:, 1], two["inputs"][idx, :length])
+    seen = np.concatenate([b["targets"][b["weights"] > 0] for b in
+                           batching.eval_batches(data, 6, max_length=64, bucket_size=16)])
+    assert sorted(seen) == sorted(data["targets"])

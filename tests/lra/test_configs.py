@@ -78,6 +78,7 @@ def test_lra_profile_is_the_official_listops_config():
     ("task.max_length=0", "task.max_length"),
     ("train.weight_decay=-1", "train.weight_decay"),
     ("attention.name=nope", "attention.name"),
+    ("+task.pair=sum", "task.pair"),
 ])
 def test_validation_names_the_key(override, key):
     config = compose_config(["profile=smoke", override])

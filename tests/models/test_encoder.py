@@ -128,3 +128,32 @@ def test_full_attention_module_matches_kernel_reference():
     y = kernels.reference_attention(qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2], kv_valid=np.asarray(valid))
     ref = y.reshape(2, 8, 16) @ np.asarray(module.out.kernel[...], np.float64) + np.asarray(module.out.bias[...])
     np.testing.assert_allclose(np.asarray(out), ref, rtol=2e-5, atol=2e-5)
+
+
+@pytest.mark.parametrize("pair,parts", [("paper", 4), ("concat", 2)])
+def test_dual_encoder_pair_combination(pair, parts):
+    """Pair tasks: one shared encoder reads each document separately (its own CLS); the head sees
+    [X1, X2, X1*X2, X1-X2] (paper) or [X1, X2] (official code)."""
+    model, cfg = make(pair=pair, num_classes=2)
+    single, _ = make(num_classes=2)
+    assert count_params(model) == count_params(single) + (parts - 1) * cfg.emb_dim * cfg.mlp_dim
+    t1, v1 = tokens_and_valid([40, 9, 3], 40, seed=1)
+    t2, v2 = tokens_and_valid([5, 40, 22], 40, seed=2)
+    tokens, valid = jnp.stack([t1, t2], axis=1), jnp.stack([v1, v2], axis=1)
+    logits, aux = model(tokens, valid)
+    assert logits.shape == (3, 2) and aux["pooled"].shape == (3, 2, 32)
+    # Each document is encoded on its own: the same as running the encoder on it alone.
+    x1 = model.pool(*model.encoder(t1, v1))
+    x2 = model.pool(*model.encoder(t2, v2))
+    np.testing.assert_allclose(np.asarray(aux["pooled"][:, 0]), np.asarray(x1), rtol=2e-5, atol=2e-6)
+    np.testing.assert_allclose(np.asarray(aux["pooled"][:, 1]), np.asarray(x2), rtol=2e-5, atol=2e-6)
+    expected = [x1, x2, x1 * x2, x1 - x2][:parts]
+    np.testing.assert_allclose(np.asarray(aux["combined"]), np.asarray(jnp.concatenate(expected, -1)),
+                               rtol=2e-5, atol=2e-6)
+    # No cross attention: changing document 2 leaves X1 alone.
+    _, aux2 = model(jnp.stack([t1, t2[::-1]], axis=1), jnp.stack([v1, v2[::-1]], axis=1))
+    np.testing.assert_allclose(np.asarray(aux2["pooled"][:, 0]), np.asarray(x1), rtol=2e-5, atol=2e-6)
+    with pytest.raises(ValueError, match="pair"):
+        model(t1, v1)
+    with pytest.raises(ValueError, match="pair"):
+        make(pair="sum")
