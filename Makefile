@@ -20,9 +20,15 @@ $(STAMP): requirements.lock pyproject.toml
 
 setup: $(STAMP) ## create .venv and install the locked versions (the other targets do this themselves)
 
-demo: setup ## generate ListOps, train a Transformer on it (cpu profile, ~10 min on 2 cores), print the results table
-	$(BIN)/python -m lra.train task=listops attention=full profile=cpu
-	$(BIN)/python -m lra.results --results results
+DEMO_VARIANTS ?= full local linformer
+DEMO := outputs/demo
+demo: setup ## ListOps generated, three variants trained (cpu profile, ~25 min on 2 cores), benchmarked, charted
+	for v in $(DEMO_VARIANTS); do \
+	  $(BIN)/python -m lra.train task=listops attention=$$v profile=cpu results_dir=$(DEMO) || exit 1; done
+	$(BIN)/python -m lra.bench attention=[$(shell echo $(DEMO_VARIANTS) | tr ' ' ',')] lengths=[1024,2048] \
+	  batch_size=2 warmup=1 steps=2 repeats=3 results_dir=$(DEMO)
+	$(BIN)/python -m lra.plot --results $(DEMO)
+	$(BIN)/python -m lra.results --results $(DEMO)
 
 test: setup ## the test suite: tiny shapes and the smoke profile, no GPU, no network
 	$(BIN)/python -m pytest -m "not slow" -q

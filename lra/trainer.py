@@ -214,6 +214,7 @@ def train(config: dict, run_dir: str | Path) -> dict:
         record = json.loads(result_path.read_text())
         log.info("run already finished (%s); delete it or choose another hydra.run.dir to train again",
                  result_path)
+        _ensure_recorded(record, Path(config["results_dir"]) / "runs.jsonl")
         return record
     _claim_run_dir(run_dir, config)
 
@@ -342,6 +343,16 @@ def train(config: dict, run_dir: str | Path) -> dict:
     log.info("test accuracy %.4f at best validation step %s (val %.4f); record appended to %s",
              test["accuracy"], meta["best_step"], meta["best_val_accuracy"], Path(config["results_dir"]) / "runs.jsonl")
     return record
+
+
+def _ensure_recorded(record: dict, runs_path: Path) -> None:
+    """Append a finished run's record to ``runs_path`` unless it is there already (a rerun with another
+    results_dir, or a record lost between result.json and the append, still ends up recorded exactly once)."""
+    key = (record.get("run_dir"), record.get("finished_at"))
+    existing = results.read_jsonl(runs_path) if runs_path.exists() else []
+    if not any((r.get("run_dir"), r.get("finished_at")) == key for r in existing):
+        results.append_jsonl(runs_path, record)
+        log.info("record appended to %s", runs_path)
 
 
 def _claim_run_dir(run_dir: Path, config: dict) -> None:

@@ -55,6 +55,12 @@ def test_smoke_cli_end_to_end(isolated, subprocess_env):
                        env=subprocess_env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0 and "already finished" in r.stderr + r.stdout
     assert len(results.read_jsonl(paths["results"] / "runs.jsonl")) == 1
+    # With another results_dir (make demo does that), the finished record is appended there, once.
+    config = smoke_config(paths)
+    config["results_dir"] = str(paths["results"] / "other")
+    for _ in range(2):
+        assert trainer.train(config, paths["run"]) == record
+    assert results.read_jsonl(paths["results"] / "other" / "runs.jsonl") == [record]
 
 
 def restore_params(config, run_dir, which):

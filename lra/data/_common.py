@@ -1,0 +1,217 @@
+"""Helpers shared by the Text, Retrieval and Image data modules (and their fixtures).
+
+- Where a task's files live: ``task_dir(data_dir, task, source)`` is ``<data_dir>/<task>/`` for the real data
+  (``source="release"``) and ``<data_dir>/<task>/smoke/`` for the tiny synthetic data of the smoke profile
+  (``source="smoke"``, written by ``lra.data.fixtures``). Both folders have the same layout.
+- Atomic writes: a file is written under a temporary name in its final folder and renamed into place with
+  ``os.replace``; a prepared data set is a set of such files plus a ``manifest.json`` written last, so a folder
+  without a manifest is never read (an interrupted preparation leaves nothing a loader would use).
+- Downloads with a timeout, size and SHA-256 checks, and a clear message naming the manual route when offline.
+- Byte tokenisation shared by Text and Retrieval: token = byte + 1, padding 0 (vocabulary 257).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import http.client
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+SOURCES = ("release", "smoke")
+SPLITS = ("train", "val", "test")
+MANIFEST = "manifest.json"
+
+
+def check_split(split: str, task: str) -> None:
+    if split not in SPLITS:
+        raise ValueError(f"unknown {task} split {split!r}; valid splits: {', '.join(SPLITS)}")
+
+
+def task_dir(data_dir, task: str, source: str = "release") -> Path:
+    """``<data_dir>/<task>/`` (release) or ``<data_dir>/<task>/smoke/`` (synthetic smoke data)."""
+    if source not in SOURCES:
+        raise ValueError(f"unknown data source {source!r} for {task}; valid sources: {', '.join(SOURCES)}")
+    folder = Path(data_dir) / task
+    return folder / "smoke" if source == "smoke" else folder
+
+
+# --------------------------------------------------------------------------- atomic writes
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path in ``path``'s folder; on success it is renamed to ``path``, on error removed."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    tmp = Path(tmp)
+    try:
+        yield tmp
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        raise
+
+
+def save_npy(path: str | os.PathLike, array: np.ndarray) -> None:
+    """``np.save`` to ``path`` atomically (the name is kept exactly; no ``.npy`` is appended)."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.save(f, np.ascontiguousarray(array), allow_pickle=False)
+
+
+def save_npz(path: str | os.PathLike, **arrays: np.ndarray) -> None:
+    """Uncompressed ``np.savez`` to ``path`` atomically."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.savez(f, **arrays)
+
+
+def write_json(path: str | os.PathLike, obj) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
+def read_manifest(folder: Path) -> dict | None:
+    path = Path(folder) / MANIFEST
+    if not path.is_file():
+        return None
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def publish(folder: Path, arrays: dict[str, np.ndarray], manifest: dict) -> None:
+    """Write ``arrays`` as ``<name>.npy`` files into ``folder`` atomically, then the manifest (last): a loader
+    that finds the manifest finds every array complete. An old manifest is removed first, so a crash half-way
+    through a re-preparation leaves a folder that reads as 'not prepared' rather than a mix of old and new."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with contextlib.suppress(FileNotFoundError):
+        (folder / MANIFEST).unlink()
+    for name, array in arrays.items():
+        save_npy(folder / f"{name}.npy", array)
+    write_json(folder / MANIFEST, manifest)
+
+
+# --------------------------------------------------------------------------- checksums and downloads
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def verify_file(path: Path, *, size: int | None, sha256: str | None, hint: str) -> None:
+    """Raise ValueError when ``path`` does not have the expected size or SHA-256 (``hint`` says what to do)."""
+    found_size = path.stat().st_size
+    if size is not None and found_size != size:
+        raise ValueError(f"{path}: expected {size} bytes, found {found_size} (truncated or a different file). {hint}")
+    if sha256 is not None:
+        found = sha256_file(path)
+        if found != sha256:
+            raise ValueError(f"{path}: SHA-256 mismatch: expected {sha256}, found {found}. {hint}")
+
+
+def download(url: str, dest: Path, *, timeout: float, manual_hint: str, size: int | None = None) -> Path:
+    """Download ``url`` to ``dest`` (atomically; a socket timeout of ``timeout`` seconds per read).
+
+    Raises ConnectionError naming the manual route (``manual_hint``) when the machine is offline or the
+    server does not answer."""
+    log.info("downloading %s to %s", url, dest)
+    t0 = time.monotonic()
+    try:
+        with atomic_path(dest) as tmp, urllib.request.urlopen(url, timeout=timeout) as resp, open(tmp, "wb") as f:
+            total = resp.headers.get("Content-Length")
+            total = int(total) if total else size
+            done, next_report = 0, time.monotonic() + 10.0
+            while block := resp.read(1 << 20):
+                f.write(block)
+                done += len(block)
+                if time.monotonic() > next_report:
+                    pct = f" ({100 * done / total:.0f}%)" if total else ""
+                    log.info("  %d MB%s", done >> 20, pct)
+                    next_report = time.monotonic() + 10.0
+            if total is not None and done != total:
+                raise ConnectionError(f"download of {url} stopped after {done} of {total} bytes")
+    except (urllib.error.URLError, TimeoutError, ConnectionError, http.client.HTTPException) as e:
+        raise ConnectionError(f"could not download {url} ({e}).\n{manual_hint}") from None
+    log.info("downloaded %s (%.1f MB) in %.0fs", dest.name, dest.stat().st_size / 1e6, time.monotonic() - t0)
+    return dest
+
+
+def find_archive(manual_dir: str | os.PathLike, filename: str) -> Path:
+    """``manual_dir`` itself when it is a file, else ``manual_dir/filename``; FileNotFoundError if absent."""
+    p = Path(manual_dir)
+    if p.is_file():
+        return p
+    candidate = p / filename
+    if candidate.is_file():
+        return candidate
+    raise FileNotFoundError(f"{filename} not found: {candidate} does not exist (--manual-dir must be the folder "
+                            f"holding {filename}, or the archive itself)")
+
+
+def replace_dir(src: Path, dst: Path) -> None:
+    """Move folder ``src`` to ``dst``, replacing an existing ``dst`` (renames on the same file system)."""
+    if dst.exists():
+        trash = Path(tempfile.mkdtemp(dir=dst.parent, prefix=f".{dst.name}.old-"))
+        os.replace(dst, trash / "old")
+        shutil.rmtree(trash, ignore_errors=True)
+    os.replace(src, dst)
+
+
+# --------------------------------------------------------------------------- byte tokens
+
+
+def byte_tokens(text: str | bytes, max_length: int) -> tuple[np.ndarray, int]:
+    """(int32 [max_length] token ids, number of real tokens) of one text: UTF-8 bytes + 1, truncated or padded
+    with 0. ``"ab"`` -> ``[98, 99, 0, ...]``, length 2."""
+    if max_length < 1:
+        raise ValueError(f"max_length must be >= 1, got {max_length}")
+    raw = text.encode("utf-8") if isinstance(text, str) else bytes(text)
+    raw = raw[:max_length]
+    ids = np.zeros(max_length, dtype=np.int32)
+    ids[: len(raw)] = np.frombuffer(raw, dtype=np.uint8).astype(np.int32) + 1
+    return ids, len(raw)
+
+
+def tokens_from_concat(data: np.ndarray, offsets: np.ndarray, max_length: int) -> tuple[np.ndarray, np.ndarray]:
+    """Byte tokens of documents stored as one uint8 concatenation ``data`` with ``offsets`` [N + 1]
+    (document i = data[offsets[i]:offsets[i+1]]): int32 [N, max_length] (bytes + 1, 0-padded, truncated)
+    and int32 lengths [N]."""
+    if max_length < 1:
+        raise ValueError(f"max_length must be >= 1, got {max_length}")
+    offsets = np.asarray(offsets, dtype=np.int64)
+    n = offsets.size - 1
+    lengths = np.minimum(np.diff(offsets), max_length).astype(np.int32)
+    out = np.zeros((n, max_length), dtype=np.int32)
+    for i in range(n):
+        start, k = offsets[i], lengths[i]
+        out[i, :k] = data[start : start + k]
+        out[i, :k] += 1
+    return out, lengths
+
+
+def tokens_from_padded_bytes(raw: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """int32 tokens from uint8 [N, L] raw bytes whose rows are valid up to ``lengths``: byte + 1, 0 after."""
+    raw = np.asarray(raw)
+    valid = np.arange(raw.shape[1], dtype=np.int32)[None, :] < np.asarray(lengths, dtype=np.int32)[:, None]
+    out = raw.astype(np.int32)
+    out += 1
+    out *= valid
+    return out

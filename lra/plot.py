@@ -1,0 +1,338 @@
+"""The LRA summary chart (the paper's Figure 3) and Table 2 as curves, redrawn from recorded results.
+
+    python -m lra.plot [--results results/] [--out results/lra_summary.png] [--profile cpu] [--bench cpu_long]
+                       [--no-paper]
+
+Writes, next to ``--out``:
+  lra_summary.png / .html   x = examples/s of one train step at the longest benchmarked length (bench.jsonl),
+                            y = LRA score = mean test accuracy over the tasks every plotted variant has a run of
+                            (runs.jsonl; the tasks are named on the chart), bubble area = peak memory at that
+                            length. The paper's own points (Tables 1 and 2: TPU v3, batch 32, 4K, five-task
+                            average) are a faint overlay on a second x axis, since its units are another machine's;
+                            ``--no-paper`` leaves them out. The HTML is one self-contained file: hover a bubble for
+                            its numbers.
+  lra_speed_vs_length.png   steps/s against length per variant (the bench group with the most lengths).
+  lra_memory_vs_length.png  peak memory against length per variant (same rows).
+
+Runs are averaged over seeds per (task, variant) within one profile (default: the profile with the most runs).
+Bench rows are taken from one group of equal (preset, batch size, device) (default: the group whose longest
+length with an ``ok`` row is longest). Only recorded numbers are drawn; variants lacking a score or a speed are
+listed in the chart's footnote instead of being guessed.
+"""
+from __future__ import annotations
+
+import argparse
+import html
+import math
+import statistics
+from collections import defaultdict
+from pathlib import Path
+
+from lra import results as results_lib
+
+# The paper's numbers (Tay et al. 2021, "Long Range Arena"). Table 1 test accuracy (%) per task (Path-X: every
+# model failed) and Table 2 at 4K (steps/s with batch 32 on a 4x4 TPU v3, peak memory GB per device), by
+# registry name.
+PAPER_TASKS = ("listops", "text", "retrieval", "image", "pathfinder")
+PAPER_ACCURACY = {
+    "full": (36.37, 64.27, 57.46, 42.44, 71.40),
+    "local": (15.82, 52.98, 53.39, 41.46, 66.63),
+    "sparse": (17.07, 63.58, 59.59, 44.24, 71.71),
+    "longformer": (35.63, 62.85, 56.89, 42.22, 69.71),
+    "linformer": (35.70, 53.94, 52.27, 38.56, 76.34),
+    "reformer": (37.27, 56.10, 53.40, 38.07, 68.50),
+    "sinkhorn": (33.67, 61.20, 53.83, 41.23, 67.45),
+    "synthesizer": (36.99, 61.68, 54.67, 41.61, 69.45),
+    "bigbird": (36.05, 64.02, 59.29, 40.83, 74.87),
+    "linear": (16.13, 65.90, 53.09, 42.34, 75.30),
+    "performer": (18.01, 65.40, 53.82, 42.77, 77.05),
+}
+PAPER_SPEED_4K = {
+    "full": (1.4, 9.48), "local": (7.4, 1.37), "linformer": (7.7, 0.99), "reformer": (1.1, 2.28),
+    "sinkhorn": (5.3, 1.48), "synthesizer": (1.9, 6.99), "bigbird": (1.5, 2.88), "linear": (7.8, 1.03),
+    "performer": (8.0, 1.06),
+}
+PAPER_BATCH = 32
+
+
+def paper_points(tasks: list[str]) -> dict[str, tuple[float, float, float]]:
+    """name -> (the paper's mean accuracy over ``tasks`` (all five when none of them is in Table 1), examples/s
+    at 4K, memory GB at 4K), for the variants Table 2 timed."""
+    idx = [PAPER_TASKS.index(t) for t in tasks if t in PAPER_TASKS] or list(range(len(PAPER_TASKS)))
+    return {name: (statistics.fmean(PAPER_ACCURACY[name][i] for i in idx), sps * PAPER_BATCH, gb)
+            for name, (sps, gb) in PAPER_SPEED_4K.items()}
+
+
+# ------------------------------------------------------------------------------------------------ selection
+
+
+def scores(runs: list[dict], profile: str | None = None) -> tuple[dict[str, float], list[str], str | None]:
+    """(variant -> LRA score in %, the tasks averaged, the profile used) from run records.
+
+    Test accuracy is averaged over seeds per (task, variant); a variant's score is the mean over the tasks that
+    every variant with runs has (so scores compare like with like)."""
+    if profile is None and runs:
+        counts = defaultdict(int)
+        for r in runs:
+            counts[r.get("profile")] += 1
+        profile = max(counts, key=lambda p: (counts[p], str(p)))
+    per = defaultdict(list)
+    for r in runs:
+        if r.get("profile") == profile and r.get("test_accuracy") is not None:
+            per[(r["task"], r["attention"])].append(float(r["test_accuracy"]))
+    tasks_of = defaultdict(set)
+    for task, variant in per:
+        tasks_of[variant].add(task)
+    if not tasks_of:
+        return {}, [], profile
+    common = sorted(set.intersection(*tasks_of.values()))
+    out = {v: 100 * statistics.fmean(statistics.fmean(per[(t, v)]) for t in common) for v in tasks_of} if common \
+        else {}
+    return out, common, profile
+
+
+def bench_groups(rows: list[dict]) -> dict[tuple, list[dict]]:
+    """ok rows grouped by (preset, batch size, device)."""
+    groups = defaultdict(list)
+    for r in rows:
+        if r.get("status") == "ok":
+            groups[(r.get("bench"), r.get("batch_size"), r.get("device"))].append(r)
+    return dict(groups)
+
+
+def pick_group(groups: dict[tuple, list[dict]], preset: str | None, key) -> tuple | None:
+    candidates = [g for g in groups if preset is None or g[0] == preset]
+    return max(candidates, key=lambda g: key(groups[g]), default=None)
+
+
+def speeds_at_longest(rows: list[dict]) -> tuple[int | None, dict[str, dict]]:
+    """(longest length, variant -> its row at that length); the latest row wins when a variant repeats."""
+    if not rows:
+        return None, {}
+    longest = max(r["length"] for r in rows)
+    return longest, {r["attention"]: r for r in rows if r["length"] == longest}
+
+
+# ------------------------------------------------------------------------------------------------- drawing
+
+
+def _bubble_size(memory_bytes: float, scale: float) -> float:
+    return max(20.0, scale * memory_bytes / 2**30)
+
+
+def summary_points(score: dict[str, float], at_length: dict[str, dict]) -> list[dict]:
+    points = []
+    for name in sorted(set(score) & set(at_length)):
+        row = at_length[name]
+        points.append({"attention": name, "score": score[name], "examples_per_second": row["examples_per_second"],
+                       "steps_per_second": row["steps_per_second"], "memory_bytes": row["peak_memory_bytes"],
+                       "memory_method": row.get("memory_method"), "length": row["length"],
+                       "batch_size": row["batch_size"], "device": row.get("device")})
+    return points
+
+
+def draw_summary(points: list[dict], tasks: list[str], profile, footnote: str, out: Path, paper: bool) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import matplotlib.ticker  # noqa: F401  (used through matplotlib.ticker)
+
+    fig, ax = plt.subplots(figsize=(8.5, 6), dpi=120)
+    if paper:
+        top = ax.twiny()
+        for name, (avg, x, gb) in paper_points(tasks).items():
+            top.scatter([x], [avg], s=_bubble_size(gb * 2**30, 60), color="0.6", alpha=0.18, edgecolors="0.5")
+            top.annotate(name, (x, avg), fontsize=7, color="0.55", ha="center", va="center")
+        top.set_xscale("log")
+        top.set_xlabel(f"paper (faint): examples/s at 4K, batch {PAPER_BATCH}, 4x4 TPU v3; y = its accuracy on "
+                       f"the same tasks", color="0.45", fontsize=8)
+        top.tick_params(axis="x", colors="0.5", labelsize=7)
+    if points:
+        cmap = plt.get_cmap("tab20")
+        for i, p in enumerate(points):
+            ax.scatter([p["examples_per_second"]], [p["score"]], s=_bubble_size(p["memory_bytes"], 120),
+                       color=cmap(i % 20), alpha=0.55, edgecolors="black", linewidths=0.6, zorder=3)
+            ax.annotate(p["attention"], (p["examples_per_second"], p["score"]), fontsize=8, ha="center",
+                        va="bottom", xytext=(0, 6), textcoords="offset points", zorder=4)
+        ax.set_xscale("log")
+        first = points[0]
+        ax.set_xlabel(f"examples/s, one train step at length {first['length']}, batch {first['batch_size']} "
+                      f"({first['device']})", fontsize=9)
+    ax.set_ylabel(f"LRA score: mean test accuracy (%) over {', '.join(tasks) or 'no task'} (profile {profile})",
+                  fontsize=9)
+    ax.set_title("Long Range Arena: score vs speed, bubble area = peak memory", fontsize=11)
+    ax.grid(True, which="both", alpha=0.25)
+    if paper and points:
+        # Both axes show the same data range when possible: align the paper's axis to its own points.
+        xs = [x for _, x, _ in paper_points(tasks).values()]
+        top.set_xlim(min(xs) / 1.5, max(xs) * 1.5)
+    for axis in ([ax.xaxis, top.xaxis] if paper else [ax.xaxis]):
+        axis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+        axis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    fig.text(0.01, 0.01, footnote, fontsize=7, color="0.35", wrap=True)
+    fig.tight_layout(rect=(0, 0.05, 1, 1))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out)
+    plt.close(fig)
+
+
+def draw_curves(rows: list[dict], out_speed: Path, out_memory: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import matplotlib.ticker  # noqa: F401  (used through matplotlib.ticker)
+
+    by_variant = defaultdict(dict)
+    for r in rows:
+        by_variant[r["attention"]][r["length"]] = r
+    device = rows[0].get("device") if rows else ""
+    batch = rows[0].get("batch_size") if rows else ""
+    for out, key, label, scale in ((out_speed, "steps_per_second", "train steps/s", 1.0),
+                                   (out_memory, "peak_memory_bytes", "peak memory (GiB)", 2.0**-30)):
+        fig, ax = plt.subplots(figsize=(7, 5), dpi=120)
+        for name in sorted(by_variant):
+            lengths = sorted(by_variant[name])
+            ax.plot(lengths, [by_variant[name][n][key] * scale for n in lengths], marker="o", label=name,
+                    linestyle="--" if name == "full" else "-")
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xticks(sorted({r["length"] for r in rows}), [str(n) for n in sorted({r["length"] for r in rows})])
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+        ax.set_xlabel("sequence length")
+        ax.set_ylabel(label)
+        ax.set_title(f"Text backbone, batch {batch}: {label} vs length\n{device}", fontsize=10)
+        ax.grid(True, which="both", alpha=0.25)
+        ax.legend(fontsize=7, ncol=2)
+        fig.tight_layout()
+        fig.savefig(out)
+        plt.close(fig)
+
+
+def summary_html(points: list[dict], tasks: list[str], profile, footnote: str, paper: bool) -> str:
+    """A self-contained HTML page: an SVG bubble chart whose bubbles show their numbers on hover."""
+    width, height, margin = 760, 520, 70
+    ref = paper_points(tasks) if paper else {}
+    all_x = [p["examples_per_second"] for p in points] + [x for _, x, _ in ref.values()]
+    all_y = [p["score"] for p in points] + [a for a, _, _ in ref.values()]
+    if not all_x:
+        all_x, all_y = [1.0, 10.0], [0.0, 100.0]
+    lo_x, hi_x = math.log10(min(all_x) / 1.5), math.log10(max(all_x) * 1.5)
+    lo_y, hi_y = min(all_y) - 3, max(all_y) + 3
+
+    def sx(x):
+        return margin + (math.log10(x) - lo_x) / (hi_x - lo_x) * (width - 2 * margin)
+
+    def sy(y):
+        return height - margin - (y - lo_y) / (hi_y - lo_y) * (height - 2 * margin)
+
+    def circle(x, y, gib, scale, style, tip, label, label_style):
+        r = math.sqrt(_bubble_size(gib * 2**30, scale)) / 1.6
+        return (f'<circle cx="{sx(x):.1f}" cy="{sy(y):.1f}" r="{r:.1f}" style="{style}">'
+                f"<title>{html.escape(tip)}</title></circle>"
+                f'<text x="{sx(x):.1f}" y="{sy(y) - r - 3:.1f}" text-anchor="middle" style="{label_style}">'
+                f"{html.escape(label)}</text>")
+
+    parts = []
+    for e in range(math.floor(lo_x), math.ceil(hi_x) + 1):
+        if lo_x <= e <= hi_x:
+            parts.append(f'<line x1="{sx(10**e):.1f}" y1="{margin}" x2="{sx(10**e):.1f}" y2="{height - margin}" '
+                         f'stroke="#ddd"/><text x="{sx(10**e):.1f}" y="{height - margin + 16}" '
+                         f'text-anchor="middle" font-size="11">{10**e:g}</text>')
+    for y in range(math.ceil(lo_y), math.floor(hi_y) + 1):
+        if y % 5 == 0:
+            parts.append(f'<line x1="{margin}" y1="{sy(y):.1f}" x2="{width - margin}" y2="{sy(y):.1f}" '
+                         f'stroke="#eee"/><text x="{margin - 6}" y="{sy(y) + 4:.1f}" text-anchor="end" '
+                         f'font-size="11">{y}</text>')
+    if paper:
+        for name, (avg, x, gb) in ref.items():
+            tip = (f"paper: {name}\naccuracy {avg:.2f} (Table 1, mean over {', '.join(tasks) or 'five tasks'})\n"
+                   f"{x:.0f} examples/s ({x / PAPER_BATCH} steps/s at 4K, batch {PAPER_BATCH}, 4x4 TPU v3)\n"
+                   f"{gb} GB peak memory per device")
+            parts.append(circle(x, avg, gb, 60, "fill:#999;fill-opacity:0.15;stroke:#999", tip,
+                                name, "font-size:10px;fill:#aaa"))
+    palette = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
+               "#17becf"]
+    for i, p in enumerate(points):
+        tip = (f"{p['attention']}\nscore {p['score']:.2f}% ({', '.join(tasks)}, profile {profile})\n"
+               f"{p['examples_per_second']:.3f} examples/s, {p['steps_per_second']:.3f} steps/s at length "
+               f"{p['length']}, batch {p['batch_size']}\npeak memory {p['memory_bytes'] / 2**30:.2f} GiB "
+               f"({p['memory_method']})\n{p['device']}")
+        parts.append(circle(p["examples_per_second"], p["score"], p["memory_bytes"] / 2**30, 120,
+                            f"fill:{palette[i % len(palette)]};fill-opacity:0.55;stroke:#000", tip, p["attention"],
+                            "font-size:11px"))
+    length = points[0]["length"] if points else "?"
+    svg = (f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif">'
+           f'<rect x="{margin}" y="{margin}" width="{width - 2 * margin}" height="{height - 2 * margin}" '
+           f'fill="none" stroke="#888"/>{"".join(parts)}'
+           f'<text x="{width / 2}" y="{height - 20}" text-anchor="middle" font-size="12">examples/s at length '
+           f"{length} (log; paper points: their own machine's examples/s at 4K)</text>"
+           f'<text x="18" y="{height / 2}" text-anchor="middle" font-size="12" '
+           f'transform="rotate(-90 18 {height / 2})">LRA score (%): {html.escape(", ".join(tasks))}</text></svg>')
+    return ("<!doctype html><html><head><meta charset='utf-8'><title>LRA summary</title></head><body>"
+            "<h3 style='font-family:sans-serif'>Long Range Arena: score vs speed, bubble area = peak memory</h3>"
+            f"{svg}<p style='font-family:sans-serif;font-size:12px;color:#555'>{html.escape(footnote)}</p>"
+            "</body></html>")
+
+
+# ---------------------------------------------------------------------------------------------------- main
+
+
+def plot(results_dir: Path, out: Path, *, profile: str | None = None, bench: str | None = None,
+         paper: bool = True) -> dict:
+    """Draw every figure; returns what was drawn (for tests and the command's printout)."""
+    runs_path, bench_path = results_dir / "runs.jsonl", results_dir / "bench.jsonl"
+    missing = [str(p) for p in (runs_path, bench_path) if not p.exists()]
+    if missing:
+        raise FileNotFoundError(f"no records to plot: {', '.join(missing)} missing (python -m lra.train ... and "
+                                f"python -m lra.bench ... write them)")
+    runs, rows = results_lib.read_jsonl(runs_path), results_lib.read_jsonl(bench_path)
+    score, tasks, used_profile = scores(runs, profile)
+    groups = bench_groups(rows)
+    summary_group = pick_group(groups, bench, key=lambda rs: max(r["length"] for r in rs))
+    curves_group = pick_group(groups, bench, key=lambda rs: (len({r["length"] for r in rs}), len(rs)))
+    length, at_length = speeds_at_longest(groups.get(summary_group, []))
+    points = summary_points(score, at_length)
+    no_speed = sorted(set(score) - set(at_length))
+    no_score = sorted(set(at_length) - set(score))
+    preset = summary_group[0] if summary_group else "-"
+    notes = [f"runs: profile {used_profile}, mean over seeds; bench: preset {preset}"]
+    if no_speed:
+        notes.append(f"no bench row at length {length}: {', '.join(no_speed)}")
+    if no_score:
+        notes.append(f"benchmarked but no run on {', '.join(tasks) or 'the tasks'}: {', '.join(no_score)}")
+    footnote = "; ".join(notes)
+    draw_summary(points, tasks, used_profile, footnote, out, paper)
+    out.with_suffix(".html").write_text(summary_html(points, tasks, used_profile, footnote, paper))
+    speed_png, memory_png = out.parent / "lra_speed_vs_length.png", out.parent / "lra_memory_vs_length.png"
+    draw_curves(groups.get(curves_group, []), speed_png, memory_png)
+    return {"points": points, "tasks": tasks, "profile": used_profile, "length": length, "footnote": footnote,
+            "files": [out, out.with_suffix(".html"), speed_png, memory_png]}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m lra.plot", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--results", default="results", help="folder with runs.jsonl and bench.jsonl")
+    parser.add_argument("--out", default=None, help="summary PNG (default: <results>/lra_summary.png)")
+    parser.add_argument("--profile", default=None, help="runs of this profile (default: the most common)")
+    parser.add_argument("--bench", default=None, help="bench rows of this preset (default: the longest lengths)")
+    parser.add_argument("--no-paper", action="store_true", help="leave out the paper's points")
+    args = parser.parse_args(argv)
+    results_dir = Path(args.results)
+    out = Path(args.out) if args.out else results_dir / "lra_summary.png"
+    try:
+        drawn = plot(results_dir, out, profile=args.profile, bench=args.bench, paper=not args.no_paper)
+    except FileNotFoundError as e:
+        print(f"error: {e}")
+        return 1
+    for p in drawn["points"]:
+        print(f"{p['attention']:>12}  score {p['score']:6.2f}%  {p['examples_per_second']:9.3f} examples/s  "
+              f"{p['memory_bytes'] / 2**30:6.2f} GiB")
+    print(drawn["footnote"])
+    print("wrote " + ", ".join(str(f) for f in drawn["files"]))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
