@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 import hydra
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
@@ -144,14 +145,39 @@ def run(bench: dict) -> list[dict]:
     return rows
 
 
+def log_to_wandb(bench: dict, rows: list[dict], out_dir: Path) -> None:
+    """The rows as a wandb.Table and the speed/memory-vs-length charts as images, in one W&B run (offline
+    without an API key, like training runs: see lra.loggers)."""
+    import wandb
+
+    from lra import loggers, plot
+
+    options = bench.get("logger") or {}
+    mode = loggers.resolve_mode(options.get("mode", "auto"))
+    run = wandb.init(project=options.get("project") or "lra", entity=options.get("entity"), group="bench",
+                     job_type="bench", tags=[f"bench:{bench.get('preset')}", f"impl:{bench.get('impl')}"],
+                     config={k: v for k, v in bench.items() if k != "logger"}, dir=str(out_dir), mode=mode,
+                     settings=wandb.Settings(init_timeout=float(options.get("init_timeout", 60)), silent=True))
+    columns = sorted({k for r in rows for k in r if not isinstance(r[k], (dict, list))})
+    run.log({"bench/rows": wandb.Table(columns=columns, data=[[r.get(c) for c in columns] for r in rows])})
+    ok = [r for r in rows if r.get("status") == "ok"]
+    if ok:
+        speed, memory = out_dir / "speed_vs_length.png", out_dir / "memory_vs_length.png"
+        plot.draw_curves(ok, speed, memory)
+        run.log({"bench/speed_vs_length": wandb.Image(str(speed)), "bench/memory_vs_length": wandb.Image(str(memory))})
+    run.finish()
+
+
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="bench")
 def main(cfg: DictConfig) -> None:
     bench = OmegaConf.to_container(cfg, resolve=True)
     try:
-        run(bench)
+        rows = run(bench)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
+    if (bench.get("logger") or {}).get("name") == "wandb":
+        log_to_wandb(bench, rows, Path(HydraConfig.get().runtime.output_dir))
 
 
 def _cli_args(argv: list[str]) -> list[str]:

@@ -63,6 +63,12 @@ def validate(config: dict) -> None:
     if limit is not None and (not isinstance(limit, numbers.Real) or isinstance(limit, bool) or limit <= 0):
         raise ConfigError(f"train.memory_limit_gb must be null or a positive number, got {limit!r}")
 
+    logger = config.get("logger") or {}
+    if logger.get("name", "none") not in ("none", "wandb"):
+        raise ConfigError(f"logger.name must be 'none' or 'wandb', got {logger.get('name')!r}")
+    if logger.get("name") == "wandb" and logger.get("mode", "auto") not in ("auto", "online", "offline", "disabled"):
+        raise ConfigError(f"logger.mode must be auto, online, offline or disabled, got {logger.get('mode')!r}")
+
     from models.attention import REGISTRY  # late import: jax is heavy and the checks above need none
 
     name = config["attention"].get("name")

@@ -30,7 +30,8 @@ def main(cfg: DictConfig) -> float | None:
     try:
         # Missing data that cannot be generated fails here, before jax is even imported.
         task = config["task"]
-        data.check_available(task["name"], data_dir=config["data_dir"], **task.get("data", {}))
+        data.check_available(task["name"], data_dir=config["data_dir"], max_length=task["max_length"],
+                             **task.get("data", {}))
     except (FileNotFoundError, ValueError) as e:
         _fail(e)
 

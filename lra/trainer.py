@@ -23,7 +23,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from lra import batching, optim, results
+from lra import batching, loggers, optim, results
 from lra import config as config_lib
 from lra import data as data_lib
 from lra.checkpoint import RunCheckpoints
@@ -254,6 +254,7 @@ def train(config: dict, run_dir: str | Path) -> dict:
         log.info("resuming from step %d (checkpoint in %s)", meta["step"], ckpt.directory / "latest")
     start_step = meta["step"]
     metrics_log = open(run_dir / "metrics.jsonl", "a")
+    logger = loggers.make_logger(config, run_dir)
 
     def save(which, step):
         meta.update(step=step, compile_seconds=prior_compile + steps.compile_seconds,
@@ -291,6 +292,8 @@ def train(config: dict, run_dir: str | Path) -> dict:
                 sps = len(host) / elapsed if elapsed > 0 else float("nan")
                 metrics_log.write(json.dumps({"step": done, "train_loss": loss, "train_accuracy": acc,
                                               "steps_per_second": sps}) + "\n")
+                logger.log({"train/loss": loss, "train/accuracy": acc, "train/steps_per_second": sps,
+                            "train/grad_norm": float(np.mean([m["grad_norm"] for m in host]))}, done)
                 progress.update(len(host))
                 progress.set_postfix(loss=f"{loss:.3f}", acc=f"{acc:.3f}", steps_s=f"{sps:.2f}")
                 pending = []
@@ -300,6 +303,7 @@ def train(config: dict, run_dir: str | Path) -> dict:
                     metrics_log.write(json.dumps({"step": done, "val_accuracy": val["accuracy"],
                                                   "val_loss": val["loss"]}) + "\n")
                     metrics_log.flush()
+                    logger.log({"val/accuracy": val["accuracy"], "val/loss": val["loss"]}, done)
                     if val["accuracy"] > meta["best_val_accuracy"]:
                         meta["best_val_accuracy"], meta["best_step"] = val["accuracy"], done
                         save("best", done)
@@ -308,6 +312,9 @@ def train(config: dict, run_dir: str | Path) -> dict:
                                    f"{meta['best_val_accuracy']:.4f} at step {meta['best_step']}), "
                                    f"train loss {loss:.4f}")
                 window_start, window_compile = time.perf_counter(), steps.compile_seconds
+    except BaseException:
+        logger.finish()
+        raise
     finally:
         progress.close()
         metrics_log.close()
@@ -340,6 +347,8 @@ def train(config: dict, run_dir: str | Path) -> dict:
     }
     results.write_json_atomic(result_path, record)
     results.append_jsonl(Path(config["results_dir"]) / "runs.jsonl", record)
+    logger.log({"test/accuracy": test["accuracy"], "test/loss": test["loss"]}, t["train_steps"])
+    logger.finish(record)
     log.info("test accuracy %.4f at best validation step %s (val %.4f); record appended to %s",
              test["accuracy"], meta["best_step"], meta["best_val_accuracy"], Path(config["results_dir"]) / "runs.jsonl")
     return record

@@ -51,27 +51,47 @@ class ArraySource:
         return f"ArraySource(n={self._len}, {shapes})"
 
 
-def _load_listops(split: str, *, data_dir, **options) -> dict[str, np.ndarray]:
-    from . import listops
+# Task name -> the module that loads it (lazily imported). Every module has
+# ``load(split, *, data_dir, max_length, **options) -> dict of arrays`` and ``check_available(*, data_dir, **options)``.
+_MODULES = {"listops": "listops", "text": "text", "retrieval": "retrieval", "image": "image",
+            "pathfinder": "pathfinder", "pathx": "pathfinder"}
 
-    return listops.load(split, data_dir=data_dir, **options)
+
+def _module(task: str):
+    import importlib
+
+    return importlib.import_module(f"{__name__}.{_MODULES[task]}")
+
+
+def _check_pathfinder_length(task: str, options: dict) -> None:
+    """Pathfinder/Path-X tokens are the pixels: max_length must be resolution squared."""
+    if _MODULES[task] == "pathfinder" and "max_length" in options:
+        res = options.get("resolution", 128 if task == "pathx" else 32)
+        if options["max_length"] != res * res:
+            raise ValueError(f"task.max_length ({options['max_length']}) must be resolution^2 = {res * res} for "
+                             f"{task} at resolution {res} (set task.max_length={res * res})")
+
+
+def _loader(task: str) -> Callable[..., dict[str, np.ndarray]]:
+    def load(split: str, *, data_dir, **options) -> dict[str, np.ndarray]:
+        _check_pathfinder_length(task, options)
+        return _module(task).load(split, data_dir=data_dir, **options)
+
+    return load
 
 
 # Task name -> loader(split, *, data_dir, **options) returning a dict of arrays.
-TASKS: dict[str, Callable[..., dict[str, np.ndarray]]] = {
-    "listops": _load_listops,
-}
+TASKS: dict[str, Callable[..., dict[str, np.ndarray]]] = {task: _loader(task) for task in _MODULES}
 
 
 def check_available(task: str, *, data_dir=None, **options) -> None:
     """Raise FileNotFoundError naming the command that gets the data when ``task``'s files are missing and
-    cannot be generated. Cheap: checks paths only, so a run fails on missing data in well under a second."""
+    cannot be generated (ValueError for options that cannot work). Cheap: checks paths only, so a run fails on
+    missing data in well under a second."""
     if task not in TASKS:
         raise ValueError(f"unknown LRA task {task!r}; valid tasks: {', '.join(sorted(TASKS))}")
-    if task == "listops":
-        from . import listops
-
-        listops.check_available(data_dir=default_data_dir(data_dir), **options)
+    _check_pathfinder_length(task, options)
+    _module(task).check_available(data_dir=default_data_dir(data_dir), **options)
 
 
 def source(task: str, split: str, *, data_dir=None, **options) -> ArraySource:

@@ -34,6 +34,8 @@ from pathlib import Path
 
 import numpy as np
 
+from . import _common
+
 log = logging.getLogger(__name__)
 
 # --------------------------------------------------------------------------- vocabulary
@@ -236,22 +238,10 @@ def generate_splits(
 
 def write_tsv(path: str | os.PathLike, rows) -> None:
     """Write ``Source\\tTarget`` TSV atomically (temporary file in the same folder, then os.replace)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="ascii", newline="\n") as f:
-            f.write(HEADER + "\n")
-            for expr, label in rows:
-                f.write(f"{expr}\t{int(label)}\n")
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    with _common.atomic_path(path) as tmp, open(tmp, "w", encoding="ascii", newline="\n") as f:
+        f.write(HEADER + "\n")
+        for expr, label in rows:
+            f.write(f"{expr}\t{int(label)}\n")
 
 
 # Fast tokenizer: operator words become single placeholder bytes, then a well-formed line is

@@ -8,26 +8,28 @@ ends of two different paths (0). LRA feeds the pixels as a flat sequence of toke
 
 The generator here is written from that published description (no code of the original is used):
 
-* A path is a chain of ``contour_length`` paddles (short straight segments) separated by small gaps. Each
-  paddle turns by at most ``max_turn`` from the previous one (smooth curvature). Difficulty = contour length
-  in paddles: easy 6, medium 9, hard 14.
-* Every image holds two *target* paths of the full contour length plus distractor paths of a third of that
-  length. The geometry is drawn before the label is known, so ink and pixel histogram cannot depend on it;
-  then the two markers go on both ends of one target path (positive, label 1) or on one end of each target
-  path (negative, label 0). Positive and negative images are therefore the same kind of picture and only the
-  connectivity between the markers decides the label.
-* Different paths keep a clearance (centre line to centre line) larger than the gap inside a path, the
-  neighbourhood of every target-path end (where a marker may go) is kept free of other paths, and a path
-  keeps that clearance from its own non-adjacent paddles: two markers are joined by ink (up to the gap
-  size) exactly when they are on the same path. Placement is rejection sampling: ``candidates`` random
-  continuations per step, the first valid one is taken; a target path that gets stuck is redrawn, and an
-  image whose target paths cannot be placed is redrawn; a distractor that cannot be placed is left out.
-* All sizes are given for 32x32 and scale linearly with the resolution (64, 128 = Path-X, 256).
+* A path is a chain of paddles (short straight bars) separated by small gaps; each paddle turns by at most
+  ``max_turn`` from the previous one (smooth curvature). Difficulty = contour length in paddles: easy 6,
+  medium 9, hard 14.
+* Every image holds two *target* paths of the full contour length plus distractor paths a third as long.
+  The whole geometry is drawn before the label is known; then the two markers go on both ends of one target
+  path (positive, label 1) or on one end of each target path (negative, label 0). Positives and negatives
+  are the same kind of picture (same ink, same pixel histogram, ends of one path kept as far apart as ends
+  of two): only the connectivity between the markers decides the label.
+* Different paths keep a clearance (centre line to centre line) well above the gaps inside a path, and the
+  ends of the target paths (where markers may go) are kept clear of other paths and of each other: the two
+  markers are joined by ink, across gaps of one dark pixel at 32x32, exactly when they lie on the same path.
+  A path is also kept clear of its own non-adjacent paddles.
+* Placement is rejection sampling: per step ``candidates`` random continuations, the first valid one wins
+  (continuations with free room straight ahead are preferred); a target path that gets stuck is redrawn,
+  an image whose two target paths do not fit is redrawn, a distractor that does not fit is left out.
+* All sizes are set for 32x32 and scale linearly with the resolution (64, 128 = Path-X, 256).
 * Vectorised: all images of a folder grow their paths in lockstep (arrays over images x candidates x placed
-  paddles); paddles and markers are rasterised by a distance-to-segment / distance-to-centre computation on
-  small pixel patches with an anti-aliased edge. Pixels are uint8, background 0, ink up to 255.
-* Seeded: folder ``k`` of a release is drawn from ``numpy.random.default_rng([seed, k])``, so the output is
-  byte-identical for a seed whatever the number of worker processes.
+  paddles, exact segment distances for the near pairs only); paddles and markers are rasterised on small
+  pixel patches from their distance fields, with a one-pixel anti-aliased edge. Pixels are uint8: background
+  0, ink up to 255.
+* Seeded: folder ``k`` of a release is drawn from ``numpy.random.default_rng([seed, k])``, so the bytes
+  written for a seed do not depend on the number of worker processes.
 
 Release layout (the official ``lra_release/pathfinder{32,64,128,256}/`` has the same one, so the loader reads
 both)::
@@ -36,8 +38,9 @@ both)::
     pathfinder{res}/curv_contour_length_{6|9|14}/metadata/<k>.npy
 
 A metadata file is, despite its name, a text file of lines ``imgs/<k> sample_<i>.png <i> <label>`` (the
-official files carry more columns; the loader uses columns 0, 1 and 3). The official release names the easy
-folder ``curv_baseline``; the loader accepts that name too.
+official files carry more columns; the loader uses columns 0, 1 and 3). For easy, the loader falls back to
+the folder name ``curv_baseline`` (the official release's) when ``curv_contour_length_6`` is absent. Reading
+PNGs needs Pillow; writing them does not.
 
 Generate the LRA sizes with::
 
@@ -49,6 +52,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import io
 import json
 import logging
 import math
@@ -65,6 +69,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+
+from . import _common
 
 log = logging.getLogger(__name__)
 
@@ -85,58 +91,71 @@ PROVENANCE_NAME = "generator.json"
 
 @dataclass(frozen=True)
 class Params:
-    """Generator parameters in pixels of the output resolution (see ``params_for``)."""
+    """Generator parameters, lengths in pixels of the output resolution (see ``params_for``)."""
 
     resolution: int
-    contour_length: int  # paddles per target path
+    contour_length: int  # paddles per target path (the difficulty)
     paddle_length: float  # centre-line length of one paddle
     paddle_width: float  # stroke width
-    gap_min: float  # gap between consecutive paddles of one path (end to start)
+    gap_min: float  # gap between consecutive paddles of one path, end to start
     gap_max: float
     max_turn: float  # largest change of direction between consecutive paddles, radians
     marker_radius: float
-    clearance: float  # least centre-line distance between different paths
+    clearance: float  # least centre-line distance between paddles of different paths
+    self_clearance: float  # least distance between non-adjacent paddles of one path
     distractor_length: int  # paddles per distractor path
-    num_distractors: int
+    num_distractors: int  # distractor paths tried per image (one that does not fit is left out)
     candidates: int  # random continuations tried per step
-    path_attempts: int  # tries to draw one path before giving up
-    border: float  # least distance of a centre line from the image edge
+    lookahead: float  # prefer continuations that could go on straight this far without hitting anything
+    path_attempts: int  # tries to draw one path in an image before giving up
+    border: float  # least distance of a paddle's centre line from the image edge
 
 
 def contour_length_of(difficulty: str | int) -> int:
-    """6, 9 or 14 for "easy", "medium", "hard" (a contour length itself is accepted too)."""
+    """6, 9 or 14 for "easy", "medium", "hard" (the contour length itself is accepted too)."""
     if isinstance(difficulty, str) and difficulty in DIFFICULTIES:
         return DIFFICULTIES[difficulty]
-    if isinstance(difficulty, int | np.integer) and int(difficulty) in DIFFICULTIES.values():
-        return int(difficulty)
-    if isinstance(difficulty, str) and difficulty.isdigit() and int(difficulty) in DIFFICULTIES.values():
-        return int(difficulty)
+    try:
+        n = int(difficulty)
+    except (TypeError, ValueError):
+        n = None
+    if n in DIFFICULTIES.values() and not isinstance(difficulty, bool | float):
+        return n
     valid = ", ".join(f"{k} ({v})" for k, v in DIFFICULTIES.items())
     raise ValueError(f"unknown Pathfinder difficulty {difficulty!r}; valid: {valid}")
 
 
 def params_for(resolution: int = 32, difficulty: str | int = "hard") -> Params:
-    """The generator's sizes: chosen at 32x32 and scaled linearly with ``resolution``."""
+    """The generator's sizes: chosen at 32x32 and scaled linearly with ``resolution``.
+
+    At 32x32 a paddle is a bar 1.5 px long and 1 px wide, consecutive paddles are 1-1.5 px apart and turn by at
+    most 45 degrees, markers have a radius of 1.5 px. The centre lines of different paths stay 4.25 px apart:
+    the ink of a paddle (its one-pixel anti-aliased edge included) reaches at most sqrt(1 + 1/4) px from its
+    centre line, so ink pixels of different paths are more than 2 px apart, while the gaps inside a path
+    leave at most one dark pixel: joining ink pixels up to 2 px apart (resolution/16 px at other resolutions)
+    recovers the paths, and the label."""
     if resolution not in RESOLUTIONS:
         raise ValueError(f"unsupported Pathfinder resolution {resolution}; valid: {', '.join(map(str, RESOLUTIONS))}")
     n = contour_length_of(difficulty)
     s = resolution / 32
-    distractor_length = max(2, n // 3)
+    distractor_length = max(2, n // 3)  # as in the original: a third of the contour length
     return Params(
         resolution=resolution,
         contour_length=n,
-        paddle_length=2.0 * s,
+        paddle_length=1.5 * s,
         paddle_width=1.0 * s,
         gap_min=1.0 * s,
         gap_max=1.5 * s,
-        max_turn=math.radians(40.0),
+        max_turn=math.radians(45.0),
         marker_radius=1.5 * s,
-        clearance=3.0 * s,
+        clearance=4.25 * s,
+        self_clearance=2.0 * s,
         distractor_length=distractor_length,
-        num_distractors=max(2, round(16 / distractor_length)),
-        candidates=8,
-        path_attempts=6,
-        border=1.0 * s,
+        num_distractors=round(16 / distractor_length),  # about 16 distractor paddles when they fit
+        candidates=16,
+        lookahead=3.0 * s,
+        path_attempts=10,
+        border=max(1.0 * s, math.hypot(s / 2 + 0.5, 0.5)),  # no ink on the outermost pixels
     )
 
 
@@ -174,8 +193,9 @@ def _segment_segment_d2(p0x, p0y, p1x, p1y, q0x, q0y, q1x, q1y):
 
 
 class _Canvas:
-    """Paddles placed so far in a batch of images: segment slots [B, S] and target-path ends [B, 4, 2]
-    (start and end of target path 0, then of target path 1)."""
+    """The paddles placed so far in a batch of images, as segment slots [B, S] (a path's paddles are
+    consecutive slots), and the ends of the two target paths [B, 4, 2]: start and end of target path 0,
+    then of target path 1 (the possible marker centres)."""
 
     def __init__(self, num_images: int, max_segments: int):
         shape = (num_images, max_segments)
@@ -183,18 +203,49 @@ class _Canvas:
         self.nseg = np.zeros(num_images, dtype=np.int64)
         self.ends = np.zeros((num_images, 4, 2))
 
+    # Near-pair culling: all paddles have the same length L, so two paddles whose midpoints are more than
+    # d + L apart are more than d apart, and a point more than d + L/2 from a midpoint is more than d from
+    # that paddle. Exact distances are computed for the few remaining pairs only.
+
+    def _segments_closer(self, imgs, thr, sx, sy, ex, ey, length) -> np.ndarray:
+        """bool [m, K]: candidate paddle (sx, sy)-(ex, ey) [m, K] of image imgs[i] lies closer than thr[i, j]
+        to placed paddle j (thr [m, S], 0 = ignore the slot)."""
+        n_slots = thr.shape[1]
+        x0, y0 = self.x0[imgs, :n_slots], self.y0[imgs, :n_slots]
+        x1, y1 = self.x1[imgs, :n_slots], self.y1[imgs, :n_slots]
+        dmx = ((sx + ex) / 2)[..., None] - ((x0 + x1) / 2)[:, None, :]
+        dmy = ((sy + ey) / 2)[..., None] - ((y0 + y1) / 2)[:, None, :]
+        i, k, j = np.nonzero((thr[:, None, :] > 0) & (dmx * dmx + dmy * dmy < (thr[:, None, :] + length) ** 2))
+        d2 = _segment_segment_d2(sx[i, k], sy[i, k], ex[i, k], ey[i, k], x0[i, j], y0[i, j], x1[i, j], y1[i, j])
+        hit = d2 < thr[i, j] ** 2
+        out = np.zeros(sx.shape, dtype=bool)
+        out[i[hit], k[hit]] = True
+        return out
+
+    def _point_closer(self, imgs, thr, qx, qy, length) -> np.ndarray:
+        """bool [m, K]: point (qx, qy) [m, K] lies closer than thr[i, j] to placed paddle j (0 = ignore)."""
+        n_slots = thr.shape[1]
+        x0, y0 = self.x0[imgs, :n_slots], self.y0[imgs, :n_slots]
+        x1, y1 = self.x1[imgs, :n_slots], self.y1[imgs, :n_slots]
+        dmx = qx[..., None] - ((x0 + x1) / 2)[:, None, :]
+        dmy = qy[..., None] - ((y0 + y1) / 2)[:, None, :]
+        i, k, j = np.nonzero((thr[:, None, :] > 0) & (dmx * dmx + dmy * dmy < (thr[:, None, :] + length / 2) ** 2))
+        d2 = _point_segment_d2(qx[i, k], qy[i, k], x0[i, j], y0[i, j], x1[i, j], y1[i, j])
+        hit = d2 < thr[i, j] ** 2
+        out = np.zeros(qx.shape, dtype=bool)
+        out[i[hit], k[hit]] = True
+        return out
+
     def grow(self, rng: np.random.Generator, idx: np.ndarray, p: Params, *, target: int | None) -> np.ndarray:
-        """Try to add one path to each image ``idx`` (target path 0/1, or a distractor for target=None).
-        Returns a bool mask over idx: placed. A failed image keeps its earlier paths unchanged."""
+        """Try to add one path to each image in ``idx``: target path 0 or 1, or a distractor (target=None).
+        Returns bool [idx.size]: placed. An image where it fails keeps its earlier paths unchanged."""
         n = p.contour_length if target is not None else p.distractor_length
-        num_discs = 4 if target is None else 2 * target  # ends of the target paths already drawn
-        res = p.resolution
+        num_discs = 4 if target is None else 2 * target  # ends of the target paths drawn before this one
+        res, L, K = p.resolution, p.paddle_length, p.candidates
         lo, hi = p.border, res - 1 - p.border
-        mlo, mhi = p.marker_radius + 0.5, res - 1 - p.marker_radius - 0.5  # a marker fits inside the image
-        c2 = p.clearance**2
-        disc2 = (p.clearance + p.marker_radius) ** 2  # a paddle vs a (possible) marker centre
-        end2 = (p.clearance + 2 * p.marker_radius) ** 2  # a possible marker centre vs another one
-        K = p.candidates
+        mlo, mhi = p.marker_radius + 0.5, res - 1 - p.marker_radius - 0.5  # a marker's ink inside the image
+        disc = p.clearance + p.marker_radius  # a paddle vs a possible marker centre of another path
+        ends_apart = p.clearance + 2 * p.marker_radius  # two possible marker centres
         placed = np.zeros(idx.size, dtype=bool)
         pending = np.arange(idx.size)
         for _attempt in range(p.path_attempts):
@@ -202,13 +253,13 @@ class _Canvas:
                 break
             img = idx[pending]
             start = self.nseg[img].copy()
-            alive = np.arange(pending.size)  # positions into pending/img/start
+            alive = np.arange(pending.size)  # positions into pending / img / start
             px = py = th = None
             for t in range(n):
                 if alive.size == 0:
                     break
-                a_img = img[alive]
-                m = a_img.size
+                a_img, a_start = img[alive], start[alive]
+                m, last = a_img.size, t == n - 1
                 if t == 0:
                     box_lo, box_hi = (mlo, mhi) if target is not None else (lo, hi)
                     sx = rng.uniform(box_lo, box_hi, (m, K))
@@ -219,47 +270,49 @@ class _Canvas:
                     gap = rng.uniform(p.gap_min, p.gap_max, (m, K))
                     sx = px[:, None] + gap * np.cos(ang)
                     sy = py[:, None] + gap * np.sin(ang)
-                ex = sx + p.paddle_length * np.cos(ang)
-                ey = sy + p.paddle_length * np.sin(ang)
-                last = t == n - 1
-                if target is not None and last:
-                    ok = (ex >= mlo) & (ex <= mhi) & (ey >= mlo) & (ey <= mhi)
-                else:
-                    ok = (ex >= lo) & (ex <= hi) & (ey >= lo) & (ey <= hi)
-                if t > 0:  # the first paddle's start was drawn inside its box
-                    ok &= (sx >= lo) & (sx <= hi) & (sy >= lo) & (sy <= hi)
-                s_max = int(self.nseg[a_img].max())
-                if s_max:
-                    qx0 = self.x0[a_img, :s_max][:, None, :]
-                    qy0 = self.y0[a_img, :s_max][:, None, :]
-                    qx1 = self.x1[a_img, :s_max][:, None, :]
-                    qy1 = self.y1[a_img, :s_max][:, None, :]
-                    slot = np.arange(s_max)[None, :]
-                    other = slot < start[alive][:, None]  # paddles of earlier paths
-                    own = (slot >= start[alive][:, None]) & (slot < self.nseg[a_img][:, None] - 1)  # non-adjacent
-                    d2 = _segment_segment_d2(sx[..., None], sy[..., None], ex[..., None], ey[..., None], qx0, qy0, qx1, qy1)
-                    ok &= ~((d2 < c2) & (other | own)[:, None, :]).any(-1)
-                    if target is not None and (t == 0 or last):  # room for a marker at this end of the path
-                        mx, my = (sx, sy) if t == 0 else (ex, ey)
-                        md2 = _point_segment_d2(mx[..., None], my[..., None], qx0, qy0, qx1, qy1)
-                        ok &= ~((md2 < disc2) & other[:, None, :]).any(-1)
-                        if t == 0 and last:
-                            md2 = _point_segment_d2(ex[..., None], ey[..., None], qx0, qy0, qx1, qy1)
-                            ok &= ~((md2 < disc2) & other[:, None, :]).any(-1)
-                if num_discs:
+                ex = sx + L * np.cos(ang)
+                ey = sy + L * np.sin(ang)
+                e_lo, e_hi = (mlo, mhi) if target is not None and last else (lo, hi)
+                ok = (ex >= e_lo) & (ex <= e_hi) & (ey >= e_lo) & (ey <= e_hi)
+                ok &= (sx >= lo) & (sx <= hi) & (sy >= lo) & (sy <= hi)
+                n_slots = int(self.nseg[a_img].max())
+                slot = np.arange(n_slots)[None, :]
+                other = slot < a_start[:, None]  # paddles of the paths drawn before
+                own = (slot >= a_start[:, None]) & (slot < self.nseg[a_img][:, None] - 1)  # non-adjacent
+                thr = np.where(other, p.clearance, np.where(own, p.self_clearance, 0.0))
+                ok &= ~self._segments_closer(a_img, thr, sx, sy, ex, ey, L)
+                if target is not None and (t == 0 or last):
+                    # Room for a marker at this end: clear of other paths, and of its own path beyond the
+                    # two neighbouring paddles (a marker should not sit on the middle of its own path).
+                    own_far = own & (slot < self.nseg[a_img][:, None] - 2)
+                    mthr = np.where(other, disc, np.where(own_far, p.self_clearance + p.marker_radius, 0.0))
+                    if t == 0:
+                        ok &= ~self._point_closer(a_img, mthr, sx, sy, L)
+                    if last:
+                        ok &= ~self._point_closer(a_img, mthr, ex, ey, L)
+                if num_discs:  # away from the ends of the target paths drawn before (possible markers)
                     cx = self.ends[a_img, :num_discs, 0][:, None, :]
                     cy = self.ends[a_img, :num_discs, 1][:, None, :]
-                    dd2 = _point_segment_d2(cx, cy, sx[..., None], sy[..., None], ex[..., None], ey[..., None])
-                    ok &= ~(dd2 < disc2).any(-1)
+                    d2 = _point_segment_d2(cx, cy, sx[..., None], sy[..., None], ex[..., None], ey[..., None])
+                    ok &= (d2 >= disc**2).all(-1)
                     if target is not None and (t == 0 or last):
-                        for mx, my, use in ((sx, sy, t == 0), (ex, ey, last)):
-                            if use:
-                                e2 = (mx[..., None] - cx) ** 2 + (my[..., None] - cy) ** 2
-                                ok &= ~(e2 < end2).any(-1)
+                        mx, my = (sx, sy) if t == 0 else (ex, ey)
+                        ok &= ((mx[..., None] - cx) ** 2 + (my[..., None] - cy) ** 2 >= ends_apart**2).all(-1)
+                if target is not None and last and t > 0:
+                    # The two ends of one path lie as far apart as ends of two paths must (no size cue).
+                    fx, fy = self.x0[a_img, a_start][:, None], self.y0[a_img, a_start][:, None]
+                    ok &= (ex - fx) ** 2 + (ey - fy) ** 2 >= ends_apart**2
                 has = ok.any(1)
-                pick = ok.argmax(1)
+                if not last and p.lookahead > 0:
+                    # Prefer continuations with free room straight ahead: a path that runs head-on into the
+                    # border or another path finds no valid next paddle and has to be redrawn.
+                    qx = ex + p.lookahead * np.cos(ang)
+                    qy = ey + p.lookahead * np.sin(ang)
+                    room = ok & (qx >= lo) & (qx <= hi) & (qy >= lo) & (qy <= hi)
+                    room &= ~self._point_closer(a_img, thr, qx, qy, L)
+                    ok = np.where(room.any(1, keepdims=True), room, ok)
                 rows = np.flatnonzero(has)
-                cols = pick[rows]
+                cols = ok.argmax(1)[rows]  # the first valid (preferred) candidate: a uniform draw among them
                 k_img = a_img[rows]
                 slots = self.nseg[k_img]
                 self.x0[k_img, slots] = sx[rows, cols]
@@ -271,26 +324,25 @@ class _Canvas:
                 self.nseg[img[lost]] = start[lost]  # roll back this attempt's paddles
                 px, py, th = ex[rows, cols], ey[rows, cols], ang[rows, cols]
                 alive = alive[has]
-            done = pending[alive]
-            placed[done] = True
+            placed[pending[alive]] = True
             if target is not None and alive.size:
                 d_img = img[alive]
                 first, final = start[alive], self.nseg[d_img] - 1
                 self.ends[d_img, 2 * target] = np.stack([self.x0[d_img, first], self.y0[d_img, first]], -1)
                 self.ends[d_img, 2 * target + 1] = np.stack([self.x1[d_img, final], self.y1[d_img, final]], -1)
-            keep = np.ones(pending.size, dtype=bool)
-            keep[alive] = False
-            pending = pending[keep]
+            failed = np.ones(pending.size, dtype=bool)
+            failed[alive] = False
+            pending = pending[failed]
         return placed
 
 
 def _draw_geometry(rng: np.random.Generator, num: int, p: Params) -> _Canvas:
-    """Two target paths and the distractors in each of ``num`` images; an image whose target paths do not fit
-    is redrawn from scratch until every image has both."""
+    """Two target paths and the distractors in each of ``num`` images. An image whose target paths do not
+    both fit is redrawn from scratch, so every image has both."""
     max_segments = 2 * p.contour_length + p.num_distractors * p.distractor_length
     out = _Canvas(num, max_segments)
     todo = np.arange(num)
-    for _round in range(100):
+    for _round in range(200):
         if todo.size == 0:
             break
         canvas = _Canvas(todo.size, max_segments)
@@ -306,7 +358,7 @@ def _draw_geometry(rng: np.random.Generator, num: int, p: Params) -> _Canvas:
             getattr(out, name)[dst] = getattr(canvas, name)[ok]
         todo = todo[~ok]
     if todo.size:
-        raise RuntimeError(f"could not place the target paths in {todo.size} images: parameters {p} leave no room")
+        raise RuntimeError(f"could not fit both target paths into {todo.size} images; parameters: {p}")
     return out
 
 
@@ -314,9 +366,10 @@ def _draw_geometry(rng: np.random.Generator, num: int, p: Params) -> _Canvas:
 
 
 def _blend(flat: np.ndarray, res: int, image: np.ndarray, ox: np.ndarray, oy: np.ndarray, size: int, coverage) -> None:
-    """Max-blend anti-aliased shapes into ``flat`` (images [B*res*res], float32): shape j covers the patch of
-    size x size pixels at integer origin (ox[j], oy[j]) of image ``image[j]``; ``coverage(gx, gy, sel)``
-    gives the ink 0..1 at pixel centres gx [n, 1, size], gy [n, size, 1] for the shapes ``sel``."""
+    """Max-blend shapes into ``flat`` (float32 images [B*res*res]): shape j covers the size x size pixel patch
+    at integer origin (ox[j], oy[j]) of image ``image[j]``; ``coverage(gx, gy, sel)`` gives the ink 0..1 at
+    the pixel centres gx [n, 1, size], gy [n, size, 1] of the shapes ``sel``. Patches keep the cost
+    proportional to the ink, not to the image area."""
     chunk = max(1, 2_000_000 // (size * size))
     ar = np.arange(size)
     for lo in range(0, image.size, chunk):
@@ -334,21 +387,26 @@ def _render(canvas: _Canvas, markers: np.ndarray, p: Params) -> np.ndarray:
     res = p.resolution
     num = canvas.nseg.size
     flat = np.zeros(num * res * res, dtype=np.float32)
-    # Paddles: ink = clip(half width + 0.5 - distance to the centre line, 0, 1), a one-pixel anti-aliased edge.
+    # Paddles: bars of paddle_width x paddle_length with a one-pixel linear anti-aliased edge.
     b, s = np.nonzero(np.arange(canvas.x0.shape[1])[None, :] < canvas.nseg[:, None])
     ax, ay, bx, by = canvas.x0[b, s], canvas.y0[b, s], canvas.x1[b, s], canvas.y1[b, s]
     reach = p.paddle_width / 2 + 0.5
     size = int(math.ceil(p.paddle_length + 2 * reach)) + 2
     ox = np.floor(np.minimum(ax, bx) - reach).astype(np.int64)
     oy = np.floor(np.minimum(ay, by) - reach).astype(np.int64)
+    length = np.maximum(np.hypot(bx - ax, by - ay), 1e-12)
+    ux, uy = (bx - ax) / length, (by - ay) / length
 
     def paddle(gx, gy, sel):
-        d = np.sqrt(_point_segment_d2(gx, gy, ax[sel, None, None], ay[sel, None, None], bx[sel, None, None],
-                                      by[sel, None, None]))
-        return np.clip(reach - d, 0.0, 1.0)
+        # A bar with flat ends: coverage across (stroke width) times coverage along (paddle length).
+        rx, ry = gx - ax[sel, None, None], gy - ay[sel, None, None]
+        along = rx * ux[sel, None, None] + ry * uy[sel, None, None]
+        across = np.abs(rx * uy[sel, None, None] - ry * ux[sel, None, None])
+        inside = np.minimum(along, length[sel, None, None] - along)
+        return np.clip(reach - across, 0.0, 1.0) * np.clip(inside + 0.5, 0.0, 1.0)
 
     _blend(flat, res, b, ox, oy, size, paddle)
-    # Markers: discs of marker_radius with the same anti-aliased edge.
+    # Markers: discs of marker_radius with the same edge.
     cx, cy = markers[:, :, 0].ravel(), markers[:, :, 1].ravel()
     mb = np.repeat(np.arange(num), markers.shape[1])
     mreach = p.marker_radius + 0.5
@@ -374,10 +432,12 @@ def generate(
     difficulty: str | int = "hard",
     seed: int | Sequence[int] = 0,
     params: Params | None = None,
-) -> tuple[np.ndarray, np.ndarray]:
+    return_markers: bool = False,
+) -> tuple[np.ndarray, ...]:
     """``num`` Pathfinder images uint8 [num, resolution, resolution] and labels int32 [num] (1: the markers
     are joined by a path). Exactly num // 2 positives, in shuffled order. Deterministic for a seed (an int
-    or a sequence of ints, e.g. (seed, folder))."""
+    or a sequence of ints, e.g. (seed, folder)). With ``return_markers`` also the marker centres float
+    [num, 2, 2] as (x, y) = (column, row) in pixel units."""
     if num < 0:
         raise ValueError(f"num must be >= 0, got {num}")
     p = params if params is not None else params_for(resolution, difficulty)
@@ -392,4 +452,541 @@ def generate(
     second = np.where(labels == 1, 2 * which[:, 0] + 1, 2 + which[:, 2])
     rows = np.arange(num)
     markers = np.stack([canvas.ends[rows, first], canvas.ends[rows, second]], axis=1)
-    return _render(canvas, markers, p), labels
+    images = _render(canvas, markers, p)
+    return (images, labels, markers) if return_markers else (images, labels)
+
+
+# --------------------------------------------------------------------------- PNG files
+
+
+def encode_png(image: np.ndarray) -> bytes:
+    """An 8-bit grayscale PNG of uint8 [H, W] (no row filter, zlib level 6): deterministic bytes."""
+    image = np.ascontiguousarray(image, dtype=np.uint8)
+    if image.ndim != 2:
+        raise ValueError(f"encode_png expects a 2-D uint8 array, got shape {image.shape}")
+    h, w = image.shape
+    raw = np.zeros((h, w + 1), dtype=np.uint8)  # each row starts with its filter type, 0 = none
+    raw[:, 1:] = image
+
+    def chunk(tag: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF)
+
+    header = struct.pack(">IIBBBBB", w, h, 8, 0, 0, 0, 0)  # bit depth 8, grayscale, no interlace
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(raw.tobytes(), 6))
+        + chunk(b"IEND", b"")
+    )
+
+
+def read_png(path: str | os.PathLike) -> np.ndarray:
+    """uint8 [H, W] grayscale pixels of any PNG (any bit depth, colour type or row filter; colour images are
+    converted to luminance). Raises on an unreadable file. Needs Pillow."""
+    from PIL import Image
+
+    with Image.open(path) as img:
+        img.load()
+        if img.mode != "L":
+            img = img.convert("L")
+        return np.asarray(img, dtype=np.uint8).copy()
+
+
+# --------------------------------------------------------------------------- release layout and writer
+
+
+def difficulty_name(difficulty: str | int) -> str:
+    n = contour_length_of(difficulty)
+    return next(k for k, v in DIFFICULTIES.items() if v == n)
+
+
+def release_dir(root: str | os.PathLike, resolution: int = 32, difficulty: str | int = "hard") -> Path:
+    """``root/pathfinder{res}/curv_contour_length_{n}``; for easy (6) the official name ``curv_baseline`` when
+    only that one exists."""
+    n = contour_length_of(difficulty)
+    base = Path(root) / f"pathfinder{resolution}"
+    folder = base / f"curv_contour_length_{n}"
+    if n == DIFFICULTIES["easy"] and not folder.exists() and (base / "curv_baseline").exists():
+        return base / "curv_baseline"
+    return folder
+
+
+def folder_sizes(num: int, per_folder: int) -> list[int]:
+    """Images per folder: per_folder each, the last one partial."""
+    if per_folder < 1:
+        raise ValueError(f"per_folder must be >= 1, got {per_folder}")
+    return [min(per_folder, num - k * per_folder) for k in range(-(-num // per_folder))]
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    with _common.atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+
+
+def write_folder(folder: str | os.PathLike, k: int, count: int, *, params: Params, seed: int) -> int:
+    """Generate folder ``k`` of a release (seeded from (seed, k)): ``imgs/<k>/sample_<i>.png`` for i < count
+    and the text file ``metadata/<k>.npy``. Returns the number of positives."""
+    folder = Path(folder)
+    images, labels = generate(count, params=params, seed=(seed, k))
+    img_dir = folder / "imgs" / str(k)
+    img_dir.mkdir(parents=True, exist_ok=True)
+    lines = []
+    for i, (image, label) in enumerate(zip(images, labels)):
+        (img_dir / f"sample_{i}.png").write_bytes(encode_png(image))
+        lines.append(f"imgs/{k} sample_{i}.png {i} {int(label)}\n")
+    meta_dir = folder / "metadata"
+    meta_dir.mkdir(parents=True, exist_ok=True)
+    _atomic_write(meta_dir / f"{k}.npy", "".join(lines).encode("ascii"))
+    return int(labels.sum())
+
+
+def _write_folder_task(args) -> tuple[int, int, int]:
+    folder, k, count, params, seed = args
+    return k, count, write_folder(folder, k, count, params=params, seed=seed)
+
+
+def write_release(
+    folder: str | os.PathLike,
+    num: int,
+    *,
+    resolution: int = 32,
+    difficulty: str | int = "hard",
+    seed: int = 0,
+    per_folder: int = DEFAULTS["per_folder"],
+    workers: int = 1,
+    progress: bool = False,
+) -> dict:
+    """Write ``num`` images in the release layout directly into ``folder`` (the ``curv_contour_length_*``
+    level), then ``generator.json`` (the parameters; its presence marks a complete folder). Folder k is
+    seeded from (seed, k), so the bytes do not depend on ``workers`` (processes, one folder at a time).
+    Returns the provenance record."""
+    if num < 1:
+        raise ValueError(f"num must be >= 1, got {num}")
+    folder = Path(folder)
+    p = params_for(resolution, difficulty)
+    sizes = folder_sizes(num, per_folder)
+    (folder / "imgs").mkdir(parents=True, exist_ok=True)
+    (folder / "metadata").mkdir(parents=True, exist_ok=True)
+    tasks = [(str(folder), k, count, p, seed) for k, count in enumerate(sizes)]
+    done = positives = 0
+    next_report = time.monotonic() + 10.0
+
+    def report(count: int, pos: int) -> None:
+        nonlocal done, positives, next_report
+        done += count
+        positives += pos
+        if progress and time.monotonic() > next_report:
+            print(f"  wrote {done}/{num} images", file=sys.stderr, flush=True)
+            next_report = time.monotonic() + 10.0
+
+    if workers <= 1 or len(tasks) == 1:
+        for task in tasks:
+            _, count, pos = _write_folder_task(task)
+            report(count, pos)
+    else:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        # spawn, not fork: the caller may hold threads (jax) that a fork would copy in a broken state.
+        ctx = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=min(workers, len(tasks)), mp_context=ctx) as pool:
+            for _, count, pos in pool.map(_write_folder_task, tasks):
+                report(count, pos)
+    record = {
+        "generator": "lra.data.pathfinder",
+        "version": GENERATOR_VERSION,
+        "resolution": resolution,
+        "difficulty": difficulty_name(difficulty),
+        "contour_length": p.contour_length,
+        "num": num,
+        "positives": positives,
+        "seed": seed,
+        "per_folder": per_folder,
+        "params": asdict(p),
+    }
+    _atomic_write(folder / PROVENANCE_NAME, (json.dumps(record, indent=1, sort_keys=True) + "\n").encode())
+    return record
+
+
+def _is_ours(folder: Path) -> bool:
+    return (folder / PROVENANCE_NAME).is_file()
+
+
+def generate_release(
+    folder: str | os.PathLike,
+    num: int,
+    *,
+    resolution: int = 32,
+    difficulty: str | int = "hard",
+    seed: int = 0,
+    per_folder: int = DEFAULTS["per_folder"],
+    workers: int = 1,
+    progress: bool = False,
+    force: bool = False,
+) -> dict:
+    """write_release into a temporary sibling folder renamed into place, so an interrupted run never leaves a
+    half data set behind. An existing folder written by this generator is replaced; any other existing
+    folder (e.g. the official release) only with ``force``."""
+    folder = Path(folder)
+    if folder.exists() and not _is_ours(folder) and not force:
+        raise FileExistsError(
+            f"{folder} exists and was not written by this generator (no {PROVENANCE_NAME}); remove it, choose "
+            f"another --out, or pass --force to replace it"
+        )
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.tmp-"))
+    try:
+        os.chmod(tmp, 0o755)  # mkdtemp creates 0700
+        record = write_release(
+            tmp,
+            num,
+            resolution=resolution,
+            difficulty=difficulty,
+            seed=seed,
+            per_folder=per_folder,
+            workers=workers,
+            progress=progress,
+        )
+        if folder.exists():
+            stale = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.stale-"))
+            os.replace(folder, stale / "old")
+            shutil.rmtree(stale, ignore_errors=True)
+        os.replace(tmp, folder)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return record
+
+
+def generated_dir(data_dir, *, resolution: int, difficulty: str | int, num: int, seed: int, per_folder: int) -> Path:
+    """Cache folder of a generated data set; its path names every generation parameter."""
+    name = f"generated-v{GENERATOR_VERSION}-n{num}-seed{seed}-per{per_folder}"
+    return Path(data_dir) / f"pathfinder{resolution}" / name / f"curv_contour_length_{contour_length_of(difficulty)}"
+
+
+def ensure_generated(
+    data_dir,
+    *,
+    resolution: int = 32,
+    difficulty: str | int = "hard",
+    num: int = DEFAULTS["num"],
+    seed: int = DEFAULTS["seed"],
+    per_folder: int = DEFAULTS["per_folder"],
+    workers: int = 1,
+) -> Path:
+    """Folder holding a generated data set in the release layout; generates it on the first call
+    (into a temporary sibling folder renamed into place)."""
+    folder = generated_dir(
+        data_dir, resolution=resolution, difficulty=difficulty, num=num, seed=seed, per_folder=per_folder
+    )
+    if _is_ours(folder):
+        return folder
+    t0 = time.monotonic()
+    try:
+        generate_release(
+            folder,
+            num,
+            resolution=resolution,
+            difficulty=difficulty,
+            seed=seed,
+            per_folder=per_folder,
+            workers=workers,
+            force=True,
+        )
+    except OSError:
+        if _is_ours(folder):  # lost a rename race against a concurrent generation of the same data
+            return folder
+        raise
+    dt = time.monotonic() - t0
+    log.info(
+        "generated %d Pathfinder images (%dx%d, contour length %d, seed %d) in %.1fs (%.0f images/s) into %s",
+        num,
+        resolution,
+        resolution,
+        contour_length_of(difficulty),
+        seed,
+        dt,
+        num / max(dt, 1e-9),
+        folder,
+    )
+    return folder
+
+
+# --------------------------------------------------------------------------- reading a release
+
+
+_NPY_MAGIC = b"\x93NUMPY"
+
+
+def _natural_key(text: str) -> tuple:
+    """'sample_10.png' after 'sample_9.png': digit runs compare as numbers."""
+    return tuple(int(part) if part.isdigit() else part for part in re.split(r"(\d+)", text))
+
+
+def read_metadata(folder: str | os.PathLike) -> list[tuple[str, str, int]]:
+    """(image folder, file name, label) of every line of ``folder/metadata/*.npy``, sorted by (folder, file).
+
+    A metadata file is a text file of space-separated lines ``imgs/<k> sample_<i>.png <unused> <label> ...``
+    (columns 0, 1 and 3 are used; a binary NumPy string array with the same columns is accepted too). Empty
+    lines are skipped; a line with fewer than 4 columns or a label other than 0/1 raises ValueError naming
+    the file and its 1-based line number."""
+    meta_dir = Path(folder) / "metadata"
+    if not meta_dir.is_dir():
+        raise FileNotFoundError(f"Pathfinder metadata folder not found: {meta_dir}")
+    rows: list[tuple[str, str, int]] = []
+    for path in sorted(meta_dir.glob("*.npy"), key=lambda q: _natural_key(q.name)):
+        data = path.read_bytes()
+        if data.startswith(_NPY_MAGIC):
+            table = np.load(io.BytesIO(data), allow_pickle=False)
+            lines = [" ".join(str(c) for c in np.atleast_1d(row)) for row in np.atleast_2d(table)]
+        else:
+            lines = data.decode("utf-8", errors="replace").splitlines()
+        for lineno, line in enumerate(lines, start=1):
+            cols = line.split()
+            if not cols:
+                continue
+
+            def bad(what: str, lineno=lineno, line=line, path=path) -> ValueError:
+                return ValueError(f"{path}:{lineno}: malformed Pathfinder metadata line ({what}): {line[:120]!r}")
+
+            if len(cols) < 4:
+                raise bad(
+                    f"expected at least 4 space-separated columns (image folder, file, unused, label), got {len(cols)}"
+                )
+            try:
+                label = int(cols[3])
+            except ValueError:
+                try:
+                    value = float(cols[3])
+                except ValueError:
+                    raise bad(f"label {cols[3]!r} is not a number") from None
+                if not value.is_integer():
+                    raise bad(f"label {cols[3]!r} is not 0 or 1") from None
+                label = int(value)
+            if label not in (0, 1):
+                raise bad(f"label {label} is not 0 or 1")
+            rows.append((cols[0], cols[1], label))
+    rows.sort(key=lambda r: (_natural_key(r[0]), _natural_key(r[1])))
+    return rows
+
+
+def _fingerprint(folder: Path, resolution: int) -> str:
+    """Changes whenever a metadata file is added, removed or rewritten."""
+    h = hashlib.sha256(f"pathfinder-cache-{CACHE_FORMAT}-{resolution}".encode())
+    for path in sorted((folder / "metadata").glob("*.npy")):
+        st = path.stat()
+        h.update(f"\n{path.name} {st.st_size} {st.st_mtime_ns}".encode())
+    return h.hexdigest()
+
+
+def _decode_all(folder: Path, resolution: int) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Decode every image the metadata lists: uint8 images [N, res, res], uint8 labels [N] of the readable
+    ones in (folder, file) order, and the paths (relative to folder) of the skipped ones."""
+    rows = read_metadata(folder)
+    images = np.zeros((len(rows), resolution, resolution), dtype=np.uint8)
+    keep = np.zeros(len(rows), dtype=bool)
+    skipped: list[str] = []
+    reasons: list[str] = []
+    t0 = time.monotonic()
+    for j, (sub, name, _) in enumerate(rows):
+        rel = f"{sub}/{name}"
+        try:
+            pixels = read_png(folder / sub / name)
+        except Exception as e:  # an empty, truncated or missing PNG is skipped, never fatal
+            skipped.append(rel)
+            reasons.append(f"{rel}: {type(e).__name__}: {e}")
+            continue
+        if pixels.shape != (resolution, resolution):
+            skipped.append(rel)
+            reasons.append(f"{rel}: size {pixels.shape[1]}x{pixels.shape[0]}, expected {resolution}x{resolution}")
+            continue
+        images[j] = pixels
+        keep[j] = True
+    labels = np.fromiter((r[2] for r in rows), dtype=np.uint8, count=len(rows))
+    if skipped:
+        log.warning(
+            "skipped %d unreadable Pathfinder image(s) of %d in %s, e.g. %s",
+            len(skipped),
+            len(rows),
+            folder,
+            "; ".join(reasons[:3]),
+        )
+    log.info("decoded %d Pathfinder images from %s in %.1fs", int(keep.sum()), folder, time.monotonic() - t0)
+    if not keep.any():
+        raise ValueError(
+            f"no readable {resolution}x{resolution} Pathfinder images in {folder} "
+            f"({len(rows)} listed){': ' + '; '.join(reasons[:3]) if reasons else ''}"
+        )
+    return images[keep], labels[keep], skipped
+
+
+def read_release(folder: str | os.PathLike, resolution: int = 32) -> tuple[np.ndarray, np.ndarray]:
+    """uint8 images [N, res, res] and int32 labels [N] of every readable image of a release folder (the
+    ``curv_contour_length_*`` level), in (folder, file) order. Unreadable images are skipped and counted in
+    one log warning. The decoded arrays are cached in ``folder/decoded-cache.npz`` (written atomically) and
+    reused while the metadata files are unchanged; a read-only folder is decoded every time."""
+    folder = Path(folder)
+    cache = folder / CACHE_NAME
+    fingerprint = _fingerprint(folder, resolution)
+    if cache.is_file():
+        try:
+            with np.load(cache, allow_pickle=False) as z:
+                if str(z["fingerprint"]) == fingerprint:
+                    images, labels, n_skipped = z["images"], z["labels"], int(z["skipped"])
+                    if n_skipped:
+                        log.info("%s: %d unreadable image(s) were skipped when the cache was built", folder, n_skipped)
+                    return images, labels.astype(np.int32)
+        except (OSError, KeyError, ValueError) as e:
+            log.warning("ignoring unreadable Pathfinder cache %s (%s)", cache, e)
+    images, labels, skipped = _decode_all(folder, resolution)
+    try:
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{CACHE_NAME}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                np.savez(
+                    f,
+                    images=images,
+                    labels=labels,
+                    fingerprint=np.array(fingerprint),
+                    skipped=np.array(len(skipped)),
+                    skipped_files=np.array(skipped, dtype=str),
+                )
+            os.chmod(tmp, 0o644)
+            os.replace(tmp, cache)
+        except BaseException:
+            try:
+                os.unlink(tmp)
+            except FileNotFoundError:
+                pass
+            raise
+    except OSError as e:
+        log.warning("could not write the Pathfinder cache %s (%s); decoding again next time", cache, e)
+    return images, labels.astype(np.int32)
+
+
+def split_indices(num: int, split: str) -> np.ndarray:
+    """Sorted indices of ``split`` among ``num`` examples: a fixed seeded permutation cut 80/10/10."""
+    if split not in SPLITS:
+        raise ValueError(f"unknown Pathfinder split {split!r}; valid splits: {', '.join(SPLITS)}")
+    perm = np.random.default_rng(SPLIT_SEED).permutation(num)
+    n_train = num * 8 // 10
+    n_val = num // 10
+    bounds = {"train": (0, n_train), "val": (n_train, n_train + n_val), "test": (n_train + n_val, num)}
+    lo, hi = bounds[split]
+    return np.sort(perm[lo:hi])
+
+
+# --------------------------------------------------------------------------- loader entry points
+
+
+def _cli_command(data_dir, resolution: int, difficulty: str | int) -> str:
+    return (
+        f"python -m lra.data.pathfinder --out {data_dir} --resolution {resolution} "
+        f"--difficulty {difficulty_name(difficulty)} --num {DEFAULTS['num']} --seed {DEFAULTS['seed']}"
+    )
+
+
+def _missing_message(data_dir, resolution: int, difficulty: str | int) -> str:
+    folder = release_dir(data_dir, resolution, difficulty)
+    return (
+        f"Pathfinder data not found: {folder / 'metadata'} does not exist.\n"
+        f"Generate it with:\n    {_cli_command(data_dir, resolution, difficulty)}\n"
+        f"or use the official LRA release: scripts/get_lra_data.sh --only pathfinder{resolution} --data-dir {data_dir} "
+        f"unpacks lra_release.gz there (or copy or symlink lra_release/lra_release/pathfinder{resolution} to "
+        f"{Path(data_dir) / f'pathfinder{resolution}'}), so that the files lie in "
+        f"{folder}/imgs/<k>/sample_<i>.png and {folder}/metadata/<k>.npy.\n"
+        f"Or pass generate={{'num': ..., 'seed': ...}} (data.generate in the task config) to generate a cached copy."
+    )
+
+
+def check_available(
+    *, data_dir, resolution: int = 32, difficulty: str | int = "hard", generate: dict | None = None, **_
+) -> None:
+    """Fail fast (paths only, no reading) when the data is missing and cannot be generated."""
+    contour_length_of(difficulty)
+    if generate is None and not (release_dir(data_dir, resolution, difficulty) / "metadata").is_dir():
+        raise FileNotFoundError(_missing_message(data_dir, resolution, difficulty))
+
+
+def load(
+    split: str, *, data_dir, resolution: int = 32, difficulty: str | int = "hard", generate: dict | None = None, **_
+) -> dict[str, np.ndarray]:
+    """Arrays of one split: ``inputs`` int32 [N, res*res] (pixels 0..255 as tokens, row-major), ``targets``
+    int32 [N] (0/1), ``lengths`` int32 [N] (all res*res: a black pixel is data, not padding).
+
+    Reads ``data_dir/pathfinder{res}/curv_contour_length_{n}/`` (our generated release or the official one).
+    With ``generate`` (ensure_generated keyword arguments, e.g. {"num": 2000, "seed": 0}) the data set is
+    generated once into ``data_dir/pathfinder{res}/generated-.../`` and read from there. Splits are 80/10/10
+    of all readable images (split_indices)."""
+    if split not in SPLITS:
+        raise ValueError(f"unknown Pathfinder split {split!r}; valid splits: {', '.join(SPLITS)}")
+    if generate is not None:
+        folder = ensure_generated(data_dir, resolution=resolution, difficulty=difficulty, **generate)
+    else:
+        check_available(data_dir=data_dir, resolution=resolution, difficulty=difficulty)
+        folder = release_dir(data_dir, resolution, difficulty)
+    images, labels = read_release(folder, resolution)
+    sel = split_indices(labels.size, split)
+    n = sel.size
+    return {
+        "inputs": images[sel].reshape(n, resolution * resolution).astype(np.int32),
+        "targets": labels[sel].astype(np.int32),
+        "lengths": np.full(n, resolution * resolution, dtype=np.int32),
+    }
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m lra.data.pathfinder",
+        description="Generate Pathfinder / Path-X images in the LRA release layout "
+        "(<out>/pathfinder<res>/curv_contour_length_<n>/{imgs,metadata}).",
+    )
+    parser.add_argument("--out", required=True, help="root folder; the data goes to <out>/pathfinder<res>/...")
+    parser.add_argument("--resolution", type=int, default=32, choices=RESOLUTIONS)
+    parser.add_argument(
+        "--difficulty",
+        default="hard",
+        choices=tuple(DIFFICULTIES),
+        help="contour length: easy 6, medium 9, hard 14 paddles (LRA uses hard)",
+    )
+    parser.add_argument("--num", type=int, default=DEFAULTS["num"], help="number of images")
+    parser.add_argument("--seed", type=int, default=DEFAULTS["seed"])
+    parser.add_argument("--per-folder", type=int, default=DEFAULTS["per_folder"], help="images per imgs/<k> folder")
+    parser.add_argument(
+        "--workers", type=int, default=1, help="processes, one folder each at a time (the output does not depend on it)"
+    )
+    parser.add_argument(
+        "--force", action="store_true", help="replace an existing folder that this generator did not write"
+    )
+    a = parser.parse_args(argv)
+    folder = release_dir(a.out, a.resolution, a.difficulty)
+    if folder.name == "curv_baseline":  # we always write the curv_contour_length_<n> name
+        folder = folder.parent / f"curv_contour_length_{contour_length_of(a.difficulty)}"
+    t0 = time.monotonic()
+    try:
+        record = generate_release(
+            folder,
+            a.num,
+            resolution=a.resolution,
+            difficulty=a.difficulty,
+            seed=a.seed,
+            per_folder=a.per_folder,
+            workers=a.workers,
+            progress=True,
+            force=a.force,
+        )
+    except (FileExistsError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    dt = time.monotonic() - t0
+    folders = len(folder_sizes(a.num, a.per_folder))
+    print(f"{folder}: {a.num} images ({record['positives']} positive) in {folders} folder(s)")
+    print(f"{a.num / max(dt, 1e-9):.1f} images/s ({dt:.1f}s, {a.workers} worker(s))")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -8,9 +8,10 @@ Tokens: the review's UTF-8 bytes + 1, padding 0, vocabulary 257; truncated or pa
 (1000 in the official config, 4000 in the paper). ``lengths`` counts the real bytes kept, so padding masks come
 from lengths and never from token values.
 
-Source: the official Stanford archive ``aclImdb_v1.tar.gz`` (layout ``aclImdb/{train,test}/{pos,neg}/<id>_<rating>.txt``),
-read directly with Python's ``tarfile`` as a stream (nothing is extracted). The project design mentions
-tensorflow-datasets for IMDB; we read the official archive instead, so no TensorFlow or tfds is ever needed.
+Source: the official Stanford archive ``aclImdb_v1.tar.gz`` (layout
+``aclImdb/{train,test}/{pos,neg}/<id>_<rating>.txt``), read directly with Python's ``tarfile`` as a stream
+(nothing is extracted). The project design mentions tensorflow-datasets for IMDB; we read the official archive
+instead, so no TensorFlow or tfds is ever needed.
 What LRA got from tfds's ``imdb_reviews`` builder is reproduced: each review is its file's bytes with leading
 and trailing whitespace stripped (``bytes.strip()``), labelled by its ``pos``/``neg`` folder. Our order is
 deterministic (sorted by path in the archive); tfds's order differs, which changes nothing here (train is

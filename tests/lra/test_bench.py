@@ -9,10 +9,17 @@ TINY = ["model.emb_dim=16", "model.num_heads=2", "model.num_layers=1", "model.qk
 
 
 def test_bench_cli_rows(tmp_path, subprocess_env):
-    r = subprocess.run(cli("lra.bench", "attention=[full]", "lengths=[32,64]", "batch_size=2",
+    """The rows, and with logger=wandb (no API key: offline) a W&B run holding them as a table and the charts."""
+    env = {k: v for k, v in subprocess_env.items() if not k.startswith("WANDB_")}
+    (tmp_path / "home").mkdir()
+    env.update(HOME=str(tmp_path / "home"), WANDB_SILENT="true")
+    r = subprocess.run(cli("lra.bench", "attention=[full]", "lengths=[32,64]", "batch_size=2", "logger=wandb",
                            f"results_dir={tmp_path}", f"hydra.run.dir={tmp_path / 'run'}", *TINY),
-                       cwd=ROOT, env=subprocess_env, capture_output=True, text=True, timeout=300)
+                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
+    (offline,) = (tmp_path / "run" / "wandb").glob("offline-run-*")
+    (table,) = offline.glob("files/media/table/bench/rows*.table.json")
+    assert '"steps_per_second"' in table.read_text() and len(list(offline.glob("files/media/images/**/*.png"))) == 2
     rows = results.read_jsonl(tmp_path / "bench.jsonl")
     assert [(row["attention"], row["length"], row["status"]) for row in rows] == [("full", 32, "ok"),
                                                                                   ("full", 64, "ok")]

@@ -15,13 +15,20 @@ TASKS, ATTENTIONS, PROFILES = group_options("task"), group_options("attention"),
 
 
 def test_groups_exist():
-    assert "listops" in TASKS and "full" in ATTENTIONS and PROFILES == ["cpu", "lra", "smoke"]
-    assert group_options("logger") == ["none"]
+    assert TASKS == ["image", "listops", "pathfinder", "pathx", "retrieval", "text"]
+    assert "full" in ATTENTIONS and PROFILES == ["cpu", "lra", "smoke"]
+    assert group_options("logger") == ["none", "wandb"]
 
 
-@pytest.mark.parametrize("task,attention,profile", list(itertools.product(TASKS, ATTENTIONS, PROFILES)))
+CASES = sorted({(t, a, "lra") for t in TASKS for a in ATTENTIONS} | {("listops", a, p) for a in ATTENTIONS
+                                                                        for p in PROFILES}
+               | {(t, "full", p) for t in TASKS for p in PROFILES})
+
+
+@pytest.mark.parametrize("task,attention,profile", CASES)
 def test_every_config_composes_and_builds(task, attention, profile):
-    """Every (task, attention, profile) composes, validates and builds its model (shapes only: cheap)."""
+    """Every variant with every task's official config (and every profile of ListOps), every task and profile
+    with full attention: composes, validates and builds its model (shapes only: cheap)."""
     config = compose_config([f"task={task}", f"attention={attention}", f"profile={profile}"])
     assert config["task"]["name"] == task and config["attention"]["name"] == attention
     assert config["profile"] == profile
@@ -41,8 +48,12 @@ def test_every_profile_runs_a_train_step(task, profile):
     tx = trainer.build_optimizer(config)
     opt_state = tx.init(params)
     steps = trainer.Steps(graphdef, tx, config["seed"])
-    arrays = {"inputs": np.ones((2, 16), np.int32), "targets": np.array([1, 2], np.int32),
+    arrays = {"inputs": np.ones((2, 16), np.int32), "targets": np.array([1, 0], np.int32),
               "lengths": np.array([16, 9], np.int32)}
+    if config["task"].get("pair"):   # Retrieval: two documents per example
+        arrays = trainer.pair_arrays({"inputs1": arrays["inputs"], "inputs2": arrays["inputs"] + 1,
+                                      "lengths1": arrays["lengths"], "lengths2": arrays["lengths"][::-1],
+                                      "targets": arrays["targets"]})
     batch = batching.make_batch(arrays, np.arange(2), 16)
     before = jax.tree.map(lambda x: np.array(x, copy=True), params)  # params are donated to the step
     step_fn = steps.compiled("train", params, opt_state, rest, batch, np.int32(0))
@@ -65,6 +76,30 @@ def test_lra_profile_is_the_official_listops_config():
     g = c["task"]["data"]["generate"]
     assert (g["num_train"], g["num_val"], g["num_test"], g["min_length"], g["max_length"]) == \
         (96000, 2000, 2000, 500, 2000)
+
+
+# LRA.md, "Official configs": (batch, steps, lr, schedule, warmup, weight decay), (emb, heads, layers, qkv, mlp),
+# (dropout, attention dropout, pooling, positions), max length.
+OFFICIAL = {
+    "text": ((32, 20000, 0.05, "rsqrt", 8000, 0.1), (256, 4, 4, 256, 1024), (0.1, 0.1, "cls", "sinusoidal"), 1000),
+    "retrieval": ((32, 5000, 0.05, "rsqrt", 8000, 0.1), (128, 4, 4, 128, 512), (0.1, 0.1, "cls", "sinusoidal"),
+                  4000),
+    "image": ((256, 35000, 5e-4, "cosine", 175, 0.0), (128, 8, 1, 64, 128), (0.3, 0.2, "cls", "learned"), 1024),
+    "pathfinder": ((512, 62400, 1e-3, "cosine", 312, 0.0), (32, 4, 4, 16, 32), (0.2, 0.1, "mean", "sinusoidal"),
+                   1024),
+    "pathx": ((64, 500000, 1e-3, "cosine", 2500, 0.0), (32, 2, 1, 16, 32), (0.1, 0.1, "mean", "learned"), 16384),
+}
+
+
+@pytest.mark.parametrize("task", sorted(OFFICIAL))
+def test_lra_profile_is_the_official_config(task):
+    c = compose_config([f"task={task}", "profile=lra"])
+    m, t = c["model"], c["train"]
+    train, sizes, rest, length = OFFICIAL[task]
+    assert (t["batch_size"], t["train_steps"], t["lr"], t["schedule"], t["warmup_steps"], t["weight_decay"]) == train
+    assert (m["emb_dim"], m["num_heads"], m["num_layers"], m["qkv_dim"], m["mlp_dim"]) == sizes
+    assert (m["dropout"], m["attention_dropout"], m["pooling"], m["positions"]) == rest
+    assert c["task"]["max_length"] == length and t["grad_clip"] is None
 
 
 @pytest.mark.parametrize("override,key", [

@@ -1,0 +1,122 @@
+"""Experiment loggers: ``logger=none`` (the default) and ``logger=wandb``.
+
+Every run always writes ``<run_dir>/metrics.jsonl`` (train and eval metrics per logging step) and its record to
+``<results_dir>/runs.jsonl``; a logger sends the same things elsewhere as well.
+
+``logger=wandb`` (Weights & Biases): one W&B run per training run, grouped by task and tagged with the variant,
+profile and impl, so a workspace compares variants per task out of the box. It logs the resolved config (plus
+versions and the git commit), train metrics per logging step, eval metrics, and at the end the record's
+throughput, memory, parameter count and accuracy as the run summary. The W&B run id is derived from the run
+directory, so a resumed run continues the same W&B run.
+
+Never blocks without network: mode ``auto`` is online only when an API key is configured (``WANDB_API_KEY`` or
+a ``~/.netrc`` entry for api.wandb.ai) and offline otherwise (``wandb sync <run_dir>/wandb/offline-run-*``
+uploads later); an online start that fails or times out falls back to offline with a warning. ``WANDB_MODE``
+set in the environment wins over the config.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import netrc
+import os
+import warnings
+from pathlib import Path
+
+log = logging.getLogger("lra.loggers")
+MODES = ("auto", "online", "offline", "disabled")
+
+
+class Logger:
+    """No external logger: metrics.jsonl and runs.jsonl only."""
+
+    def log(self, metrics: dict, step: int) -> None:
+        pass
+
+    def finish(self, record: dict | None = None) -> None:
+        pass
+
+
+def api_key_configured() -> bool:
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    try:
+        return netrc.netrc().authenticators("api.wandb.ai") is not None
+    except (OSError, netrc.NetrcParseError):
+        return False
+
+
+def resolve_mode(mode: str) -> str:
+    env = os.environ.get("WANDB_MODE")
+    if env:
+        return {"dryrun": "offline", "run": "online"}.get(env, env)
+    if mode not in MODES:
+        raise ValueError(f"logger.mode must be one of {MODES}, got {mode!r}")
+    if mode == "auto":
+        return "online" if api_key_configured() else "offline"
+    return mode
+
+
+def run_id(run_dir: Path) -> str:
+    """A stable W&B run id for a run directory (a resumed run logs into the same W&B run)."""
+    return hashlib.sha1(str(Path(run_dir).resolve()).encode()).hexdigest()[:16]
+
+
+# Record fields copied into the W&B run summary.
+SUMMARY_KEYS = ("test_accuracy", "test_loss", "best_val_accuracy", "best_step", "steps_per_second",
+                "examples_per_second", "compile_seconds", "peak_memory_bytes", "memory_method", "peak_rss_bytes",
+                "params", "params_full_attention", "params_ratio", "apples_to_apples", "wall_seconds", "device",
+                "jax_version", "git_commit", "max_length", "batch_size", "train_steps")
+
+
+class WandbLogger(Logger):
+    def __init__(self, config: dict, run_dir: Path, options: dict):
+        import wandb
+
+        self._wandb = wandb
+        task, attention = config["task"]["name"], config["attention"]["name"]
+        profile, impl = config.get("profile"), config["attention"].get("impl", "xla")
+        mode = resolve_mode(options.get("mode", "auto"))
+        import jax
+
+        from lra import results
+
+        meta = {"jax_version": jax.__version__, "git_commit": results.git_commit(), "run_dir": str(run_dir)}
+        kwargs = dict(project=options.get("project") or "lra", entity=options.get("entity"),
+                      group=options.get("group") or task,
+                      tags=[attention, f"profile:{profile}", f"impl:{impl}", *(options.get("tags") or [])],
+                      name=options.get("name") or f"{task}-{attention}-{profile}-seed{config['seed']}",
+                      job_type=options.get("job_type") or "train", config={**config, "meta": meta},
+                      dir=str(run_dir), id=run_id(run_dir), resume="allow")
+        timeout = float(options.get("init_timeout", 60))
+        try:
+            self.run = wandb.init(mode=mode, settings=wandb.Settings(init_timeout=timeout, silent=True), **kwargs)
+        except Exception as e:  # noqa: BLE001  (any failure to reach W&B: keep training, log offline)
+            if mode != "online":
+                raise
+            warnings.warn(f"W&B online start failed ({e}); logging offline instead (wandb sync uploads later)",
+                          RuntimeWarning, stacklevel=2)
+            self.run = wandb.init(mode="offline", settings=wandb.Settings(silent=True), **kwargs)
+        self.mode = mode
+        log.info("W&B run %s (%s mode) in %s", self.run.id, mode, run_dir)
+
+    def log(self, metrics: dict, step: int) -> None:
+        self.run.log(metrics, step=step)
+
+    def finish(self, record: dict | None = None) -> None:
+        if record is not None:
+            self.run.summary.update({k: record[k] for k in SUMMARY_KEYS if record.get(k) is not None})
+        self.run.finish()
+
+
+def make_logger(config: dict, run_dir: Path) -> Logger:
+    options = dict(config.get("logger") or {"name": "none"})
+    name = options.pop("name", "none")
+    if name == "none":
+        return Logger()
+    if name == "wandb":
+        return WandbLogger(config, Path(run_dir), options)
+    raise ValueError(f"logger.name must be 'none' or 'wandb', got {name!r}")
+
+
+__all__ = ["Logger", "WandbLogger", "api_key_configured", "make_logger", "resolve_mode", "run_id"]

@@ -1,0 +1,436 @@
+"""Tests of the Pathfinder generator, its PNG release writer, the release loader and the CLI (tiny sizes)."""
+
+import logging
+import os
+import struct
+import time
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from lra.data import pathfinder as PF
+
+RES = 32
+NUM = 600  # the module's release: 250 + 250 + 100 images
+PER_FOLDER = 250
+SEED = 3
+
+
+@pytest.fixture(scope="module")
+def release(tmp_path_factory) -> Path:
+    """A release written by the CLI, in-process."""
+    root = tmp_path_factory.mktemp("pathfinder")
+    argv = ["--out", str(root), "--resolution", str(RES), "--difficulty", "hard", "--num", str(NUM)]
+    assert PF.main([*argv, "--seed", str(SEED), "--per-folder", str(PER_FOLDER)]) == 0
+    return root
+
+
+def contour_folder(root: Path) -> Path:
+    return root / f"pathfinder{RES}" / "curv_contour_length_14"
+
+
+def read_metadata_by_hand(folder: Path) -> list[tuple[str, str, int]]:
+    rows = []
+    for path in sorted((folder / "metadata").iterdir()):
+        for line in path.read_text().splitlines():
+            cols = line.split(" ")
+            rows.append((cols[0], cols[1], int(cols[3])))
+    return rows
+
+
+@pytest.fixture(scope="module")
+def release_arrays(release):
+    """Images and labels of the module's release, decoded here straight from the PNG files."""
+    folder = contour_folder(release)
+    rows = read_metadata_by_hand(folder)
+    images = np.stack([np.asarray(Image.open(folder / sub / name)) for sub, name, _ in rows])
+    return images, np.array([label for *_, label in rows])
+
+
+# --------------------------------------------------------------------------- generator: layout, labels, seeds
+
+
+def test_release_layout_and_metadata_format(release):
+    folder = contour_folder(release)
+    assert sorted(p.name for p in (folder / "imgs").iterdir()) == ["0", "1", "2"]
+    assert sorted(p.name for p in (folder / "metadata").iterdir()) == ["0.npy", "1.npy", "2.npy"]
+    for k, count in enumerate([250, 250, 100]):
+        lines = (folder / "metadata" / f"{k}.npy").read_text().splitlines()
+        assert len(lines) == count
+        for i, line in enumerate(lines):
+            assert line == f"imgs/{k} sample_{i}.png {i} {line[-1]}" and line[-1] in "01"
+        assert sorted(p.name for p in (folder / "imgs" / str(k)).iterdir()) == sorted(
+            f"sample_{i}.png" for i in range(count)
+        )
+    data = (folder / "imgs" / "1" / "sample_7.png").read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    width, height, depth, colour = struct.unpack(">IIBB", data[16:26])
+    assert (width, height, depth, colour) == (RES, RES, 8, 0)  # 8-bit grayscale
+
+
+def test_pixels_are_uint8_ink_on_black(release_arrays):
+    images, _ = release_arrays
+    assert images.dtype == np.uint8 and images.shape == (NUM, RES, RES)
+    assert images.max() == 255
+    black = (images == 0).mean()
+    assert 0.6 < black < 0.95, black  # black background, some paths
+    edges = np.concatenate([images[:, 0, :], images[:, -1, :], images[:, :, 0], images[:, :, -1]], axis=1)
+    assert (edges == 0).all()  # nothing is cut off at the border
+
+
+def test_labels_balanced_per_folder(release):
+    folder = contour_folder(release)
+    for k, count in enumerate([250, 250, 100]):
+        labels = [int(line.split()[3]) for line in (folder / "metadata" / f"{k}.npy").read_text().splitlines()]
+        assert sum(labels) * 2 == count, (k, sum(labels))
+        assert labels != sorted(labels) and labels != sorted(labels, reverse=True)  # shuffled, not in blocks
+
+
+def test_generate_is_seeded():
+    a_img, a_lab = PF.generate(30, seed=(1, 2))
+    b_img, b_lab = PF.generate(30, seed=(1, 2))
+    c_img, _ = PF.generate(30, seed=(1, 3))
+    assert a_img.tobytes() == b_img.tobytes() and (a_lab == b_lab).all()
+    assert a_img.tobytes() != c_img.tobytes()
+    assert a_lab.sum() == 15
+
+
+def test_written_bytes_do_not_depend_on_workers(tmp_path):
+    kw = dict(resolution=RES, difficulty="hard", seed=5, per_folder=20)
+    PF.write_release(tmp_path / "one", 50, workers=1, **kw)
+    PF.write_release(tmp_path / "two", 50, workers=2, **kw)
+    files = sorted(p.relative_to(tmp_path / "one") for p in (tmp_path / "one").rglob("*") if p.is_file())
+    assert len(files) == 50 + 3 + 1  # images, metadata files, generator.json
+    for rel in files:
+        assert (tmp_path / "one" / rel).read_bytes() == (tmp_path / "two" / rel).read_bytes(), rel
+    # folder k holds generate(count, seed=(seed, k)), as documented
+    images, labels = PF.generate(20, seed=(5, 1))
+    assert (PF.read_png(tmp_path / "one" / "imgs" / "1" / "sample_13.png") == images[13]).all()
+    meta = (tmp_path / "one" / "metadata" / "1.npy").read_text().splitlines()
+    assert [int(line.split()[3]) for line in meta] == labels.tolist()
+
+
+# --------------------------------------------------------------------------- no shortcut: only connectivity
+
+
+def best_threshold_accuracy(feature: np.ndarray, labels: np.ndarray) -> float:
+    """Accuracy of the best rule "label = (feature > t)" or "label = (feature <= t)" over all thresholds t."""
+    order = np.argsort(feature, kind="stable")
+    x, y = feature[order], labels[order]
+    n = y.size
+    pos_at_or_below = np.concatenate([[0], np.cumsum(y)])
+    below = np.arange(n + 1)
+    cut = np.concatenate([[True], x[1:] != x[:-1], [True]])  # thresholds only between distinct values
+    acc = ((below - pos_at_or_below) + (y.sum() - pos_at_or_below)) / n  # predict 1 above the threshold
+    return float(np.maximum(acc, 1 - acc)[cut].max())
+
+
+def simple_statistics(images: np.ndarray) -> dict[str, np.ndarray]:
+    flat = images.reshape(len(images), -1).astype(np.int64)
+    stats = {"total ink": flat.sum(1), "nonzero pixels": (flat > 0).sum(1), "brightest pixel": flat.max(1)}
+    for lo in range(0, 256, 32):  # the pixel histogram, in 8 bins
+        stats[f"pixels in [{lo}, {lo + 32})"] = ((flat >= lo) & (flat < lo + 32)).sum(1)
+    return stats
+
+
+def test_labels_not_predictable_from_simple_statistics(release_arrays):
+    # With 300 images per class and no signal, the best threshold's accuracy is 0.5 + KS/2, KS the two-sample
+    # Kolmogorov-Smirnov statistic: above 0.594 with probability < 1e-4 per feature (KS critical value
+    # 2.30 * sqrt(2/300)). 0.62 is out of reach of chance even over the 11 features; a real leak is not
+    # (the control below: one marker's worth of extra ink in positives reaches ~0.78).
+    images, labels = release_arrays
+    assert labels.sum() * 2 == len(labels)
+    scores = {name: best_threshold_accuracy(f, labels) for name, f in simple_statistics(images).items()}
+    assert max(scores.values()) <= 0.62, scores
+    leaky = images.reshape(len(images), -1).astype(np.int64)
+    leaky[labels == 1, :4] += 255
+    assert best_threshold_accuracy(leaky.sum(1), labels) > 0.7  # the test has the power to see a leak
+
+
+def ink_components(ink: np.ndarray, radius: float) -> np.ndarray:
+    """Connected components of ink pixels [N, H, W] where ink pixels up to ``radius`` apart are neighbours;
+    returns a label per pixel (-1 off the ink). Plain label propagation, independent of the generator."""
+    n, h, w = ink.shape
+    r = int(radius)
+    offsets = [(a, b) for a in range(-r, r + 1) for b in range(-r, r + 1) if (a or b) and a * a + b * b <= radius**2]
+    labels = np.where(ink, np.arange(n * h * w).reshape(n, h, w), -1)
+    while True:
+        padded = np.pad(labels, ((0, 0), (r, r), (r, r)), constant_values=-1)
+        new = labels.copy()
+        for a, b in offsets:
+            np.maximum(new, padded[:, r + a : r + a + h, r + b : r + b + w], out=new)
+        new = np.where(ink, new, -1)
+        if (new == labels).all():
+            return labels
+        labels = new
+
+
+def markers_joined(images, markers, radius) -> np.ndarray:
+    comp = ink_components(images > 0, radius)
+    rows = np.arange(len(images))
+    xy = np.rint(markers).astype(int)  # marker centres (x, y); a marker's centre pixel is always ink
+    a = comp[rows, xy[:, 0, 1], xy[:, 0, 0]]
+    b = comp[rows, xy[:, 1, 1], xy[:, 1, 0]]
+    assert (a >= 0).all() and (b >= 0).all()
+    return a == b
+
+
+@pytest.mark.parametrize("resolution,num", [(32, 400), (64, 40)])
+def test_connectivity_decides_the_label(resolution, num):
+    # Gaps inside a path leave at most one dark pixel at 32x32 (resolution/32 at other sizes), and the generator
+    # keeps the ink of different paths more than 2 px apart: joining ink pixels up to resolution/16 px apart
+    # must join the markers of every positive and of no negative.
+    images, labels, markers = PF.generate(num, resolution=resolution, seed=11, return_markers=True)
+    joined = markers_joined(images, markers, radius=resolution / 16)
+    assert (joined == (labels == 1)).all(), (joined != (labels == 1)).sum()
+    if resolution == 32:
+        # The paths really are dashed: without bridging the gaps (8-neighbours only) many positives fall apart.
+        eight = markers_joined(images, markers, radius=1.5)
+        assert not (eight & (labels == 0)).any()
+        assert (~eight & (labels == 1)).mean() > 0.1
+
+
+def test_other_resolutions_and_difficulties():
+    images, labels, markers = PF.generate(6, resolution=128, difficulty="hard", seed=0, return_markers=True)
+    assert images.shape == (6, 128, 128) and images.dtype == np.uint8 and labels.sum() == 3
+    assert ((markers > 0) & (markers < 127)).all()
+    # Sizes scale with the resolution: the mean brightness (ink per area) is about the same at 32 and 128.
+    small, _ = PF.generate(40, resolution=32, seed=1)
+    large, _ = PF.generate(40, resolution=128, seed=1)
+    ratio = large.mean() / small.mean()
+    assert 0.8 < ratio < 1.25, ratio
+    easy, _ = PF.generate(20, difficulty="easy", seed=0)
+    hard, _ = PF.generate(20, difficulty=14, seed=0)
+    assert easy.shape == hard.shape == (20, 32, 32)
+    assert PF.params_for(32, "medium").contour_length == 9
+    with pytest.raises(ValueError, match="difficulty"):
+        PF.params_for(32, "extreme")
+    with pytest.raises(ValueError, match="resolution"):
+        PF.params_for(48)
+
+
+# --------------------------------------------------------------------------- PNG reading
+
+
+def png_with_filters(pixels: np.ndarray, filters: list[int]) -> bytes:
+    """A PNG written with the given row filters (0 none, 1 Sub, 2 Up, 3 Average, 4 Paeth), in turn; pixels
+    uint8 [H, W] (grayscale) or [H, W, 3] (RGB). A minimal encoder of the PNG specification."""
+    h, w = pixels.shape[:2]
+    channels = 1 if pixels.ndim == 2 else pixels.shape[2]
+    rows = pixels.reshape(h, w * channels).astype(np.int64)
+    prev = np.zeros(w * channels, dtype=np.int64)
+    out = bytearray()
+    for y in range(h):
+        f, cur = filters[y % len(filters)], rows[y]
+        left = np.concatenate([np.zeros(channels, np.int64), cur[:-channels]])
+        up_left = np.concatenate([np.zeros(channels, np.int64), prev[:-channels]])
+        if f == 0:
+            pred = np.zeros_like(cur)
+        elif f == 1:
+            pred = left
+        elif f == 2:
+            pred = prev
+        elif f == 3:
+            pred = (left + prev) // 2
+        else:
+            p = left + prev - up_left
+            pa, pb, pc = abs(p - left), abs(p - prev), abs(p - up_left)
+            pred = np.where((pa <= pb) & (pa <= pc), left, np.where(pb <= pc, prev, up_left))
+        out.append(f)
+        out += ((cur - pred) % 256).astype(np.uint8).tobytes()
+        prev = cur
+
+    def chunk(tag, data):
+        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data))
+
+    colour = 0 if channels == 1 else 2
+    header = struct.pack(">IIBBBBB", w, h, 8, colour, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(bytes(out))) + chunk(b"IEND", b"")
+    )
+
+
+def test_png_round_trip_and_foreign_pngs(tmp_path):
+    rng = np.random.default_rng(0)
+    img = rng.integers(0, 256, (RES, RES), dtype=np.uint8)
+    (tmp_path / "ours.png").write_bytes(PF.encode_png(img))
+    assert (PF.read_png(tmp_path / "ours.png") == img).all()
+    assert (np.asarray(Image.open(tmp_path / "ours.png")) == img).all()  # a valid PNG for others too
+    for name, data in {
+        "filters.png": png_with_filters(img, [0, 1, 2, 3, 4]),
+        "paeth.png": png_with_filters(img, [4]),
+        "rgb.png": png_with_filters(np.repeat(img[..., None], 3, axis=2), [1, 3, 4, 2]),
+    }.items():
+        (tmp_path / name).write_bytes(data)
+        assert (PF.read_png(tmp_path / name) == img).all(), name
+    Image.fromarray(np.repeat(img[..., None], 4, axis=2)).save(tmp_path / "rgba.png")
+    assert (PF.read_png(tmp_path / "rgba.png")[:, :] == img).all()
+
+
+# --------------------------------------------------------------------------- loader
+
+
+def test_split_indices_80_10_10():
+    parts = {s: PF.split_indices(1000, s) for s in ("train", "val", "test")}
+    assert [len(parts[s]) for s in ("train", "val", "test")] == [800, 100, 100]
+    assert np.array_equal(np.sort(np.concatenate(list(parts.values()))), np.arange(1000))
+    assert np.array_equal(PF.split_indices(1000, "val"), parts["val"])  # deterministic
+    assert not np.array_equal(parts["val"], np.arange(800, 900))  # a shuffle, not the last files
+    assert [len(PF.split_indices(11, s)) for s in ("train", "val", "test")] == [8, 1, 2]
+    with pytest.raises(ValueError, match="split"):
+        PF.split_indices(10, "dev")
+
+
+def test_loader_reads_generated_release(release, release_arrays, monkeypatch):
+    images, labels = release_arrays
+    out = {s: PF.load(s, data_dir=release, resolution=RES, difficulty="hard") for s in ("train", "val", "test")}
+    assert [len(out[s]["targets"]) for s in ("train", "val", "test")] == [480, 60, 60]
+    for arrays in out.values():
+        assert arrays["inputs"].dtype == arrays["targets"].dtype == arrays["lengths"].dtype == np.int32
+        assert arrays["inputs"].shape[1] == RES * RES and (arrays["lengths"] == RES * RES).all()
+        assert arrays["inputs"].min() >= 0 and arrays["inputs"].max() <= 255
+    # Together the splits hold every (image, label) of the release exactly once, pixels as tokens.
+    got = sorted(
+        (row.astype(np.uint8).tobytes(), int(t)) for a in out.values() for row, t in zip(a["inputs"], a["targets"])
+    )
+    want = sorted((im.reshape(-1).tobytes(), int(t)) for im, t in zip(images, labels))
+    assert got == want
+    # The decoded images are cached; the cache is reused while the metadata is unchanged.
+    folder = contour_folder(release)
+    assert (folder / PF.CACHE_NAME).is_file()
+    calls = []
+    real_read_png = PF.read_png
+    monkeypatch.setattr(PF, "read_png", lambda path: calls.append(path) or real_read_png(path))
+    again = PF.load("val", data_dir=release)
+    assert not calls and np.array_equal(again["inputs"], out["val"]["inputs"])
+    meta = folder / "metadata" / "2.npy"
+    st = meta.stat()
+    os.utime(meta, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))  # "rewritten": decode again
+    assert np.array_equal(PF.load("val", data_dir=release)["inputs"], out["val"]["inputs"])
+    assert len(calls) == NUM
+
+
+def write_hand_release(folder: Path, rng) -> dict[str, tuple[np.ndarray, int]]:
+    """A release built by hand in the official layout: PNGs written by Pillow (grayscale, RGB) and by our
+    filter encoder, official-style metadata lines with 11 columns, and one empty PNG. Returns the readable
+    images by relative path."""
+    expected = {}
+    lines = {0: [], 1: []}
+    for k in (0, 1):
+        (folder / "imgs" / str(k)).mkdir(parents=True)
+        for i in range(11):
+            rel = f"imgs/{k}/sample_{i}.png"
+            label = (i + k) % 2
+            lines[k].append(f"imgs/{k} sample_{i}.png {i} {label} 2.5 14 4 5 1.5 3 1")
+            if (k, i) == (1, 4):
+                (folder / rel).write_bytes(b"")  # the release has one empty PNG
+                continue
+            img = rng.integers(0, 256, (RES, RES), dtype=np.uint8)
+            if i % 3 == 0:
+                Image.fromarray(img).save(folder / rel)
+            elif i % 3 == 1:
+                Image.fromarray(np.repeat(img[..., None], 3, axis=2)).save(folder / rel)
+            else:
+                (folder / rel).write_bytes(png_with_filters(img, [i % 5, 4, 1]))
+            expected[rel] = (img, label)
+    (folder / "metadata").mkdir()
+    for k, rows in lines.items():
+        (folder / "metadata" / f"{k}.npy").write_text("\n".join(rows) + "\n")
+    return expected
+
+
+def test_loader_reads_hand_built_official_layout(tmp_path, caplog):
+    folder = tmp_path / f"pathfinder{RES}" / "curv_contour_length_14"
+    expected = write_hand_release(folder, np.random.default_rng(7))
+    assert len(expected) == 21
+    with caplog.at_level(logging.INFO, logger="lra.data.pathfinder"):
+        out = {s: PF.load(s, data_dir=tmp_path) for s in ("train", "val", "test")}
+    assert [len(out[s]["targets"]) for s in ("train", "val", "test")] == [16, 2, 3]
+    got = sorted(
+        (row.astype(np.uint8).tobytes(), int(t)) for a in out.values() for row, t in zip(a["inputs"], a["targets"])
+    )
+    want = sorted((img.reshape(-1).tobytes(), label) for img, label in expected.values())
+    assert got == want
+    warnings = [r for r in caplog.records if r.name == "lra.data.pathfinder" and r.levelno >= logging.WARNING]
+    assert len(warnings) == 1, [r.getMessage() for r in warnings]  # counted and reported once
+    assert "skipped 1 " in warnings[0].getMessage() and "imgs/1/sample_4.png" in warnings[0].getMessage()
+
+
+def test_easy_reads_the_official_curv_baseline_folder(tmp_path):
+    folder = tmp_path / f"pathfinder{RES}" / "curv_baseline"
+    expected = write_hand_release(folder, np.random.default_rng(8))
+    PF.check_available(data_dir=tmp_path, difficulty="easy")
+    total = sum(len(PF.load(s, data_dir=tmp_path, difficulty="easy")["targets"]) for s in ("train", "val", "test"))
+    assert total == len(expected)
+
+
+def test_malformed_metadata_names_file_and_line(tmp_path):
+    folder = tmp_path / f"pathfinder{RES}" / "curv_contour_length_14"
+    write_hand_release(folder, np.random.default_rng(9))
+    meta = folder / "metadata" / "1.npy"
+    lines = meta.read_text().splitlines()
+    lines[2] = "imgs/1 sample_2.png 2"  # three columns: no label
+    meta.write_text("\n".join(lines) + "\n")
+    with pytest.raises(ValueError, match=r"1\.npy:3: .*columns"):
+        PF.load("train", data_dir=tmp_path)
+    lines[2] = "imgs/1 sample_2.png 2 7"
+    meta.write_text("\n".join(lines) + "\n")
+    with pytest.raises(ValueError, match=r"1\.npy:3: .*label 7"):
+        PF.load("train", data_dir=tmp_path)
+
+
+def test_check_available_is_fast_and_names_the_command(tmp_path):
+    t0 = time.monotonic()
+    with pytest.raises(FileNotFoundError) as info:
+        PF.check_available(data_dir=tmp_path / "nowhere", resolution=128, difficulty="hard")
+    assert time.monotonic() - t0 < 0.5
+    msg = str(info.value)
+    command = f"python -m lra.data.pathfinder --out {tmp_path / 'nowhere'} --resolution 128 --difficulty hard"
+    assert f"{command} --num 200000 --seed 0" in msg
+    assert "scripts/get_lra_data.sh" in msg and "lra_release/lra_release/pathfinder128" in msg
+    assert str(tmp_path / "nowhere" / "pathfinder128" / "curv_contour_length_14") in msg
+    with pytest.raises(FileNotFoundError, match="python -m lra.data.pathfinder"):
+        PF.load("train", data_dir=tmp_path / "nowhere")
+    PF.check_available(data_dir=tmp_path / "nowhere", generate={"num": 10, "seed": 0})  # can be generated
+
+
+def test_load_generates_once_into_a_named_cache_folder(tmp_path, monkeypatch):
+    gen = {"num": 40, "seed": 2, "per_folder": 20}
+    arrays = PF.load("train", data_dir=tmp_path, generate=gen, max_length=1024)
+    assert arrays["inputs"].shape == (32, RES * RES) and arrays["targets"].sum() > 0
+    folder = tmp_path / f"pathfinder{RES}" / f"generated-v{PF.GENERATOR_VERSION}-n40-seed2-per20"
+    assert (folder / "curv_contour_length_14" / "metadata" / "1.npy").is_file()
+    assert not [p for p in folder.iterdir() if p.name.startswith(".")]  # no temporary folder left behind
+
+    def no_second_generation(*args, **kwargs):
+        raise AssertionError("generated twice")
+
+    monkeypatch.setattr(PF, "generate_release", no_second_generation)
+    assert np.array_equal(PF.load("train", data_dir=tmp_path, generate=gen)["inputs"], arrays["inputs"])
+    assert len(PF.load("test", data_dir=tmp_path, generate=gen)["targets"]) == 4
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def test_cli_writes_layout_and_reports_speed(tmp_path, capsys):
+    argv = ["--out", str(tmp_path), "--resolution", "64", "--difficulty", "medium", "--num", "12", "--seed", "1"]
+    assert PF.main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "images/s" in printed
+    folder = tmp_path / "pathfinder64" / "curv_contour_length_9"
+    assert len(list((folder / "imgs" / "0").iterdir())) == 12
+    assert PF.read_png(folder / "imgs" / "0" / "sample_11.png").shape == (64, 64)
+    first = (folder / "imgs" / "0" / "sample_3.png").read_bytes()
+    assert PF.main(argv) == 0  # our own output is replaced, identically
+    assert (folder / "imgs" / "0" / "sample_3.png").read_bytes() == first
+    foreign = tmp_path / "pathfinder32" / "curv_contour_length_14"
+    (foreign / "metadata").mkdir(parents=True)
+    argv32 = ["--out", str(tmp_path), "--num", "4", "--seed", "0"]
+    assert PF.main(argv32) == 2  # never overwrites data it did not write ...
+    assert "--force" in capsys.readouterr().err
+    assert PF.main([*argv32, "--force"]) == 0  # ... unless told to
+    assert len(list((foreign / "imgs" / "0").iterdir())) == 4

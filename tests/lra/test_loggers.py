@@ -1,0 +1,106 @@
+"""Loggers: W&B offline when no key is configured (never waits on the network), what a run logs, fallbacks."""
+import glob
+import sys
+import types
+
+import pytest
+
+from lra import loggers, trainer
+from tests.conftest import compose_config
+
+
+@pytest.fixture
+def no_wandb_key(tmp_path, monkeypatch):
+    """No API key anywhere: no WANDB_API_KEY, an empty HOME (no ~/.netrc), no WANDB_MODE."""
+    for var in ("WANDB_API_KEY", "WANDB_MODE", "WANDB_DIR", "NETRC"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    (tmp_path / "home").mkdir()
+    monkeypatch.setenv("WANDB_SILENT", "true")
+
+
+def test_mode_is_offline_without_a_key(no_wandb_key, monkeypatch):
+    assert loggers.resolve_mode("auto") == "offline"
+    monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
+    assert loggers.resolve_mode("auto") == "online"
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    assert loggers.resolve_mode("auto") == "disabled"          # the environment wins
+    with pytest.raises(ValueError, match="logger.mode"):
+        monkeypatch.delenv("WANDB_MODE")
+        loggers.resolve_mode("sometimes")
+
+
+def test_smoke_run_logs_offline_to_the_run_directory(no_wandb_key, isolated):
+    pytest.importorskip("wandb")
+    paths, _ = isolated
+    config = compose_config(["task=listops", "attention=local", "profile=smoke", "logger=wandb",
+                             f"data_dir={paths['data']}", f"results_dir={paths['results']}", "train.progress=false"])
+    record = trainer.train(config, paths["run"])
+    files = glob.glob(str(paths["run"] / "wandb" / "offline-run-*" / "run-*.wandb"))
+    assert len(files) == 1
+    raw = open(files[0], "rb").read()
+    # The binary run log carries the grouping, tags, config, per-step metrics and the record's summary.
+    for text in (b"listops", b"local", b"profile:smoke", b"emb_dim", b"train/loss", b"val/accuracy",
+                 b"test/accuracy", b"steps_per_second", b"peak_memory_bytes", b"params_ratio", b"git_commit"):
+        assert text in raw, text
+    assert record["test_accuracy"] >= 0
+
+
+class FakeRun:
+    def __init__(self, **kwargs):
+        self.kwargs, self.logged, self.summary, self.finished = kwargs, [], {}, False
+        self.id = kwargs["id"]
+
+    def log(self, metrics, step):
+        self.logged.append((step, metrics))
+
+    def finish(self):
+        self.finished = True
+
+
+def fake_wandb(monkeypatch, fail_online=False):
+    runs = []
+
+    def init(mode, settings, **kwargs):
+        if fail_online and mode == "online":
+            raise TimeoutError("no network")
+        run = FakeRun(mode=mode, **kwargs)
+        runs.append(run)
+        return run
+
+    module = types.SimpleNamespace(init=init, Settings=lambda **kw: kw)
+    monkeypatch.setitem(sys.modules, "wandb", module)
+    return runs
+
+
+def test_what_the_logger_sends(monkeypatch, tmp_path):
+    runs = fake_wandb(monkeypatch)
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    config = compose_config(["task=listops", "attention=linear", "profile=smoke", "logger=wandb", "seed=3",
+                             "logger.tags=[mine]"])
+    logger = loggers.make_logger(config, tmp_path / "run")
+    logger.log({"train/loss": 1.5}, 10)
+    logger.finish({"test_accuracy": 0.5, "steps_per_second": 3.0, "params": 10, "ignored": 1})
+    (run,) = runs
+    kw = run.kwargs
+    assert kw["group"] == "listops" and kw["tags"][:3] == ["linear", "profile:smoke", "impl:xla"]
+    assert "mine" in kw["tags"] and kw["name"] == "listops-linear-smoke-seed3" and kw["mode"] == "offline"
+    assert kw["config"]["model"] == config["model"] and "git_commit" in kw["config"]["meta"]
+    assert kw["id"] == loggers.run_id(tmp_path / "run") and kw["resume"] == "allow"   # a resumed run continues
+    assert run.logged == [(10, {"train/loss": 1.5})] and run.finished
+    assert run.summary == {"test_accuracy": 0.5, "steps_per_second": 3.0, "params": 10}
+
+
+def test_online_start_failure_falls_back_to_offline(monkeypatch, tmp_path):
+    runs = fake_wandb(monkeypatch, fail_online=True)
+    monkeypatch.setenv("WANDB_MODE", "online")
+    config = compose_config(["profile=smoke", "logger=wandb"])
+    with pytest.warns(RuntimeWarning, match="offline"):
+        loggers.make_logger(config, tmp_path)
+    assert [r.kwargs["mode"] for r in runs] == ["offline"]
+
+
+def test_none_logger_and_bad_names():
+    assert type(loggers.make_logger(compose_config(["profile=smoke"]), ".")) is loggers.Logger
+    with pytest.raises(ValueError, match="logger.name"):
+        loggers.make_logger({"logger": {"name": "tensorboard"}}, ".")
