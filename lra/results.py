@@ -118,7 +118,7 @@ def device_description() -> str:
 def runs_table(records: list[dict]) -> str:
     """Markdown table of run records, in file order (generated from the records, never typed by hand)."""
     columns = ["task", "attention", "profile", "seed", "params", "test acc", "best val acc (step)", "steps/s",
-               "compile s", "wall min", "device"]
+               "load", "compile s", "wall min", "device"]
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for r in records:
         sps = r.get("steps_per_second")
@@ -127,7 +127,9 @@ def runs_table(records: list[dict]) -> str:
             params += f" ({r['params_ratio']:.2f}x full)"
         cells = [r.get("task"), r.get("attention"), r.get("profile"), r.get("seed"), params,
                  f"{100 * r['test_accuracy']:.2f}%", f"{100 * r['best_val_accuracy']:.2f}% ({r.get('best_step')})",
-                 "-" if sps is None else f"{sps:.2f}", f"{r.get('compile_seconds') or 0:.1f}",
+                 "-" if sps is None else f"{sps:.2f}",
+                 "-" if r.get("load_average_1m") is None else f"{r['load_average_1m']:.1f}",
+                 f"{r.get('compile_seconds') or 0:.1f}",
                  f"{(r.get('wall_seconds') or 0) / 60:.1f}", r.get("device")]
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")
     return "\n".join(lines)
@@ -173,6 +175,30 @@ def bench_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def summary_table(records: list[dict]) -> str:
+    """Markdown table: test accuracy mean and standard deviation (over seeds, n - 1 in the denominator) per
+    (task, attention, profile), with the mean steps/s; the latest record of a repeated seed counts."""
+    import statistics
+
+    latest: dict[tuple, dict] = {}
+    for r in records:
+        if r.get("test_accuracy") is not None:
+            latest[(r.get("task"), r.get("attention"), r.get("profile"), r.get("seed"))] = r
+    groups: dict[tuple, list[dict]] = {}
+    for (task, attention, profile, _), r in latest.items():
+        groups.setdefault((task, attention, profile), []).append(r)
+    lines = ["| task | attention | profile | seeds | test acc mean | std | steps/s |", "|---|---|---|---|---|---|---|"]
+    for key in sorted(groups, key=lambda k: tuple(str(x) for x in k)):
+        runs = groups[key]
+        accs = [100 * r["test_accuracy"] for r in runs]
+        std = f"{statistics.stdev(accs):.2f}" if len(accs) > 1 else "-"
+        sps = [r["steps_per_second"] for r in runs if r.get("steps_per_second")]
+        seeds = ",".join(str(r.get("seed")) for r in sorted(runs, key=lambda r: r.get("seed") or 0))
+        speed = f"{statistics.fmean(sps):.2f}" if sps else "-"
+        lines.append(f"| {key[0]} | {key[1]} | {key[2]} | {seeds} | {statistics.fmean(accs):.2f}% | {std} | {speed} |")
+    return "\n".join(lines)
+
+
 README_START, README_END = "<!-- runs-table:start -->", "<!-- runs-table:end -->"
 VARIANTS_START, VARIANTS_END = "<!-- variants-table:start -->", "<!-- variants-table:end -->"
 BENCH_START, BENCH_END = "<!-- bench-table:start -->", "<!-- bench-table:end -->"
@@ -194,12 +220,16 @@ def main(argv=None) -> int:
     parser.add_argument("--results", default="results", help="results directory (default: results)")
     parser.add_argument("--profile", help="only runs of this profile")
     parser.add_argument("--readme", help="rewrite the runs and variants tables between their markers in this file")
+    parser.add_argument("--summary", action="store_true", help="mean and standard deviation over seeds instead")
     args = parser.parse_args(argv)
     path = Path(args.results) / "runs.jsonl"
     if not path.exists():
         print(f"no records yet: {path} does not exist (python -m lra.train ... appends to it)")
         return 1
     records = [r for r in read_jsonl(path) if not args.profile or r.get("profile") == args.profile]
+    if args.summary:
+        print(summary_table(records))
+        return 0
     table = runs_table(records)
     if args.readme:
         readme = Path(args.readme)
