@@ -95,10 +95,39 @@ def measure(bench: dict, name: str, length: int) -> dict:
         rates.append(bench["steps"] / (time.perf_counter() - start))
     sps = float(np.median(rates))
     peak, method = trainer.peak_memory(need)
-    return {**row, "status": "ok", "steps_per_second": sps, "examples_per_second": sps * b,
-            "tokens_per_second": sps * b * length, "repeats": rates, "peak_memory_bytes": peak,
-            "memory_method": method, "peak_rss_bytes": trainer.peak_rss_bytes(),
-            "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    row = {**row, "status": "ok", "steps_per_second": sps, "examples_per_second": sps * b,
+           "tokens_per_second": sps * b * length, "repeats": rates, "peak_memory_bytes": peak,
+           "memory_method": method}
+    flops = step_flops(step_fn)
+    if flops:   # what XLA's cost model counts for the compiled step (the backend's figure, not ours)
+        row.update(train_step_flops=flops, achieved_flops_per_second=flops * sps)
+    if bench.get("forward", True):
+        fwd = steps.compiled("eval", params, rest, batch)
+        out = fwd(params, rest, batch)
+        jax.block_until_ready(out)
+        fwd_rates = []
+        for _ in range(bench["repeats"]):
+            start = time.perf_counter()
+            for _ in range(bench["steps"]):
+                out = fwd(params, rest, batch)
+            jax.block_until_ready(out)
+            fwd_rates.append(bench["steps"] / (time.perf_counter() - start))
+        row["forward_steps_per_second"] = float(np.median(fwd_rates))
+        row["forward_ms"] = 1000.0 / row["forward_steps_per_second"]
+    return {**row, "peak_rss_bytes": trainer.peak_rss_bytes(), "date": time.strftime("%Y-%m-%dT%H:%M:%SZ",
+                                                                                      time.gmtime())}
+
+
+def step_flops(compiled) -> float | None:
+    """FLOPs of one call of a compiled program by XLA's cost analysis, where the backend reports them."""
+    try:
+        analysis = compiled.cost_analysis()
+    except Exception:  # noqa: BLE001  (backends without a cost model)
+        return None
+    if isinstance(analysis, list):
+        analysis = analysis[0] if analysis else {}
+    flops = (analysis or {}).get("flops")
+    return float(flops) if flops and flops > 0 else None
 
 
 def measure_isolated(bench: dict, name: str, length: int, timeout: float) -> dict:

@@ -29,6 +29,11 @@ def test_bench_cli_rows(tmp_path, subprocess_env):
                       "status"):
             assert field in row, field
         assert row["steps_per_second"] > 0 and row["examples_per_second"] == row["steps_per_second"] * 2
+        assert row["tokens_per_second"] == row["examples_per_second"] * row["length"]
+        assert row["forward_steps_per_second"] > row["steps_per_second"]   # no backward, no update
+        assert row["train_step_flops"] > 0 and row["achieved_flops_per_second"] > 0
+    # A step at twice the length does more work (XLA's count, not a timing)
+    assert rows[1]["train_step_flops"] > rows[0]["train_step_flops"]
 
 
 def test_oom_and_errors_do_not_stop_the_sweep(tmp_path):

@@ -71,11 +71,12 @@ def test_bench_table_speedups():
     rows = [{"attention": "full", "length": 8, "batch_size": 2, "device": "cpu", "status": "ok",
              "steps_per_second": 2.0, "peak_memory_bytes": 2**21, "memory_method": "m"},
             {"attention": "local", "length": 8, "batch_size": 2, "device": "cpu", "status": "ok",
-             "steps_per_second": 5.0, "peak_memory_bytes": 2**20, "memory_method": "m"},
+             "steps_per_second": 5.0, "peak_memory_bytes": 2**20, "memory_method": "m", "forward_ms": 50.0,
+             "achieved_flops_per_second": 3e9},
             {"attention": "reformer", "length": 8, "batch_size": 2, "status": "oom"}]
     table = results.bench_table(rows)
-    assert "| local | 8 | 2 | 5.000 | 2.50x | 1 | m | cpu |" in table
-    assert "| full | 8 | 2 | 2.000 | 1.00x | 2 | m | cpu |" in table and "| reformer | 8 | 2 | oom |" in table
+    assert "| local | 8 | 2 | 5.000 | 2.50x | 50 | 3.0 | 1 | m | cpu |" in table
+    assert "| full | 8 | 2 | 2.000 | 1.00x | - | - | 2 | m | cpu |" in table and "| reformer | 8 | 2 | oom |" in table
 
 
 def test_replace_block():
