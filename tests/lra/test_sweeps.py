@@ -10,7 +10,7 @@ from tests.conftest import ROOT, cli
 
 
 def sweep(tmp_path, env, *extra):
-    return subprocess.run(cli("lra.train", "-m", "task=listops", "attention=full,linear", "profile=smoke", "seed=0,1",
+    return subprocess.run(cli("lra.train", "-m", "task=listops", "attention=full,linear", "profile=smoke", "seed=0",
                               f"data_dir={tmp_path / 'data'}", f"results_dir={tmp_path / 'results'}",
                               f"hydra.sweep.dir={tmp_path / 'outputs'}", "train.train_steps=4", "train.eval_every=2",
                               "train.progress=false", *extra),
@@ -21,14 +21,13 @@ def test_multirun_records_every_run_and_reruns_resume(tmp_path, subprocess_env):
     r = sweep(tmp_path, subprocess_env)
     assert r.returncode == 0, r.stderr[-3000:]
     records = results.read_jsonl(tmp_path / "results" / "runs.jsonl")
-    assert sorted((x["attention"], x["seed"]) for x in records) == [("full", 0), ("full", 1), ("linear", 0),
-                                                                     ("linear", 1)]
+    assert sorted((x["attention"], x["seed"]) for x in records) == [("full", 0), ("linear", 0)]
     # Run directories follow the single-run layout <task>/<attention>/<profile>/<other overrides>.
     for x in records:
         assert f"listops/{x['attention']}/smoke/" in x["run_dir"] and f"seed={x['seed']}" in x["run_dir"]
     # The same sweep again: every run is found finished, nothing is appended.
     r = sweep(tmp_path, subprocess_env)
-    assert r.returncode == 0 and len(results.read_jsonl(tmp_path / "results" / "runs.jsonl")) == 4
+    assert r.returncode == 0 and len(results.read_jsonl(tmp_path / "results" / "runs.jsonl")) == 2
 
 
 def test_submitit_local_launcher(tmp_path, subprocess_env):
@@ -37,7 +36,7 @@ def test_submitit_local_launcher(tmp_path, subprocess_env):
               "hydra.launcher.mem_gb=4")
     assert r.returncode == 0, r.stderr[-3000:]
     records = results.read_jsonl(tmp_path / "results" / "runs.jsonl")
-    assert len(records) == 4 and {x["seed"] for x in records} == {0, 1}
+    assert sorted(x["attention"] for x in records) == ["full", "linear"]
     assert list((tmp_path / "outputs" / ".submitit").iterdir())   # the jobs ran through submitit
 
 
