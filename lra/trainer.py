@@ -8,6 +8,7 @@ parameters of the best validation checkpoint.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -313,7 +314,8 @@ def train(config: dict, run_dir: str | Path) -> dict:
                                    f"train loss {loss:.4f}")
                 window_start, window_compile = time.perf_counter(), steps.compile_seconds
     except BaseException:
-        logger.finish()
+        with contextlib.suppress(Exception):   # a logger failing to close must not hide why training stopped
+            logger.finish()
         raise
     finally:
         progress.close()
