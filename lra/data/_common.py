@@ -215,3 +215,33 @@ def tokens_from_padded_bytes(raw: np.ndarray, lengths: np.ndarray) -> np.ndarray
     out += 1
     out *= valid
     return out
+
+
+def prepare_main(argv, *, task: str, title: str, archive: str, fetch_and_prepare, report) -> int:
+    """The ``python -m lra.data.<task> prepare`` command shared by the archive-based tasks (text, image):
+    ``fetch_and_prepare(data_dir, manual_dir=, timeout=, verify=)`` does the work, ``report(out, manifest)``
+    prints what was prepared."""
+    import argparse
+    import logging
+    import sys
+
+    from . import default_data_dir
+
+    p = argparse.ArgumentParser(prog=f"python -m lra.data.{task}", description=f"Prepare the LRA {title} data.")
+    sub = p.add_subparsers(dest="command", required=True)
+    pp = sub.add_parser("prepare", help=f"prepare <data-dir>/{task}/ from {archive}")
+    pp.add_argument("--manual-dir", help=f"folder holding {archive} (or the archive itself); "
+                                         "without it the archive is downloaded")
+    pp.add_argument("--data-dir", default=None, help="data folder (default: $LRA_DATA or data)")
+    pp.add_argument("--timeout", type=float, default=60.0, help="network timeout in seconds (download only)")
+    pp.add_argument("--no-verify", action="store_true", help="skip the archive's size and SHA-256 check")
+    a = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        out = fetch_and_prepare(default_data_dir(a.data_dir), manual_dir=a.manual_dir, timeout=a.timeout,
+                                verify=not a.no_verify)
+    except (FileNotFoundError, ValueError, ConnectionError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    report(out, read_manifest(out))
+    return 0

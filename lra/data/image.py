@@ -42,7 +42,6 @@ synthetic archive (``lra.data.fixtures``) that ``load`` writes there on first us
 
 from __future__ import annotations
 
-import argparse
 import gzip
 import logging
 import sys
@@ -243,31 +242,16 @@ def load(split: str, *, data_dir, max_length: int = NUM_PIXELS, source: str = "r
 # --------------------------------------------------------------------------- CLI
 
 
-def main(argv=None) -> int:
-    from . import default_data_dir
-
-    p = argparse.ArgumentParser(prog="python -m lra.data.image", description="Prepare the LRA Image (CIFAR-10) data.")
-    sub = p.add_subparsers(dest="command", required=True)
-    pp = sub.add_parser("prepare", help=f"prepare <data-dir>/image/ from {ARCHIVE}")
-    pp.add_argument("--manual-dir", help=f"folder holding {ARCHIVE} (or the archive itself); "
-                                         "without it the archive is downloaded")
-    pp.add_argument("--data-dir", default=None, help="data folder (default: $LRA_DATA or data)")
-    pp.add_argument("--timeout", type=float, default=60.0, help="network timeout in seconds (download only)")
-    pp.add_argument("--no-verify", action="store_true", help="skip the archive's size and SHA-256 check")
-    a = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    data_dir = default_data_dir(a.data_dir)
-    try:
-        out = fetch_and_prepare(data_dir, manual_dir=a.manual_dir, timeout=a.timeout, verify=not a.no_verify)
-    except (FileNotFoundError, ValueError, ConnectionError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    manifest = C.read_manifest(out)
+def _report(out, manifest) -> None:
     n_train = manifest["splits"]["train"]["num"]
     cut = split_point(n_train)
     print(f"{out}: train {cut}, val {n_train - cut} (of {n_train} training images), "
           f"test {manifest['splits']['test']['num']}")
-    return 0
+
+
+def main(argv=None) -> int:
+    return C.prepare_main(argv, task=TASK, title="Image (CIFAR-10)", archive=ARCHIVE,
+                          fetch_and_prepare=fetch_and_prepare, report=_report)
 
 
 if __name__ == "__main__":

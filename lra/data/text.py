@@ -33,7 +33,6 @@ tiny synthetic archive (``lra.data.fixtures``) that ``load`` writes there on fir
 
 from __future__ import annotations
 
-import argparse
 import gzip
 import logging
 import re
@@ -195,29 +194,14 @@ def load(split: str, *, data_dir, max_length: int = 1000, source: str = "release
 # --------------------------------------------------------------------------- CLI
 
 
-def main(argv=None) -> int:
-    from . import default_data_dir
-
-    p = argparse.ArgumentParser(prog="python -m lra.data.text", description="Prepare the LRA Text (IMDB) data.")
-    sub = p.add_subparsers(dest="command", required=True)
-    pp = sub.add_parser("prepare", help=f"prepare <data-dir>/text/ from {ARCHIVE}")
-    pp.add_argument("--manual-dir", help=f"folder holding {ARCHIVE} (or the archive itself); "
-                                         "without it the archive is downloaded")
-    pp.add_argument("--data-dir", default=None, help="data folder (default: $LRA_DATA or data)")
-    pp.add_argument("--timeout", type=float, default=60.0, help="network timeout in seconds (download only)")
-    pp.add_argument("--no-verify", action="store_true", help="skip the archive's size and SHA-256 check")
-    a = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    data_dir = default_data_dir(a.data_dir)
-    try:
-        out = fetch_and_prepare(data_dir, manual_dir=a.manual_dir, timeout=a.timeout, verify=not a.no_verify)
-    except (FileNotFoundError, ValueError, ConnectionError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    manifest = C.read_manifest(out)
+def _report(out, manifest) -> None:
     for split, c in manifest["splits"].items():
         print(f"{out}/{split}: {c['num']} reviews ({c['pos']} pos, {c['neg']} neg)")
-    return 0
+
+
+def main(argv=None) -> int:
+    return C.prepare_main(argv, task=TASK, title="Text (IMDB)", archive=ARCHIVE,
+                          fetch_and_prepare=fetch_and_prepare, report=_report)
 
 
 if __name__ == "__main__":
