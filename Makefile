@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 export PYTHONUNBUFFERED := 1
 
 .DEFAULT_GOAL := help
-.PHONY: help setup demo test test-slow lint contract bench-torch lock clean
+.PHONY: help setup demo test test-slow test-tfds lint contract bench-torch lock clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  %-12s %s\n", $$1, $$2}'
@@ -35,6 +35,10 @@ test: setup ## the test suite: tiny shapes and the smoke profile, no GPU, no net
 
 test-slow: setup ## the slow tests too (real cpu-profile training)
 	$(BIN)/python -m pytest -q
+
+test-tfds: setup ## install the tfds extra (TensorFlow, ~600 MB) and check --via tfds against the archive route
+	$(BIN)/python -m pip install -q "tensorflow-cpu==2.21.0" "tensorflow-datasets==4.9.10" importlib_resources
+	$(BIN)/python -m pytest -q -m "slow or not slow" tests/data/test_tfds.py
 
 lint: setup ## ruff
 	$(BIN)/ruff check .

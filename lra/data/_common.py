@@ -219,7 +219,7 @@ def tokens_from_padded_bytes(raw: np.ndarray, lengths: np.ndarray) -> np.ndarray
 
 def prepare_main(argv, *, task: str, title: str, archive: str, fetch_and_prepare, report) -> int:
     """The ``python -m lra.data.<task> prepare`` command shared by the archive-based tasks (text, image):
-    ``fetch_and_prepare(data_dir, manual_dir=, timeout=, verify=)`` does the work, ``report(out, manifest)``
+    ``fetch_and_prepare(data_dir, manual_dir=, timeout=, verify=, via=)`` does the work, ``report(out, manifest)``
     prints what was prepared."""
     import argparse
     import logging
@@ -235,12 +235,15 @@ def prepare_main(argv, *, task: str, title: str, archive: str, fetch_and_prepare
     pp.add_argument("--data-dir", default=None, help="data folder (default: $LRA_DATA or data)")
     pp.add_argument("--timeout", type=float, default=60.0, help="network timeout in seconds (download only)")
     pp.add_argument("--no-verify", action="store_true", help="skip the archive's size and SHA-256 check")
+    pp.add_argument("--via", choices=("archive", "tfds"), default="archive",
+                    help="archive (default): read the official archive directly, no TensorFlow; tfds: build "
+                         "tensorflow-datasets' array_record dataset first and export it (pip install -e '.[tfds]')")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         out = fetch_and_prepare(default_data_dir(a.data_dir), manual_dir=a.manual_dir, timeout=a.timeout,
-                                verify=not a.no_verify)
-    except (FileNotFoundError, ValueError, ConnectionError) as e:
+                                verify=not a.no_verify, via=a.via)
+    except (FileNotFoundError, ValueError, ConnectionError, ImportError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     report(out, read_manifest(out))

@@ -3,11 +3,14 @@
 Tokens: the grayscale value 0..255 of each pixel (vocabulary 256), row-major over the 32x32 image, no
 normalisation. Every pixel is data (a black pixel is token 0 too), so ``lengths`` is 1024 for every image.
 
-Splits (as in LRA): ``train`` = the first 90% of the 50,000 training images (45,000), ``val`` = the last 10%
-(5,000), ``test`` = the 10,000 test images. We take the official batch order (``data_batch_1`` .. ``data_batch_5``,
-records in file order). LRA sliced tfds's ``cifar10`` ``train[:90%]``/``train[90%:]`` instead, and tfds stores
-the training images in an order shuffled by a hash of their index, so LRA's 45k/5k partition has the same
-sizes but not the same members as ours. For N training images the split point is round(0.9 * N) (half up).
+Splits (as in LRA): ``train`` = tfds's ``cifar10`` ``train[:90%]`` (45,000 images), ``val`` = ``train[90%:]``
+(5,000), ``test`` = the 10,000 test images; the same members as LRA's. tfds stores a split's examples sorted by
+the 128-bit MD5 of (split name + key), where the key of the i-th image of the official batch order
+(``data_batch_1`` .. ``data_batch_5``, records in file order) is the integer i written in decimal; we store
+the images in that order (``tfds_order``), so slicing our arrays gives tfds's slices without tfds. For N
+training images the split point is tfds's ``int(round(0.9 * N))`` (Python's rounding, halves to even).
+This order was checked against tensorflow-datasets 4.9.10 (cifar10 3.0.2) itself: ``--via tfds`` (below)
+builds with tfds and exports identical arrays.
 
 Grayscale, exactly as LRA's ``tf.image.rgb_to_grayscale`` on the uint8 image (TensorFlow's
 ``image_ops_impl.py``; the float and back conversions are ``tf.image.convert_image_dtype``)::
@@ -24,16 +27,20 @@ grey level for 237 of the 2^24 colours, e.g. (0, 122, 186) is 93 here (exact val
 
 Source: the official binary archive ``cifar-10-binary.tar.gz`` (``cifar-10-batches-bin/data_batch_{1..5}.bin``,
 ``test_batch.bin``; each record is 1 label byte + 3072 pixel bytes: 1024 R, 1024 G, 1024 B, each plane
-row-major 32x32), read with Python's ``tarfile``; no TensorFlow or tfds is needed (the project design mentions
-tfds for CIFAR-10; we read the official archive instead).
+row-major 32x32), read with Python's ``tarfile``; no TensorFlow or tfds is needed. With the optional extra
+(``pip install -e '.[tfds]'``), ``prepare --via tfds`` runs tfds's own ``cifar10`` builder instead (array_record
+under ``<data_dir>/tfds/``) and exports its splits to the same arrays (``lra.data.tfds_prep``).
 
 Preparation, once (the archive is 170 MB; its size and SHA-256 are checked)::
 
     python -m lra.data.image prepare --manual-dir DIR [--data-dir data]  # DIR holds cifar-10-binary.tar.gz
     python -m lra.data.image prepare [--data-dir data]                   # downloads it when online
 
-writes into ``<data_dir>/image/``: ``{train,test}.pixels.npy`` (uint8 [N, 1024] grayscale; train holds all 50,000
-training images in batch order), ``{train,test}.labels.npy`` (uint8 [N]) and, last, ``manifest.json``.
+    python -m lra.data.image prepare --via tfds --manual-dir DIR         # the same, through tfds
+
+writes into ``<data_dir>/image/``: ``{train,test}.pixels.npy`` (uint8 [N, 1024] grayscale, in tfds order; train
+holds all 50,000 training images), ``{train,test}.labels.npy`` (uint8 [N]), ``{train,test}.ids.npy`` (int32 [N],
+each image's index in the official batch order) and, last, ``manifest.json``.
 A downloaded archive is kept in ``<data_dir>/image/source/``.
 
 ``source="smoke"`` selects ``<data_dir>/image/smoke/``: the same layout, prepared by the same code from a tiny
@@ -43,6 +50,7 @@ synthetic archive (``lra.data.fixtures``) that ``load`` writes there on first us
 from __future__ import annotations
 
 import gzip
+import hashlib
 import logging
 import sys
 import tarfile
@@ -71,7 +79,8 @@ NUM_PIXELS = SIDE * SIDE
 RECORD_BYTES = 1 + 3 * NUM_PIXELS
 NUM_CLASSES = 10
 VOCAB_SIZE = 256
-FORMAT = 1
+FORMAT = 2  # 2: arrays in tfds order with ids (1: official batch order)
+GRAYSCALE = "tf.image.rgb_to_grayscale (float32, weights 0.2989/0.5870/0.1140, x255.5, truncate)"
 
 # tf.image.rgb_to_grayscale's weights, as float32 constants.
 RGB_WEIGHTS = (np.float32(0.2989), np.float32(0.5870), np.float32(0.1140))
@@ -106,6 +115,20 @@ def decode_records(raw: bytes, name: str = "batch") -> tuple[np.ndarray, np.ndar
         raise ValueError(f"{name}: label {int(labels.max())} outside 0..{NUM_CLASSES - 1}")
     planes = rec[:, 1:].reshape(-1, 3, NUM_PIXELS)
     return _gray_planes(planes[:, 0], planes[:, 1], planes[:, 2]), labels
+
+
+def tfds_order(num: int, split: str) -> np.ndarray:
+    """int64 [num]: the order in which tensorflow-datasets stores the ``num`` images of ``split`` ("train" or
+    "test"): the image of key i (its index in the official file order) sorts by
+    ``int(md5(split.encode() + str(i).encode()).hexdigest(), 16)``, smallest first."""
+    salted = hashlib.md5(split.encode("utf-8"))
+
+    def key(i: int) -> int:
+        h = salted.copy()
+        h.update(str(i).encode("utf-8"))
+        return int(h.hexdigest(), 16)
+
+    return np.asarray(sorted(range(num), key=key), dtype=np.int64)
 
 
 # --------------------------------------------------------------------------- preparation
@@ -149,11 +172,13 @@ def prepare(archive: str | Path, out: str | Path, *, verify: bool = True) -> Pat
     splits = read_archive(archive)
     arrays, counts = {}, {}
     for split, (pixels, labels) in splits.items():
-        arrays[f"{split}.pixels"] = pixels
-        arrays[f"{split}.labels"] = labels
+        order = tfds_order(labels.size, split)
+        arrays[f"{split}.pixels"] = pixels[order]
+        arrays[f"{split}.labels"] = labels[order]
+        arrays[f"{split}.ids"] = order.astype(np.int32)
         counts[split] = {"num": int(labels.size), "per_class": np.bincount(labels, minlength=NUM_CLASSES).tolist()}
-    manifest = {"task": TASK, "format": FORMAT, "archive": archive.name, "archive_sha256": sha, "splits": counts,
-                "grayscale": "tf.image.rgb_to_grayscale (float32, weights 0.2989/0.5870/0.1140, x255.5, truncate)"}
+    manifest = {"task": TASK, "format": FORMAT, "via": "archive", "order": "tfds", "archive": archive.name,
+                "archive_sha256": sha, "splits": counts, "grayscale": GRAYSCALE}
     C.publish(out, arrays, manifest)
     log.info("prepared CIFAR-10 from %s into %s in %.1fs: %s", archive, out, time.monotonic() - t0,
              {s: c["num"] for s, c in counts.items()})
@@ -165,9 +190,15 @@ def _manual_hint(data_dir) -> str:
             f"and run:\n    python -m lra.data.image prepare --manual-dir DIR --data-dir {data_dir}")
 
 
-def fetch_and_prepare(data_dir, *, manual_dir=None, timeout: float = 60.0, verify: bool = True) -> Path:
+def fetch_and_prepare(data_dir, *, manual_dir=None, timeout: float = 60.0, verify: bool = True,
+                      via: str = "archive") -> Path:
     """The CLI's work: take the archive from ``manual_dir`` (or a previous download in
-    ``<data_dir>/image/source/``, or download it), then prepare ``<data_dir>/image/``."""
+    ``<data_dir>/image/source/``, or download it), then prepare ``<data_dir>/image/``. ``via="tfds"`` builds
+    tfds's ``cifar10`` instead and exports it (``lra.data.tfds_prep``)."""
+    if via == "tfds":
+        from . import tfds_prep
+
+        return tfds_prep.prepare(TASK, data_dir, manual_dir=manual_dir, verify=verify)
     out = C.task_dir(data_dir, TASK)
     if manual_dir is not None:
         archive = C.find_archive(manual_dir, ARCHIVE)
@@ -182,8 +213,9 @@ def fetch_and_prepare(data_dir, *, manual_dir=None, timeout: float = 60.0, verif
 
 
 def split_point(num_train_images: int) -> int:
-    """Number of training images in ``train``: round(0.9 * N), halves up (45,000 of 50,000)."""
-    return (9 * num_train_images + 5) // 10
+    """Number of training images in ``train``, as tfds slices ``train[:90%]``: ``int(round(90 * N / 100))``
+    (Python's round: halves to even; 45,000 of 50,000)."""
+    return int(round(90 * num_train_images / 100.0))
 
 
 def _missing_message(data_dir, folder: Path) -> str:

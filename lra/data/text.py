@@ -10,8 +10,9 @@ from lengths and never from token values.
 
 Source: the official Stanford archive ``aclImdb_v1.tar.gz`` (layout
 ``aclImdb/{train,test}/{pos,neg}/<id>_<rating>.txt``), read directly with Python's ``tarfile`` as a stream
-(nothing is extracted). The project design mentions tensorflow-datasets for IMDB; we read the official archive
-instead, so no TensorFlow or tfds is ever needed.
+(nothing is extracted); no TensorFlow or tfds is needed. With the optional extra (``pip install -e '.[tfds]'``),
+``prepare --via tfds`` builds tfds's own ``imdb_reviews`` (array_record under ``<data_dir>/tfds/``) and exports
+it to the same layout (``lra.data.tfds_prep``).
 What LRA got from tfds's ``imdb_reviews`` builder is reproduced: each review is its file's bytes with leading
 and trailing whitespace stripped (``bytes.strip()``), labelled by its ``pos``/``neg`` folder. Our order is
 deterministic (sorted by path in the archive); tfds's order differs, which changes nothing here (train is
@@ -100,6 +101,16 @@ def read_archive(archive: str | Path) -> dict[str, tuple[list[bytes], list[int]]
     return out
 
 
+def add_split(arrays: dict, counts: dict, split: str, texts: list[bytes], labels: list[int]) -> None:
+    """Add one split's ``{split}.bytes/offsets/labels`` arrays and its counts (shared with the tfds route)."""
+    offsets = np.zeros(len(texts) + 1, dtype=np.int64)
+    np.cumsum([len(t) for t in texts], out=offsets[1:])
+    arrays[f"{split}.bytes"] = np.frombuffer(b"".join(texts), dtype=np.uint8)
+    arrays[f"{split}.offsets"] = offsets
+    arrays[f"{split}.labels"] = np.asarray(labels, dtype=np.int8)
+    counts[split] = {"num": len(texts), "pos": int(sum(labels)), "neg": len(labels) - int(sum(labels))}
+
+
 def prepare(archive: str | Path, out: str | Path, *, verify: bool = True) -> Path:
     """Prepare the arrays of ``archive`` into folder ``out`` (see the module docstring); returns ``out``.
 
@@ -113,15 +124,11 @@ def prepare(archive: str | Path, out: str | Path, *, verify: bool = True) -> Pat
         sha = ARCHIVE_SHA256
     splits = read_archive(archive)
     arrays: dict[str, np.ndarray] = {}
-    counts = {}
+    counts: dict[str, dict] = {}
     for split, (texts, labels) in splits.items():
-        offsets = np.zeros(len(texts) + 1, dtype=np.int64)
-        np.cumsum([len(t) for t in texts], out=offsets[1:])
-        arrays[f"{split}.bytes"] = np.frombuffer(b"".join(texts), dtype=np.uint8)
-        arrays[f"{split}.offsets"] = offsets
-        arrays[f"{split}.labels"] = np.asarray(labels, dtype=np.int8)
-        counts[split] = {"num": len(texts), "pos": int(sum(labels)), "neg": len(labels) - int(sum(labels))}
-    manifest = {"task": TASK, "format": FORMAT, "archive": archive.name, "archive_sha256": sha, "splits": counts}
+        add_split(arrays, counts, split, texts, labels)
+    manifest = {"task": TASK, "format": FORMAT, "via": "archive", "order": "archive path",
+                "archive": archive.name, "archive_sha256": sha, "splits": counts}
     C.publish(out, arrays, manifest)
     log.info("prepared IMDB from %s into %s in %.1fs: %s", archive, out, time.monotonic() - t0, counts)
     return out
@@ -132,9 +139,15 @@ def _manual_hint(data_dir) -> str:
             f"and run:\n    python -m lra.data.text prepare --manual-dir DIR --data-dir {data_dir}")
 
 
-def fetch_and_prepare(data_dir, *, manual_dir=None, timeout: float = 60.0, verify: bool = True) -> Path:
+def fetch_and_prepare(data_dir, *, manual_dir=None, timeout: float = 60.0, verify: bool = True,
+                      via: str = "archive") -> Path:
     """The CLI's work: take the archive from ``manual_dir`` (or a previous download in
-    ``<data_dir>/text/source/``, or download it), then prepare ``<data_dir>/text/``."""
+    ``<data_dir>/text/source/``, or download it), then prepare ``<data_dir>/text/``. ``via="tfds"`` builds
+    tfds's ``imdb_reviews`` instead and exports it (``lra.data.tfds_prep``)."""
+    if via == "tfds":
+        from . import tfds_prep
+
+        return tfds_prep.prepare(TASK, data_dir, manual_dir=manual_dir, verify=verify)
     out = C.task_dir(data_dir, TASK)
     if manual_dir is not None:
         archive = C.find_archive(manual_dir, ARCHIVE)

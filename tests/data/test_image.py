@@ -106,7 +106,8 @@ def test_decode_records_planar_row_major():
 def test_split_point():
     assert I.split_point(50_000) == 45_000
     assert I.split_point(23) == 21  # round(20.7)
-    assert I.split_point(25) == 23  # round(22.5) half up
+    assert I.split_point(25) == 22  # tfds: int(round(22.5)), Python rounds halves to even
+    assert I.split_point(35) == 32  # int(round(31.5))
     assert I.split_point(10) == 9
 
 
@@ -122,7 +123,7 @@ def test_split_sizes_and_label_sets(prepared):
     assert set(d["test"]["targets"].tolist()) == set(range(7))  # the fixture cycles through the classes
 
 
-def test_round_trip_in_batch_order(prepared):
+def test_round_trip_in_tfds_order(prepared):
     archive, data_dir = prepared
     with tarfile.open(archive, "r:gz") as tar:
         raw = {m.name: tar.extractfile(m).read() for m in tar.getmembers() if m.name.endswith(".bin")}
@@ -131,12 +132,15 @@ def test_round_trip_in_batch_order(prepared):
     assert train.shape[0] == 23
     planes = train[:, 1:].reshape(-1, 3, 1024)
     want, _ = exact_gray(planes[:, 0], planes[:, 1], planes[:, 2])
+    order = I.tfds_order(23, "train")
+    assert sorted(order.tolist()) == list(range(23)) and order.tolist() != list(range(23))
+    np.testing.assert_array_equal(np.load(data_dir / "image" / "train.ids.npy"), order)
     got = np.concatenate([I.load(s, data_dir=data_dir)["inputs"] for s in ("train", "val")])
-    assert np.abs(got - want).max() <= 1 and (got == want).mean() > 0.999
+    assert np.abs(got - want[order]).max() <= 1 and (got == want[order]).mean() > 0.999
     labels = np.concatenate([I.load(s, data_dir=data_dir)["targets"] for s in ("train", "val")])
-    assert labels.tolist() == train[:, 0].tolist()
+    assert labels.tolist() == train[order, 0].tolist()
     test = np.frombuffer(raw[f"{PREFIX}test_batch.bin"], np.uint8).reshape(-1, 3073)
-    assert I.load("test", data_dir=data_dir)["targets"].tolist() == test[:, 0].tolist()
+    assert I.load("test", data_dir=data_dir)["targets"].tolist() == test[I.tfds_order(7, "test"), 0].tolist()
 
 
 def test_black_pixels_are_data(tmp_path):
@@ -145,11 +149,13 @@ def test_black_pixels_are_data(tmp_path):
     I.prepare(write_archive(tmp_path / "c.tar.gz", members), tmp_path / "data" / "image", verify=False)
     d = I.load("test", data_dir=tmp_path / "data")
     assert (d["inputs"] == 0).all() and d["lengths"].tolist() == [1024] and d["targets"].tolist() == [4]
-    train = I.load("train", data_dir=tmp_path / "data")  # batches 1..5 in order: labels 1,1,2,2,3,3,4,4,5 | 5
-    assert train["targets"].tolist() == [1, 1, 2, 2, 3, 3, 4, 4, 5]
-    assert I.load("val", data_dir=tmp_path / "data")["targets"].tolist() == [5]
-    assert train["inputs"][:, 0].tolist() == [I.rgb_to_gray(np.uint8([[10 * i + j, 0, 0]]))[0]
-                                              for i in range(1, 6) for j in range(2)][:9]
+    train = I.load("train", data_dir=tmp_path / "data")  # batch order: labels 1,1,2,2,3,3,4,4,5,5
+    order = I.tfds_order(10, "train")
+    batch_labels = [1, 1, 2, 2, 3, 3, 4, 4, 5, 5]
+    assert train["targets"].tolist() == [batch_labels[i] for i in order[:9]]
+    assert I.load("val", data_dir=tmp_path / "data")["targets"].tolist() == [batch_labels[order[9]]]
+    red = [10 * i + j for i in range(1, 6) for j in range(2)]
+    assert train["inputs"][:, 0].tolist() == [I.rgb_to_gray(np.uint8([[red[i], 0, 0]]))[0] for i in order[:9]]
 
 
 def test_max_length_truncates_or_pads(prepared):

@@ -1,0 +1,92 @@
+"""Text and Image as LRA got them through tensorflow-datasets.
+
+The archive route (no TensorFlow) must store CIFAR-10 in tfds's order, so that ``train[:90%]`` holds the same
+45,000 images as LRA's. ``GOLDEN`` was produced by tensorflow-datasets 4.9.10 itself (``cifar10`` 3.0.2, built
+with ``python -m lra.data.image prepare --via tfds`` from a 50,000 + 10,000 image fixture archive, ids read from
+tfds's ``id`` feature in stored order); the order depends only on the number of images, not their content.
+
+The tests marked ``tfds`` build with the real library; they run where ``pip install -e '.[tfds]'`` was done and
+are skipped elsewhere (CI does not install TensorFlow). The golden test below covers the order without it.
+"""
+
+import hashlib
+import importlib.util
+
+import numpy as np
+import pytest
+
+from lra.data import fixtures, tfds_prep
+from lra.data import image as I
+from lra.data import text as T
+
+GOLDEN = {
+    "train": {"num": 50000, "first": [16399, 1680, 47917, 17307, 27051, 48736, 26263, 1456, 19135, 31598, 12970,
+                                      4223, 27152, 49635, 4093, 17537],
+              "sha256_int64": "b949abd3aa324e792be6dffe93e667040aa65a8c8870c2fe7e6cc9753238797a"},
+    "test": {"num": 10000, "first": [9933, 5669, 163, 6686, 4747, 131, 9167, 1579, 6174, 8443, 5209, 8055, 6316,
+                                     7799, 8932, 6737],
+             "sha256_int64": "c6b47c13d8c5cce5af5f90b3ff16ddcdc1a1f3372702a5428ea317f961b964f0"},
+    "train[:90%]": 45000,
+}
+
+HAVE_TFDS = importlib.util.find_spec("tensorflow_datasets") is not None
+needs_tfds = pytest.mark.skipif(not HAVE_TFDS, reason="tensorflow-datasets not installed (pip install -e '.[tfds]')")
+
+
+@pytest.mark.parametrize("split", ["train", "test"])
+def test_cifar_order_is_tfds_order(split):
+    g = GOLDEN[split]
+    order = I.tfds_order(g["num"], split)
+    assert order[: len(g["first"])].tolist() == g["first"]
+    assert hashlib.sha256(order.astype(np.int64).tobytes()).hexdigest() == g["sha256_int64"]
+
+
+def test_split_point_is_tfds_slice():
+    assert I.split_point(GOLDEN["train"]["num"]) == GOLDEN["train[:90%]"]
+
+
+def test_via_tfds_without_tfds_says_how_to_install(tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(__import__("sys").modules, "tensorflow_datasets", None)  # import fails
+    archive = fixtures.write_cifar_archive(tmp_path / "dl", num_train=10, num_test=5)
+    rc = I.main(["prepare", "--via", "tfds", "--manual-dir", str(archive.parent), "--data-dir", str(tmp_path / "d")])
+    assert rc == 1
+    err = capsys.readouterr().err
+    assert "pip install -e '.[tfds]'" in err and "--via archive" in err
+    assert not (tmp_path / "d" / "image").exists()
+
+
+def test_via_tfds_manual_file_must_have_the_official_name(tmp_path):
+    archive = fixtures.write_cifar_archive(tmp_path / "dl", num_train=10, num_test=5)
+    renamed = archive.rename(tmp_path / "dl" / "cifar.tgz")
+    with pytest.raises(ValueError, match="rename it to cifar-10-binary.tar.gz"):
+        tfds_prep.prepare("image", tmp_path / "d", manual_dir=renamed)
+
+
+@pytest.mark.slow
+@needs_tfds
+def test_image_via_tfds_equals_archive_route(tmp_path):
+    archive = fixtures.write_cifar_archive(tmp_path / "dl", num_train=23, num_test=7, seed=3)
+    out = tfds_prep.prepare("image", tmp_path / "tfds_route", manual_dir=archive.parent, verify=False)
+    I.prepare(archive, tmp_path / "archive_route" / "image", verify=False)
+    assert I.load("train", data_dir=tmp_path / "tfds_route")["inputs"].shape == (21, 1024)
+    assert (tmp_path / "tfds_route" / "tfds" / "cifar10").is_dir()  # tfds's array_record build
+    assert list((tmp_path / "tfds_route" / "tfds").rglob("*.array_record*"))
+    for split in ("train", "test"):
+        for name in ("pixels", "labels", "ids"):
+            a = np.load(out / f"{split}.{name}.npy")
+            b = np.load(tmp_path / "archive_route" / "image" / f"{split}.{name}.npy")
+            np.testing.assert_array_equal(a, b, err_msg=f"{split}.{name}")
+
+
+@pytest.mark.slow
+@needs_tfds
+def test_text_via_tfds_has_the_archive_routes_reviews(tmp_path):
+    archive = fixtures.write_imdb_archive(tmp_path / "dl", num_per_class=5, num_unsup=3, seed=1)
+    tfds_prep.prepare("text", tmp_path / "tfds_route", manual_dir=archive.parent, verify=False)
+    T.prepare(archive, tmp_path / "archive_route" / "text", verify=False)
+    for split in ("train", "test"):
+        a = T.load(split, data_dir=tmp_path / "tfds_route", max_length=4000)
+        b = T.load(split, data_dir=tmp_path / "archive_route", max_length=4000)
+        assert len(a["targets"]) == len(b["targets"]) == 10
+        rows = lambda d: sorted(map(tuple, np.c_[d["inputs"], d["targets"], d["lengths"]].tolist()))  # noqa: E731
+        assert rows(a) == rows(b)
