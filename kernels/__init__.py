@@ -2,7 +2,9 @@
 
 ``attention`` is softmax attention over the allowed (query, key) pairs; ``linear_attention`` is normalised
 non-causal kernel attention. ``impl="xla"`` is plain jnp that XLA compiles on every backend; ``impl="pallas"``
-is reserved for the Pallas kernels (flash, block-sparse, chunked linear), which are not written yet.
+runs the Pallas kernels: flash / block-sparse attention (``kernels.flash``: dense, or any ``kernels.masks.Mask``
+with its empty blocks skipped) and chunked linear attention (``kernels.linear_pallas``), forward and backward,
+in interpret mode on CPU.
 This package imports nothing else of the project.
 """
 from __future__ import annotations
@@ -25,9 +27,6 @@ IMPLS = ("xla", "pallas")
 def _check_impl(impl: str) -> None:
     if impl not in IMPLS:
         raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
-    if impl == "pallas":
-        raise NotImplementedError(
-            "impl='pallas': the Pallas kernels (flash, block-sparse, linear) are not implemented yet; use impl='xla'")
 
 
 def _allowed_pairs(mask, kv_valid, q_len: int, kv_len: int):
@@ -62,6 +61,11 @@ def attention(q, k, v, *, mask=None, kv_valid=None, scale: float | None = None, 
     dropout_rate/dropout_rng: dropout on the attention weights (training only).
     """
     _check_impl(impl)
+    if impl == "pallas":
+        from kernels.flash import flash_attention
+
+        return flash_attention(q, k, v, mask=mask, kv_valid=kv_valid, scale=scale, dropout_rate=dropout_rate,
+                               dropout_rng=dropout_rng)
     q_len, kv_len, head_dim = q.shape[1], k.shape[1], q.shape[-1]
     scale = 1.0 / math.sqrt(head_dim) if scale is None else float(scale)
     allowed = _allowed_pairs(mask, kv_valid, q_len, kv_len)
@@ -183,6 +187,10 @@ def linear_attention(q, k, v, *, feature_map: str | Callable = "elu1", kv_valid=
         if feature_map not in FEATURE_MAPS:
             raise ValueError(f"feature_map must be one of {sorted(FEATURE_MAPS)} or a callable, got {feature_map!r}")
         feature_map = FEATURE_MAPS[feature_map]
+    if impl == "pallas":
+        from kernels.linear_pallas import linear_attention_pallas
+
+        return linear_attention_pallas(q, k, v, feature_map=feature_map, kv_valid=kv_valid)
     fq = feature_map(q).astype(jnp.float32)
     fk = feature_map(k).astype(jnp.float32)
     if kv_valid is not None:

@@ -11,6 +11,7 @@ Masks compose with ``|`` (union of allowed pairs) and ``&`` (intersection).
     Global(n)                       i < n or j < n
     BigBird(block, num_random_blocks, seed)
                                     block window of 3 + first/last block global + random key blocks per query block
+    Explicit(array)                 any fixed boolean [L, L] pattern
 """
 from __future__ import annotations
 
@@ -171,6 +172,27 @@ class BigBird(Mask):
         # Element-wise evaluation needs the sequence length, which (i, j) alone do not give: take it from them.
         q_len, kv_len = int(np.max(i)) + 1, int(np.max(j)) + 1
         return self.dense(q_len, kv_len)[i, j]
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Explicit(Mask):
+    """Any fixed pattern, given as a boolean [q_len, kv_len] numpy array (compared and hashed by identity)."""
+
+    array: np.ndarray
+
+    def __post_init__(self):
+        a = np.asarray(self.array)
+        if a.ndim != 2:
+            raise ValueError(f"Explicit mask must be a 2-d boolean array, got shape {a.shape}")
+        object.__setattr__(self, "array", a.astype(bool))
+
+    def rows(self, q_start, q_stop, q_len, kv_len):
+        if (q_len, kv_len) != self.array.shape:
+            raise ValueError(f"Explicit mask of shape {self.array.shape} used for a ({q_len}, {kv_len}) attention")
+        return self.array[q_start:q_stop].copy()
+
+    def _allowed(self, i, j):
+        return self.array[i, j]
 
 
 def _check_pos(name: str, value: int) -> None:

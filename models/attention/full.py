@@ -12,13 +12,13 @@ class FullAttention(AttentionBase):
     """Multi-head softmax attention over every real token; padding keys are masked out.
 
     Options: qkv_dim (total width of q/k/v, default dim), dropout (on the attention weights),
-    impl ("xla" or "pallas", passed to ``kernels.attention``).
+    impl ("xla", or "pallas": the flash-attention kernel of ``kernels.flash``).
     """
 
     padding_invariant = True
     complexity = "quadratic"
     length_multiple = 1
-    pallas = False
+    pallas = True
 
     def __init__(self, *, dim: int, num_heads: int, max_len: int, rngs: nnx.Rngs, qkv_dim: int | None = None,
                  dropout: float = 0.0, impl: str = "xla"):

@@ -24,10 +24,10 @@ KERNELS = ("favor+", "relu")
 REDUCTIONS = ("linear", "conv")
 
 
-def _check_impl(impl: str, name: str) -> None:
-    if impl == "pallas":
-        raise NotImplementedError(f"{name}: impl='pallas' is not implemented yet (no Pallas kernel); use impl='xla'")
-    if impl != "xla":
+def _check_impl(impl: str, name: str, pallas: bool = False) -> None:
+    if impl == "pallas" and not pallas:
+        raise NotImplementedError(f"{name}: impl='pallas' has no Pallas kernel for this variant; use impl='xla'")
+    if impl not in ("xla", "pallas"):
         raise ValueError(f"{name}: impl must be 'xla' or 'pallas', got {impl!r}")
 
 
@@ -43,12 +43,12 @@ class LinearAttention(AttentionBase):
     padding_invariant = True
     complexity = "linear"
     length_multiple = 1
-    pallas = False
+    pallas = True
 
     def __init__(self, *, dim: int, num_heads: int, max_len: int, rngs: nnx.Rngs, qkv_dim: int | None = None,
                  dropout: float = 0.0, impl: str = "xla"):
         super().__init__(dim=dim, num_heads=num_heads, qkv_dim=qkv_dim, rngs=rngs)
-        _check_impl(impl, "linear")
+        _check_impl(impl, "linear", pallas=True)
         self.dropout, self.impl, self.max_len = dropout, impl, max_len
 
     def __call__(self, x, valid=None, deterministic: bool = True, rngs: nnx.Rngs | None = None):
@@ -109,12 +109,16 @@ def favor_features(x, projection, *, is_query: bool, valid=None, eps: float = 1e
     return (jnp.exp(logits - jax.lax.stop_gradient(stabiliser)) + eps) / math.sqrt(m)
 
 
+def _identity(f):
+    return f
+
+
 def relu_features(x, projection, *, eps: float = 1e-3):
     """The generalised-attention ReLU kernel of the official LRA Performer: phi(x) = relu(w.x) + eps."""
     return jax.nn.relu(jnp.einsum("blhd,md->blhm", x.astype(jnp.float32), projection.astype(jnp.float32))) + eps
 
 
-def performer_attention(q, k, v, projection, *, kernel: str = "favor+", kv_valid=None):
+def performer_attention(q, k, v, projection, *, kernel: str = "favor+", kv_valid=None, impl: str = "xla"):
     """Normalised attention with random features: q/k/v [B, L, H, d], projection [m, d] -> [B, L, H, d]."""
     if kernel == "favor+":
         fq = favor_features(q, projection, is_query=True)
@@ -124,7 +128,7 @@ def performer_attention(q, k, v, projection, *, kernel: str = "favor+", kv_valid
     else:
         raise ValueError(f"performer kernel must be one of {KERNELS}, got {kernel!r}")
     # The query and key maps differ (their stabilisers), so the features are computed here and passed through.
-    y = kernels.linear_attention(fq, fk, v, feature_map=lambda f: f, kv_valid=kv_valid)
+    y = kernels.linear_attention(fq, fk, v, feature_map=_identity, kv_valid=kv_valid, impl=impl)
     return y.astype(v.dtype)
 
 
@@ -143,12 +147,12 @@ class PerformerAttention(AttentionBase):
     padding_invariant = True
     complexity = "linear"
     length_multiple = 1
-    pallas = False
+    pallas = True
 
     def __init__(self, *, dim: int, num_heads: int, max_len: int, rngs: nnx.Rngs, qkv_dim: int | None = None,
                  dropout: float = 0.0, impl: str = "xla", num_features: int = 256, kernel: str = "favor+"):
         super().__init__(dim=dim, num_heads=num_heads, qkv_dim=qkv_dim, rngs=rngs)
-        _check_impl(impl, "performer")
+        _check_impl(impl, "performer", pallas=True)
         if kernel not in KERNELS:
             raise ValueError(f"performer kernel must be one of {KERNELS}, got {kernel!r}")
         if not isinstance(num_features, int) or num_features < 1:
@@ -159,7 +163,7 @@ class PerformerAttention(AttentionBase):
 
     def __call__(self, x, valid=None, deterministic: bool = True, rngs: nnx.Rngs | None = None):
         q, k, v = self.project_qkv(x)
-        y = performer_attention(q, k, v, self.features[...], kernel=self.kernel, kv_valid=valid)
+        y = performer_attention(q, k, v, self.features[...], kernel=self.kernel, kv_valid=valid, impl=self.impl)
         return self.project_out(y)
 
 

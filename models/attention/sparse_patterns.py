@@ -358,18 +358,21 @@ PATTERNS = {"local": LocalPattern, "block_local": BlockLocalPattern, "strided": 
 
 
 class _PatternAttention(AttentionBase):
-    """Shared constructor checks and call: project, run ``self.pattern`` on q/k/v, project out."""
+    """Shared constructor checks and call: project, run ``self.pattern`` on q/k/v, project out.
 
-    pallas = False
+    ``impl="pallas"`` runs the pattern's mask (``pattern.mask()``) through the block-sparse Pallas kernel
+    (``kernels.flash``): the same attention as the XLA path, whose empty blocks are skipped for real. Patterns
+    that depend on the padded length (BigBird, the fixed Sparse Transformer) are padded to their block first,
+    as their XLA path does. Attention dropout draws its bits per [B, H, L, L] weight in the kernel, so the
+    dropped weights differ from the XLA path's (the same rate, another draw)."""
+
+    pallas = True
     length_multiple = 1
 
     def _setup(self, dim, num_heads, qkv_dim, rngs, dropout, impl):
         super().__init__(dim=dim, num_heads=num_heads, qkv_dim=qkv_dim, rngs=rngs)
         if impl not in kernels.IMPLS:
             raise ValueError(f"impl must be one of {kernels.IMPLS}, got {impl!r}")
-        if impl == "pallas":
-            raise NotImplementedError(f"{type(self).__name__}: impl='pallas' (a block-sparse Pallas kernel) is not "
-                                      "implemented yet; use impl='xla'")
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
         self.dropout, self.impl = float(dropout), impl
@@ -381,8 +384,18 @@ class _PatternAttention(AttentionBase):
             raise ValueError(f"{type(self).__name__} with dropout needs rngs when deterministic=False")
         return self.dropout, rngs.dropout()
 
+    def _run(self, pattern, q, k, v, valid, rate, rng):
+        if self.impl == "xla":
+            return pattern(q, k, v, valid, rate, rng)
+        length = q.shape[1]
+        if not pattern.padding_invariant:
+            q, k, v, valid = _pad(q, k, v, valid, pattern.block)
+        out = kernels.attention(q, k, v, mask=pattern.mask(), kv_valid=valid, impl="pallas", dropout_rate=rate,
+                                dropout_rng=rng)
+        return out[:, :length]
+
     def _attend(self, q, k, v, valid, rate, rng):
-        return self.pattern(q, k, v, valid, rate, rng)
+        return self._run(self.pattern, q, k, v, valid, rate, rng)
 
     def __call__(self, x, valid=None, deterministic: bool = True, rngs: nnx.Rngs | None = None):
         rate, rng = self._dropout(deterministic, rngs)
@@ -628,7 +641,7 @@ class MixedHeadsAttention(_GlobalTokens):
         outs = []
         for (pattern, idx), key in zip(self.groups, rngs):
             sel = np.asarray(idx)
-            outs.append(pattern(q[:, :, sel], k[:, :, sel], v[:, :, sel], valid, rate, key))
+            outs.append(self._run(pattern, q[:, :, sel], k[:, :, sel], v[:, :, sel], valid, rate, key))
         out = outs[0] if len(outs) == 1 else jnp.concatenate(outs, axis=2)
         return out[:, :, np.asarray(self.head_order)]
 

@@ -112,8 +112,8 @@ def test_bad_arguments():
     q, k, v = (jnp.asarray(x, jnp.float32) for x in qkv())
     with pytest.raises(ValueError, match="impl must be one of"):
         kernels.attention(q, k, v, impl="cuda")
-    with pytest.raises(NotImplementedError, match="impl='xla'"):
-        kernels.attention(q, k, v, impl="pallas")
+    with pytest.raises(ValueError, match="impl='xla' for array masks"):
+        kernels.attention(q, k, v, mask=np.ones((3, 3), bool), impl="pallas")
     with pytest.raises(ValueError, match="mask array"):
         kernels.attention(q, k, v, mask=np.ones((3, 3), bool))
 

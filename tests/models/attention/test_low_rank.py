@@ -271,6 +271,8 @@ def test_bad_options():
     with pytest.raises(ValueError, match="reduction must be one of"):
         make("linformer", reduction="pool")
     with pytest.raises(NotImplementedError, match="pallas"):
-        make("linear", impl="pallas")
+        make("linformer", impl="pallas")
+    with pytest.raises(ValueError, match="impl must be"):
+        make("linear", impl="cuda")
     with pytest.raises(ValueError, match="exceeds max_len"):
         make("linformer", max_len=8)(jnp.ones((1, 9, DIM)))

@@ -292,5 +292,5 @@ def test_options_are_checked():
         make("sparse", block=4, summary=5)
     with pytest.raises(ValueError, match="mode"):
         make("global", mode="middle")
-    with pytest.raises(NotImplementedError, match="pallas"):
-        make("local", impl="pallas")
+    with pytest.raises(ValueError, match="impl must be"):
+        make("local", impl="cuda")

@@ -1,0 +1,480 @@
+"""Flash and block-sparse softmax attention in Pallas, forward and backward.
+
+One kernel serves both: a *plan* lists, for each block of ``block_q`` queries, the blocks of ``block_k`` keys it
+visits, and whether each is FULL (every pair allowed: no mask work) or PARTIAL (an element mask is applied).
+Dense flash attention is the plan where every query block visits every key block as FULL; a
+``kernels.masks.Mask`` gives the plan of its block layout, so EMPTY blocks cost nothing and the work and memory
+grow with the number of allowed blocks, not with L x L. Nothing of size L x L is ever materialised: the
+forward keeps FlashAttention's online softmax (running maximum, running sum, rescaled accumulator) and stores
+the log-sum-exp per query; the backward recomputes the weights block by block (one kernel for dQ over the
+query-major plan, one for dK and dV over its transpose).
+
+Semantics are those of ``kernels.attention``: q [B, Lq, H, D], k/v [B, Lk, H, D] (Lq == Lk), ``kv_valid`` bool
+[B, Lk] marks real keys, a query with no allowed key returns zeros (and gets zero gradients), logits and
+softmax in float32 whatever the input dtype, the output in q's dtype. Attention dropout (``dropout_rate``,
+``dropout_rng``) is applied inside the kernels with the counter-based bits of ``kernels.random_bits`` indexed
+as the [B, H, Lq, Lk] weights, so ``impl="pallas"`` drops exactly the weights ``impl="xla"`` drops.
+
+Lengths that are not a multiple of the block are padded in the wrapper (padded keys are invalid, padded
+queries are dropped); head dims are padded to a multiple of 16 with zeros, which changes no dot product.
+On CPU the kernels run with ``interpret=True`` (compiled by XLA, not a Python loop); on GPU they lower through
+Pallas's Triton backend (``backend()`` says which ran): scalar loops over the plan, dot products of [block, D]
+tiles. Mosaic GPU (the newer backend) needs a different kernel structure (warpgroups, TMA) and is not written.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+from jax.experimental import pallas as pl
+
+from kernels import masks as masks_lib
+
+NEG = -1e30  # "minus infinity" that keeps exp() and max() finite for rows with nothing allowed yet
+
+
+# --------------------------------------------------------------------------- plans
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """Static description of which blocks are visited (all numpy; hashable by identity through the cache).
+
+    q_major: kidx [nq, S] key-block index per slot, kcnt [nq] slots used, kpart [nq, S] 1 where PARTIAL.
+    k_major (for dK/dV): qidx [nk, T] query-block index per slot, qcnt [nk], qslot [nk, T] the slot of that
+    (query block, key block) pair in the q-major arrays (to find its element mask), qpart [nk, T].
+    emask: int8 [nq, S, block_q, block_k] element masks of the PARTIAL slots (None when there are none).
+    """
+
+    block_q: int
+    block_k: int
+    length: int
+    kidx: np.ndarray
+    kcnt: np.ndarray
+    kpart: np.ndarray
+    qidx: np.ndarray
+    qcnt: np.ndarray
+    qslot: np.ndarray
+    qpart: np.ndarray
+    emask: np.ndarray | None
+
+    @property
+    def visited_blocks(self) -> int:
+        return int(self.kcnt.sum())
+
+
+def plan_from_layout(layout: np.ndarray, block_q: int, block_k: int, length: int, tiles=None) -> Plan:
+    """Plan of an int8 block layout [nq, nk] of EMPTY/PARTIAL/FULL over a (padded) sequence of ``length``;
+    ``tiles[i]`` (bool [block_q, nk, block_k]) holds the element mask of query block i, needed for the query
+    blocks with a PARTIAL block."""
+    nq, nk = layout.shape
+    q_lists = [np.flatnonzero(layout[i] != masks_lib.EMPTY) for i in range(nq)]
+    s = max(1, max(len(x) for x in q_lists))
+    kidx = np.zeros((nq, s), np.int32)
+    kcnt = np.zeros(nq, np.int32)
+    kpart = np.zeros((nq, s), np.int32)
+    slot_of = {}
+    for i, used in enumerate(q_lists):
+        kidx[i, : len(used)] = used
+        kcnt[i] = len(used)
+        kpart[i, : len(used)] = layout[i, used] == masks_lib.PARTIAL
+        slot_of.update({(i, int(j)): n for n, j in enumerate(used)})
+    emask = None
+    if kpart.any():
+        emask = np.zeros((nq, s, block_q, block_k), np.int8)
+        for i in np.flatnonzero(kpart.any(axis=1)):
+            for n in np.flatnonzero(kpart[i]):
+                emask[i, n] = tiles[i][:, kidx[i, n], :]
+    k_lists = [np.flatnonzero(layout[:, j] != masks_lib.EMPTY) for j in range(nk)]
+    t = max(1, max(len(x) for x in k_lists))
+    qidx = np.zeros((nk, t), np.int32)
+    qcnt = np.zeros(nk, np.int32)
+    qslot = np.zeros((nk, t), np.int32)
+    qpart = np.zeros((nk, t), np.int32)
+    for j, used in enumerate(k_lists):
+        qidx[j, : len(used)] = used
+        qcnt[j] = len(used)
+        qslot[j, : len(used)] = [slot_of[(int(i), j)] for i in used]
+        qpart[j, : len(used)] = layout[used, j] == masks_lib.PARTIAL
+    return Plan(block_q, block_k, length, kidx, kcnt, kpart, qidx, qcnt, qslot, qpart, emask)
+
+
+@functools.lru_cache(maxsize=64)
+def mask_plan(mask: masks_lib.Mask | None, length: int, padded: int, block_q: int, block_k: int) -> Plan:
+    """Plan of ``mask`` (None: dense) on a sequence of ``length``, laid on a grid padded to ``padded`` (a
+    multiple of both blocks): the mask is evaluated at ``length`` (a BigBird pattern depends on it) and the
+    padding is not allowed. Walks the mask one block of query rows at a time: O(block_q x L) memory."""
+    nq, nk = padded // block_q, padded // block_k
+    if mask is None or isinstance(mask, masks_lib.Full):  # padded keys are masked by kv_valid instead
+        return plan_from_layout(np.full((nq, nk), masks_lib.FULL, np.int8), block_q, block_k, padded)
+    layout = np.zeros((nq, nk), np.int8)
+    tiles = {}
+    for i in range(nq):
+        q0, q1 = i * block_q, min((i + 1) * block_q, length)
+        if q0 >= length:
+            continue  # padded queries: nothing to compute, their output is dropped
+        rows = np.zeros((block_q, padded), bool)
+        rows[: q1 - q0, :length] = mask.rows(q0, q1, length, length)
+        blocks = rows.reshape(block_q, nk, block_k)
+        any_, all_ = blocks.any(axis=(0, 2)), blocks.all(axis=(0, 2))
+        layout[i] = np.where(all_, masks_lib.FULL, np.where(any_, masks_lib.PARTIAL, masks_lib.EMPTY))
+        if (layout[i] == masks_lib.PARTIAL).any():
+            tiles[i] = blocks
+    return plan_from_layout(layout, block_q, block_k, padded, tiles)
+
+
+# --------------------------------------------------------------------------- in-kernel helpers
+
+
+def _keep(seed_ref, b, h, q0, k0, block_q, block_k, num_heads, q_len, kv_len, threshold):
+    """Dropout keep mask of the [block_q, block_k] tile at (q0, k0) of head h, batch b: the bits
+    ``kernels.random_bits`` gives element (b, h, i, j) of a [B, H, q_len, kv_len] array."""
+    i = lax.broadcasted_iota(jnp.uint32, (block_q, block_k), 0) + q0.astype(jnp.uint32)
+    j = lax.broadcasted_iota(jnp.uint32, (block_q, block_k), 1) + k0.astype(jnp.uint32)
+    row = (b * num_heads + h).astype(jnp.uint32)
+    index = (row * jnp.uint32(q_len) + i) * jnp.uint32(kv_len) + j
+    x = (index * jnp.uint32(0x9E3779B9) + seed_ref[0]) ^ seed_ref[1]
+    x = x ^ (x >> 16)
+    x = x * jnp.uint32(0x7FEB352D)
+    x = x ^ (x >> 15)
+    x = x * jnp.uint32(0x846CA68B)
+    x = x ^ (x >> 16)
+    return x >= jnp.uint32(threshold)
+
+
+def _allowed(valid_ref, emask_ref, part, slot_or_pair, k0, block_q, block_k, has_valid, has_mask):
+    allowed = jnp.ones((block_q, block_k), jnp.bool_)
+    if has_mask:
+        elem = emask_ref[slot_or_pair] != 0
+        allowed = jnp.where(part != 0, elem, allowed)
+    if has_valid:
+        allowed = allowed & (valid_ref[pl.ds(k0, block_k)] != 0)[None, :]
+    return allowed
+
+
+# --------------------------------------------------------------------------- kernels
+
+
+def _fwd_kernel(q_ref, k_ref, v_ref, valid_ref, kidx_ref, kcnt_ref, kpart_ref, emask_ref, seed_ref, o_ref, lse_ref,
+                *, scale, block_q, block_k, has_valid, has_mask, rate, num_heads, q_len, kv_len):
+    b, h, i = pl.program_id(0), pl.program_id(1), pl.program_id(2)
+    q = q_ref[...].astype(jnp.float32) * scale
+    d = q.shape[-1]
+    threshold = int(round(rate * 2**32))
+    factor = 2**32 / (2**32 - threshold) if rate > 0 else 1.0
+
+    def body(n, carry):
+        m, denom, acc = carry
+        kb = kidx_ref[n]
+        k0 = kb * block_k
+        k = k_ref[pl.ds(k0, block_k), :].astype(jnp.float32)
+        v = v_ref[pl.ds(k0, block_k), :]
+        s = lax.dot_general(q, k, (((1,), (1,)), ((), ())), preferred_element_type=jnp.float32)
+        allowed = _allowed(valid_ref, emask_ref, kpart_ref[n] if has_mask else 0, n, k0, block_q, block_k,
+                           has_valid, has_mask)
+        s = jnp.where(allowed, s, NEG)
+        m_new = jnp.maximum(m, s.max(axis=-1))
+        alpha = jnp.exp(m - m_new)
+        p = jnp.where(allowed, jnp.exp(s - m_new[:, None]), 0.0)
+        denom = alpha * denom + p.sum(axis=-1)
+        if rate > 0:
+            keep = _keep(seed_ref, b, h, i * block_q, k0, block_q, block_k, num_heads, q_len, kv_len, threshold)
+            p = jnp.where(keep, p * factor, 0.0)
+        acc = alpha[:, None] * acc + jnp.dot(p.astype(v.dtype), v, preferred_element_type=jnp.float32)
+        return m_new, denom, acc
+
+    init = (jnp.full((block_q,), NEG, jnp.float32), jnp.zeros((block_q,), jnp.float32),
+            jnp.zeros((block_q, d), jnp.float32))
+    m, denom, acc = lax.fori_loop(0, kcnt_ref[0], body, init)
+    ok = denom > 0
+    safe = jnp.where(ok, denom, 1.0)
+    o_ref[...] = jnp.where(ok[:, None], acc / safe[:, None], 0.0).astype(o_ref.dtype)
+    lse_ref[...] = jnp.where(ok, m + jnp.log(safe), 0.0)
+
+
+def _dq_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, valid_ref, kidx_ref, kcnt_ref, kpart_ref, emask_ref,
+               seed_ref, dq_ref, *, scale, block_q, block_k, has_valid, has_mask, rate, num_heads, q_len, kv_len):
+    b, h, i = pl.program_id(0), pl.program_id(1), pl.program_id(2)
+    q = q_ref[...].astype(jnp.float32) * scale
+    do = do_ref[...].astype(jnp.float32)
+    lse, delta = lse_ref[...], delta_ref[...]
+    threshold = int(round(rate * 2**32))
+    factor = 2**32 / (2**32 - threshold) if rate > 0 else 1.0
+
+    def body(n, dq):
+        k0 = kidx_ref[n] * block_k
+        k = k_ref[pl.ds(k0, block_k), :].astype(jnp.float32)
+        v = v_ref[pl.ds(k0, block_k), :].astype(jnp.float32)
+        s = lax.dot_general(q, k, (((1,), (1,)), ((), ())), preferred_element_type=jnp.float32)
+        allowed = _allowed(valid_ref, emask_ref, kpart_ref[n] if has_mask else 0, n, k0, block_q, block_k,
+                           has_valid, has_mask)
+        p = jnp.where(allowed, jnp.exp(s - lse[:, None]), 0.0)
+        dp = lax.dot_general(do, v, (((1,), (1,)), ((), ())), preferred_element_type=jnp.float32)
+        if rate > 0:
+            keep = _keep(seed_ref, b, h, i * block_q, k0, block_q, block_k, num_heads, q_len, kv_len, threshold)
+            dp = jnp.where(keep, dp * factor, 0.0)
+        ds = p * (dp - delta[:, None])
+        return dq + jnp.dot(ds, k, preferred_element_type=jnp.float32)
+
+    dq = lax.fori_loop(0, kcnt_ref[0], body, jnp.zeros(q.shape, jnp.float32))
+    dq_ref[...] = (dq * scale).astype(dq_ref.dtype)
+
+
+def _dkdv_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, valid_ref, qidx_ref, qcnt_ref, qslot_ref, qpart_ref,
+                 emask_ref, seed_ref, dk_ref, dv_ref, *, scale, block_q, block_k, has_valid, has_mask, rate,
+                 num_heads, q_len, kv_len):
+    b, h, j = pl.program_id(0), pl.program_id(1), pl.program_id(2)
+    k0 = j * block_k
+    k = k_ref[...].astype(jnp.float32)
+    v = v_ref[...].astype(jnp.float32)
+    threshold = int(round(rate * 2**32))
+    factor = 2**32 / (2**32 - threshold) if rate > 0 else 1.0
+    if has_valid:
+        key_ok = (valid_ref[pl.ds(k0, block_k)] != 0)[None, :]
+
+    def body(n, carry):
+        dk, dv = carry
+        qb = qidx_ref[n]
+        q0 = qb * block_q
+        q = q_ref[pl.ds(q0, block_q), :].astype(jnp.float32) * scale
+        do = do_ref[pl.ds(q0, block_q), :].astype(jnp.float32)
+        lse = lse_ref[pl.ds(q0, block_q)]
+        delta = delta_ref[pl.ds(q0, block_q)]
+        s = lax.dot_general(q, k, (((1,), (1,)), ((), ())), preferred_element_type=jnp.float32)
+        allowed = jnp.ones((block_q, block_k), jnp.bool_)
+        if has_mask:
+            elem = emask_ref[qb, qslot_ref[n]] != 0
+            allowed = jnp.where(qpart_ref[n] != 0, elem, allowed)
+        if has_valid:
+            allowed = allowed & key_ok
+        p = jnp.where(allowed, jnp.exp(s - lse[:, None]), 0.0)
+        dp = lax.dot_general(do, v, (((1,), (1,)), ((), ())), preferred_element_type=jnp.float32)
+        if rate > 0:
+            keep = _keep(seed_ref, b, h, q0, k0, block_q, block_k, num_heads, q_len, kv_len, threshold)
+            p_drop = jnp.where(keep, p * factor, 0.0)
+            dp = jnp.where(keep, dp * factor, 0.0)
+        else:
+            p_drop = p
+        dv = dv + lax.dot_general(p_drop, do, (((0,), (0,)), ((), ())), preferred_element_type=jnp.float32)
+        ds = p * (dp - delta[:, None])
+        dk = dk + lax.dot_general(ds, q, (((0,), (0,)), ((), ())), preferred_element_type=jnp.float32)
+        return dk, dv
+
+    zeros = jnp.zeros(k.shape, jnp.float32)
+    dk, dv = lax.fori_loop(0, qcnt_ref[0], body, (zeros, zeros))
+    dk_ref[...] = dk.astype(dk_ref.dtype)  # s was built from the scaled q, so dk already carries the scale
+    dv_ref[...] = dv.astype(dv_ref.dtype)
+
+
+# --------------------------------------------------------------------------- pallas_call wrappers
+
+
+@dataclasses.dataclass(frozen=True)
+class _Static:
+    plan: Plan
+    scale: float
+    rate: float
+    q_len: int        # the unpadded lengths (dropout bits are indexed on them)
+    kv_len: int
+    has_valid: bool
+    interpret: bool
+
+    def __hash__(self):
+        return id(self.plan) ^ hash((self.scale, self.rate, self.q_len, self.kv_len, self.has_valid, self.interpret))
+
+    def __eq__(self, other):
+        return isinstance(other, _Static) and self.plan is other.plan and (
+            self.scale, self.rate, self.q_len, self.kv_len, self.has_valid, self.interpret) == (
+            other.scale, other.rate, other.q_len, other.kv_len, other.has_valid, other.interpret)
+
+
+def _common_kwargs(st: _Static, num_heads: int):
+    return dict(scale=st.scale, block_q=st.plan.block_q, block_k=st.plan.block_k, has_valid=st.has_valid,
+                has_mask=st.plan.emask is not None, rate=st.rate, num_heads=num_heads, q_len=st.q_len,
+                kv_len=st.kv_len)
+
+
+def _full(shape):
+    """BlockSpec of a whole [B, H, ...] array's (b, h) slice."""
+    return pl.BlockSpec((None, None, *shape), lambda b, h, i: (b, h) + (0,) * len(shape))
+
+
+def _meta_specs(plan: Plan, major: str):
+    """Specs of the plan arrays (row i of the q- or k-major arrays) and of emask (whole) and the seed."""
+    emask_shape = plan.emask.shape if plan.emask is not None else (1, 1, 1, 1)
+    if major == "q":
+        s = plan.kidx.shape[1]
+        specs = [pl.BlockSpec((None, s), lambda b, h, i: (i, 0)), pl.BlockSpec((1,), lambda b, h, i: (i,)),
+                 pl.BlockSpec((None, s), lambda b, h, i: (i, 0))]
+        specs.append(pl.BlockSpec((None, *emask_shape[1:]), lambda b, h, i: (i, 0, 0, 0)))
+    else:
+        t = plan.qidx.shape[1]
+        row = pl.BlockSpec((None, t), lambda b, h, j: (j, 0))
+        specs = [row, pl.BlockSpec((1,), lambda b, h, j: (j,)), row, row,
+                 pl.BlockSpec(emask_shape, lambda b, h, j: (0, 0, 0, 0))]
+    specs.append(pl.BlockSpec((2,), lambda b, h, i: (0,)))
+    return specs
+
+
+def _meta_arrays(plan: Plan, major: str):
+    emask = jnp.asarray(plan.emask) if plan.emask is not None else jnp.zeros((1, 1, 1, 1), jnp.int8)
+    if major == "q":
+        return [jnp.asarray(plan.kidx), jnp.asarray(plan.kcnt), jnp.asarray(plan.kpart), emask]
+    return [jnp.asarray(plan.qidx), jnp.asarray(plan.qcnt), jnp.asarray(plan.qslot), jnp.asarray(plan.qpart), emask]
+
+
+def _forward(q, k, v, valid, seed, st: _Static):
+    """q/k/v [B, H, L, D] (padded), valid int32 [B, L], seed uint32 [2] -> (out [B, H, L, D], lse f32 [B, H, L])."""
+    b, h, length, d = q.shape
+    plan = st.plan
+    bq = plan.block_q
+    grid = (b, h, length // bq)
+    kernel = functools.partial(_fwd_kernel, **_common_kwargs(st, h))
+    in_specs = [pl.BlockSpec((None, None, bq, d), lambda b, h, i: (b, h, i, 0)), _full((length, d)), _full((length, d)),
+                pl.BlockSpec((None, length), lambda b, h, i: (b, 0)), *_meta_specs(plan, "q")]
+    out_specs = [pl.BlockSpec((None, None, bq, d), lambda b, h, i: (b, h, i, 0)),
+                 pl.BlockSpec((None, None, bq), lambda b, h, i: (b, h, i))]
+    out_shape = [jax.ShapeDtypeStruct(q.shape, q.dtype), jax.ShapeDtypeStruct((b, h, length), jnp.float32)]
+    call = pl.pallas_call(kernel, grid=grid, in_specs=in_specs, out_specs=out_specs, out_shape=out_shape,
+                          interpret=st.interpret, compiler_params=compiler_params(st.interpret), name="flash_fwd")
+    return call(q, k, v, valid, *_meta_arrays(plan, "q"), seed)
+
+
+def _backward(q, k, v, out, lse, do, valid, seed, st: _Static):
+    b, h, length, d = q.shape
+    plan = st.plan
+    bq, bk = plan.block_q, plan.block_k
+    delta = jnp.einsum("bhld,bhld->bhl", do.astype(jnp.float32), out.astype(jnp.float32))
+    kw = _common_kwargs(st, h)
+    tile_q = pl.BlockSpec((None, None, bq, d), lambda b, h, i: (b, h, i, 0))
+    row_q = pl.BlockSpec((None, None, bq), lambda b, h, i: (b, h, i))
+    valid_spec = pl.BlockSpec((None, length), lambda b, h, i: (b, 0))
+    dq = pl.pallas_call(
+        functools.partial(_dq_kernel, **kw), grid=(b, h, length // bq),
+        in_specs=[tile_q, _full((length, d)), _full((length, d)), tile_q, row_q, row_q, valid_spec,
+                  *_meta_specs(plan, "q")],
+        out_specs=tile_q, out_shape=jax.ShapeDtypeStruct(q.shape, q.dtype), interpret=st.interpret,
+        compiler_params=compiler_params(st.interpret), name="flash_dq",
+    )(q, k, v, do, lse, delta, valid, *_meta_arrays(plan, "q"), seed)
+    tile_k = pl.BlockSpec((None, None, bk, d), lambda b, h, j: (b, h, j, 0))
+    dk, dv = pl.pallas_call(
+        functools.partial(_dkdv_kernel, **kw), grid=(b, h, length // bk),
+        in_specs=[_full((length, d)), tile_k, tile_k, _full((length, d)), _full((length,)), _full((length,)),
+                  valid_spec, *_meta_specs(plan, "k")],
+        out_specs=[tile_k, tile_k], out_shape=[jax.ShapeDtypeStruct(k.shape, k.dtype)] * 2,
+        interpret=st.interpret, compiler_params=compiler_params(st.interpret), name="flash_dkdv",
+    )(q, k, v, do, lse, delta, valid, *_meta_arrays(plan, "k"), seed)
+    return dq, dk, dv
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5,))
+def _flash(q, k, v, valid, seed, st):
+    return _forward(q, k, v, valid, seed, st)[0]
+
+
+def _flash_fwd(q, k, v, valid, seed, st):
+    out, lse = _forward(q, k, v, valid, seed, st)
+    return out, (q, k, v, valid, seed, out, lse)
+
+
+def _flash_bwd(st, res, do):
+    q, k, v, valid, seed, out, lse = res
+    dq, dk, dv = _backward(q, k, v, out, lse, do, valid, seed, st)
+    return dq, dk, dv, None, None
+
+
+_flash.defvjp(_flash_fwd, _flash_bwd)
+
+
+# --------------------------------------------------------------------------- public entry point
+
+
+def backend(interpret: bool | None = None) -> str:
+    """Which Pallas backend the kernels use here: "interpret" (CPU) or "triton" (GPU)."""
+    if interpret is None:
+        interpret = jax.default_backend() == "cpu"
+    return "interpret" if interpret else "triton"
+
+
+def compiler_params(interpret: bool, num_warps: int = 4, num_stages: int = 2):
+    """Triton compiler parameters on GPU (so the Triton backend is used even where Mosaic GPU is the
+    default); None in interpret mode."""
+    if interpret:
+        return None
+    from jax.experimental.pallas import triton as pltriton
+
+    return pltriton.CompilerParams(num_warps=num_warps, num_stages=num_stages)
+
+
+def default_block(length: int) -> int:
+    """128, or the next power of two >= length (at least 16) for shorter sequences."""
+    return min(128, max(16, 1 << max(0, math.ceil(math.log2(max(length, 1))))))
+
+
+def flash_attention(q, k, v, *, mask: masks_lib.Mask | None = None, kv_valid=None, scale: float | None = None,
+                    block_q: int | None = None, block_k: int | None = None, dropout_rate: float = 0.0,
+                    dropout_rng=None, interpret: bool | None = None):
+    """Softmax attention with the Pallas kernels: dense (``mask`` None or Full) or block-sparse (any other
+    ``kernels.masks.Mask``; a Strided mask is first permuted so each stride class is contiguous, and its
+    dropout bits then index the permuted order).
+
+    q, k, v [B, L, H, D] with the same L; kv_valid bool [B, L]; returns [B, L, H, D] in q's dtype. Equals
+    ``kernels.attention(..., impl="xla")`` with the same arguments. ``interpret`` defaults to True on CPU.
+    """
+    b, length, h, d = q.shape
+    if k.shape[1] != length or v.shape[1] != length:
+        raise ValueError(f"impl='pallas' needs keys as long as queries; got q {q.shape}, k {k.shape}, v {v.shape}")
+    if mask is not None and not isinstance(mask, masks_lib.Mask):
+        raise ValueError("impl='pallas' takes a kernels.masks.Mask (a static pattern), not a mask array; use "
+                         "impl='xla' for array masks")
+    if isinstance(mask, masks_lib.Strided):
+        return _strided(q, k, v, mask.stride, kv_valid=kv_valid, scale=scale, dropout_rate=dropout_rate,
+                        dropout_rng=dropout_rng, interpret=interpret)
+    if interpret is None:
+        interpret = jax.default_backend() == "cpu"
+    scale = 1.0 / math.sqrt(d) if scale is None else float(scale)
+    rate = float(dropout_rate) if dropout_rng is not None else 0.0
+    if not 0.0 <= rate < 1.0:
+        raise ValueError(f"dropout rate must be in [0, 1), got {rate}")
+    bq = block_q or default_block(length)
+    bk = block_k or default_block(length)
+    for name, blk in (("block_q", bq), ("block_k", bk)):
+        if blk < 1 or blk & (blk - 1):
+            raise ValueError(f"{name} must be a power of two, got {blk}")
+    padded = -(-length // math.lcm(bq, bk)) * math.lcm(bq, bk)
+    plan = mask_plan(mask, length, padded, bq, bk)
+    has_valid = kv_valid is not None or padded != length
+    valid = jnp.ones((b, length), jnp.int32) if kv_valid is None else jnp.asarray(kv_valid, bool).astype(jnp.int32)
+    valid = jnp.pad(valid, ((0, 0), (0, padded - length)))
+    seed = jax.random.bits(dropout_rng, (2,), jnp.uint32) if rate > 0 else jnp.zeros((2,), jnp.uint32)
+    dp = max(16, 1 << (d - 1).bit_length())  # Triton tiles are powers of two
+
+    def prep(x):
+        x = jnp.transpose(x, (0, 2, 1, 3))
+        return jnp.pad(x, ((0, 0), (0, 0), (0, padded - length), (0, dp - d)))
+
+    st = _Static(plan, scale, rate, length, length, has_valid, bool(interpret))
+    out = _flash(prep(q), prep(k), prep(v), valid, seed, st)
+    return jnp.transpose(out[:, :, :length, :d], (0, 2, 1, 3))
+
+
+def _strided(q, k, v, stride, *, kv_valid, scale, dropout_rate, dropout_rng, interpret):
+    from kernels.block_sparse import strided_permutation
+
+    length = q.shape[1]
+    perm = strided_permutation(length, stride)
+    inverse = np.argsort(perm)
+    valid = None if kv_valid is None else jnp.asarray(kv_valid)[:, perm]
+    out = flash_attention(q[:, perm], k[:, perm], v[:, perm], mask=masks_lib.BlockLocal(length // stride),
+                          kv_valid=valid, scale=scale, dropout_rate=dropout_rate, dropout_rng=dropout_rng,
+                          interpret=interpret)
+    return out[:, inverse]
+
+
+__all__ = ["Plan", "plan_from_layout", "mask_plan", "flash_attention", "default_block", "backend",
+           "compiler_params"]

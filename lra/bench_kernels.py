@@ -1,0 +1,206 @@
+"""Attention kernels timed alone: forward and forward+backward of one attention call, per implementation.
+
+    python -m lra.bench_kernels [--lengths 1024 4096] [--dtypes float32 bfloat16] [--impls ...] [--out FILE]
+
+Implementations (``--impls``; those that do not apply to the backend are skipped):
+  xla_dense      ``kernels.attention(impl="xla")``: dense softmax attention in plain XLA
+  sdpa_xla       ``jax.nn.dot_product_attention(implementation="xla")``
+  sdpa_cudnn     ``jax.nn.dot_product_attention(implementation="cudnn")`` (GPU only)
+  pallas_flash   ``kernels.flash.flash_attention``, dense (every block FULL)
+  pallas_local   the same kernel with ``masks.Local(window)``: empty blocks skipped (block-sparse)
+  xla_local      the XLA path of the sparse variants (``kernels.block_sparse``: gathered key blocks)
+
+Each (implementation, length, dtype) is compiled once for the forward and once for the forward+backward (the
+gradient of sum(out * cotangent) with respect to q, k and v), run ``--warmup`` times, then timed as the median
+of ``--repeats`` runs of ``--steps`` calls (``block_until_ready`` after each run). Memory is the compiler's
+``memory_analysis()`` of the forward+backward program (temporaries + arguments + outputs), the same number on
+every backend. FLOPs count the matmuls of the allowed (visited) blocks: 4 B H L^2 D x fraction for the forward,
+2.5 times that for the backward (FlashAttention's convention, recomputation included). ``--matmul`` also times
+a square matmul in the same dtype, so TFLOP/s can be read as a fraction of what the card's matmul reaches.
+Rows are appended to ``--out`` (JSON lines) and printed as a table. On CPU the Pallas kernels run in interpret
+mode (compiled by XLA, not Python-slow).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+IMPLS = ("xla_dense", "sdpa_xla", "sdpa_cudnn", "pallas_flash", "pallas_local", "xla_local")
+
+
+def _device_name() -> str:
+    import jax
+
+    d = jax.devices()[0]
+    if d.platform == "cpu":
+        return f"cpu ({platform.processor() or platform.machine()}, {__import__('os').cpu_count()} cores)"
+    return d.device_kind
+
+
+def _fn(impl: str, window: int, block: int):
+    import jax
+
+    import kernels
+    from kernels import block_sparse, flash, masks
+
+    if impl == "xla_dense":
+        return lambda q, k, v: kernels.attention(q, k, v)
+    if impl == "sdpa_xla":
+        return lambda q, k, v: jax.nn.dot_product_attention(q, k, v, implementation="xla")
+    if impl == "sdpa_cudnn":
+        return lambda q, k, v: jax.nn.dot_product_attention(q, k, v, implementation="cudnn")
+    if impl == "pallas_flash":
+        return lambda q, k, v: flash.flash_attention(q, k, v, block_q=block, block_k=block)
+    if impl == "pallas_local":
+        return lambda q, k, v: flash.flash_attention(q, k, v, mask=masks.Local(window), block_q=block, block_k=block)
+    if impl == "xla_local":
+        return lambda q, k, v: block_sparse.block_sparse_attention(q, k, v, masks.Local(window), block=block)
+    raise ValueError(f"unknown impl {impl!r}; valid: {', '.join(IMPLS)}")
+
+
+def _fraction(impl: str, length: int, window: int, block: int) -> float:
+    """Fraction of the L x L blocks the implementation computes."""
+    if impl not in ("pallas_local", "xla_local"):
+        return 1.0
+    from kernels import flash, masks
+
+    padded = -(-length // block) * block
+    plan = flash.mask_plan(masks.Local(window), length, padded, block, block)
+    return plan.visited_blocks / (padded // block) ** 2
+
+
+def _time(fn, args, warmup: int, steps: int, repeats: int) -> float:
+    import jax
+
+    for _ in range(warmup):
+        jax.block_until_ready(fn(*args))
+    runs = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            out = fn(*args)
+        jax.block_until_ready(out)
+        runs.append((time.perf_counter() - t0) / steps)
+    return statistics.median(runs)
+
+
+def _memory(compiled) -> int | None:
+    try:
+        m = compiled.memory_analysis()
+        return int(m.temp_size_in_bytes + m.argument_size_in_bytes + m.output_size_in_bytes)
+    except Exception:  # not every backend reports it
+        return None
+
+
+def measure(impl: str, length: int, dtype: str, *, batch: int, heads: int, head_dim: int, window: int, block: int,
+            warmup: int, steps: int, repeats: int) -> dict:
+    import jax
+    import jax.numpy as jnp
+
+    from kernels import flash
+
+    row = {"impl": impl, "length": length, "dtype": dtype, "batch": batch, "heads": heads, "head_dim": head_dim,
+           "window": window if "local" in impl else None, "block": block if impl.startswith(("pallas", "xla_local"))
+           else None, "device": _device_name(), "jax": jax.__version__,
+           "pallas_backend": flash.backend() if impl.startswith("pallas") else None}
+    try:
+        dt = jnp.dtype(dtype)
+        keys = jax.random.split(jax.random.PRNGKey(0), 4)
+        shape = (batch, length, heads, head_dim)
+        q, k, v, cot = (jax.random.normal(key, shape, jnp.float32).astype(dt) for key in keys)
+        f = _fn(impl, window, block)
+        fwd = jax.jit(f)
+        train = jax.jit(jax.grad(lambda q, k, v: (f(q, k, v).astype(jnp.float32) * cot.astype(jnp.float32)).sum(),
+                                 argnums=(0, 1, 2)))
+        t0 = time.perf_counter()
+        fwd_c = fwd.lower(q, k, v).compile()
+        train_c = train.lower(q, k, v).compile()
+        row["compile_s"] = round(time.perf_counter() - t0, 3)
+        row["memory_bytes"] = _memory(train_c)
+        row["fwd_ms"] = 1e3 * _time(fwd_c, (q, k, v), warmup, steps, repeats)
+        row["fwd_bwd_ms"] = 1e3 * _time(train_c, (q, k, v), warmup, steps, repeats)
+        frac = _fraction(impl, length, window, block)
+        flops = 4.0 * batch * heads * length * length * head_dim * frac
+        row.update(block_fraction=round(frac, 5), flops_fwd=flops,
+                   tflops_fwd=flops / (row["fwd_ms"] * 1e-3) / 1e12,
+                   tflops_fwd_bwd=3.5 * flops / (row["fwd_bwd_ms"] * 1e-3) / 1e12, status="ok")
+    except Exception as e:  # one failure must not stop the sweep
+        msg = f"{type(e).__name__}: {e}".splitlines()[0][:500]
+        row.update(status="oom" if "RESOURCE_EXHAUSTED" in msg or "out of memory" in msg.lower() else "error",
+                   error=msg)
+    return row
+
+
+def matmul_rate(dtype: str, n: int) -> dict:
+    import jax
+    import jax.numpy as jnp
+
+    a = jax.random.normal(jax.random.PRNGKey(0), (n, n), jnp.float32).astype(dtype)
+    f = jax.jit(lambda a: a @ a).lower(a).compile()
+    sec = _time(f, (a,), 2, 5, 3)
+    return {"impl": "matmul", "dtype": dtype, "n": n, "ms": 1e3 * sec, "tflops": 2 * n**3 / sec / 1e12,
+            "device": _device_name(), "jax": jax.__version__, "status": "ok"}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m lra.bench_kernels", description=__doc__.splitlines()[0])
+    p.add_argument("--lengths", type=int, nargs="+", default=[1024, 4096])
+    p.add_argument("--dtypes", nargs="+", default=["float32"])
+    p.add_argument("--impls", nargs="+", default=list(IMPLS), choices=IMPLS)
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--heads", type=int, default=4)
+    p.add_argument("--head-dim", type=int, default=64)
+    p.add_argument("--window", type=int, default=128, help="one-sided window of the Local mask")
+    p.add_argument("--block", type=int, default=128)
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--steps", type=int, default=2)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--matmul", type=int, default=0, help="also time an n x n matmul per dtype (0: skip)")
+    p.add_argument("--out", default=None, help="JSONL file to append the rows to")
+    a = p.parse_args(argv)
+    for name, value in (("--batch", a.batch), ("--heads", a.heads), ("--head-dim", a.head_dim), ("--block", a.block)):
+        if value < 1:
+            p.error(f"{name} must be >= 1, got {value}")
+    if a.block & (a.block - 1):
+        p.error(f"--block must be a power of two, got {a.block}")
+    import jax
+
+    gpu = jax.default_backend() == "gpu"
+    impls = [i for i in a.impls if gpu or i != "sdpa_cudnn"]
+    rows = []
+    out = Path(a.out) if a.out else None
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+
+    def emit(row):
+        rows.append(row)
+        if out:
+            with open(out, "a", encoding="utf-8") as f:
+                f.write(json.dumps(row, sort_keys=True) + "\n")
+
+    for dtype in a.dtypes:
+        if a.matmul:
+            emit(matmul_rate(dtype, a.matmul))
+        for length in a.lengths:
+            for impl in impls:
+                row = measure(impl, length, dtype, batch=a.batch, heads=a.heads, head_dim=a.head_dim,
+                              window=a.window, block=a.block, warmup=a.warmup, steps=a.steps, repeats=a.repeats)
+                emit(row)
+                if row["status"] == "ok":
+                    mem = row["memory_bytes"]
+                    print(f"{dtype:9s} L={length:6d} {impl:13s} fwd {row['fwd_ms']:9.2f} ms  fwd+bwd "
+                          f"{row['fwd_bwd_ms']:9.2f} ms  {row['tflops_fwd_bwd']:7.3f} TFLOP/s  "
+                          f"mem {mem / 2**20 if mem else math.nan:8.1f} MiB", flush=True)
+                else:
+                    print(f"{dtype:9s} L={length:6d} {impl:13s} {row['status']}: {row['error']}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

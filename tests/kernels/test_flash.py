@@ -1,0 +1,211 @@
+"""The Pallas flash / block-sparse attention kernels (interpret mode on CPU) against the dense references.
+
+JAX's own pattern: one class over a product of shapes (lengths that are and are not multiples of the block),
+block sizes, head dims, masks and key padding, checking the forward and all three gradients at fixed float32
+tolerances. The full product is marked slow; a cover of it (every value of every axis at least once) runs in
+``make test``. Plans (which blocks are visited, FULL or PARTIAL, and their element masks) are checked exactly
+against the dense mask, on hypothesis-generated masks too.
+"""
+import itertools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import kernels
+from kernels import flash, masks
+
+F32 = dict(rtol=1e-5, atol=1e-5)
+F32_GRAD = dict(rtol=1e-4, atol=1e-4)
+BF16 = dict(rtol=2e-2, atol=2e-2)
+
+MASKS = {
+    "dense": None,
+    "local3": masks.Local(3),
+    "blocklocal8": masks.BlockLocal(8),
+    "global2|local2": masks.Global(2) | masks.Local(2),
+    "bigbird8": masks.BigBird(8, 1, 0),
+    "strided4": masks.Strided(4),
+}
+LENGTHS = (32, 40)              # 40: not a multiple of 16 or 32
+BLOCKS = ((16, 16), (16, 32))   # (block_q, block_k)
+HEAD_DIMS = (8, 20)             # 20: padded to 32 inside
+PADDING = (False, True)
+
+PRODUCT = list(itertools.product(LENGTHS, BLOCKS, HEAD_DIMS, MASKS, PADDING))
+# A cover of the product for the fast suite: every mask with and without padding, the other axes cycling.
+COVER = [(LENGTHS[i % 2], BLOCKS[(i // 2) % 2], HEAD_DIMS[(i // 3) % 2], m, pad)
+         for i, (m, pad) in enumerate(itertools.product(MASKS, PADDING))]
+
+
+def _id(case):
+    length, (bq, bk), d, m, pad = case
+    return f"L{length}-b{bq}x{bk}-d{d}-{m}-{'pad' if pad else 'nopad'}"
+
+
+def inputs(length, d, pad, *, b=2, h=2, seed=0, dtype=jnp.float32):
+    rng = np.random.default_rng(seed)
+    q, k, v = (jnp.asarray(rng.standard_normal((b, length, h, d)), dtype) for _ in range(3))
+    valid = None
+    if pad:
+        valid = np.arange(length)[None] < np.array([[length - 7], [0]])  # row 1: no valid key at all
+        valid = jnp.asarray(valid)
+    return q, k, v, valid
+
+
+class TestFlashAttention:
+    def check(self, length, blocks, d, mask_name, pad):
+        mask = MASKS[mask_name]
+        bq, bk = blocks
+        q, k, v, valid = inputs(length, d, pad)
+        cot = jnp.asarray(np.random.default_rng(1).standard_normal(q.shape), jnp.float32)
+
+        def ours(q, k, v):
+            return flash.flash_attention(q, k, v, mask=mask, kv_valid=valid, block_q=bq, block_k=bk)
+
+        def ref(q, k, v):
+            return kernels.attention(q, k, v, mask=mask, kv_valid=valid)
+
+        out = ours(q, k, v)
+        np.testing.assert_allclose(np.asarray(out), np.asarray(ref(q, k, v)), **F32)
+        np.testing.assert_allclose(np.asarray(out, np.float64),
+                                   kernels.reference_attention(q, k, v, mask=mask, kv_valid=valid), **F32)
+        if pad:
+            assert not np.asarray(out[1]).any()  # a query with no allowed key returns zeros
+        g_ours = jax.grad(lambda *a: (ours(*a) * cot).sum(), argnums=(0, 1, 2))(q, k, v)
+        g_ref = jax.grad(lambda *a: (ref(*a) * cot).sum(), argnums=(0, 1, 2))(q, k, v)
+        for name, a, b in zip("qkv", g_ours, g_ref):
+            np.testing.assert_allclose(np.asarray(a), np.asarray(b), err_msg=f"d{name}", **F32_GRAD)
+
+    @pytest.mark.parametrize("case", COVER, ids=_id)
+    def test_cover(self, case):
+        self.check(*case)
+
+    @pytest.mark.slow
+    @pytest.mark.parametrize("case", [c for c in PRODUCT if c not in COVER], ids=_id)
+    def test_product(self, case):
+        self.check(*case)
+
+
+def test_dropout_drops_the_weights_the_xla_path_drops():
+    q, k, v, valid = inputs(40, 8, True)
+    key = jax.random.PRNGKey(7)
+    mask = masks.Local(5)
+    cot = jnp.asarray(np.random.default_rng(2).standard_normal(q.shape), jnp.float32)
+
+    def ours(q, k, v):
+        return kernels.attention(q, k, v, mask=mask, kv_valid=valid, impl="pallas", dropout_rate=0.25,
+                                 dropout_rng=key)
+
+    def ref(q, k, v):
+        return kernels.attention(q, k, v, mask=mask, kv_valid=valid, dropout_rate=0.25, dropout_rng=key)
+
+    out = ours(q, k, v)
+    np.testing.assert_allclose(np.asarray(out), np.asarray(ref(q, k, v)), **F32)
+    no_drop = kernels.attention(q, k, v, mask=mask, kv_valid=valid, impl="pallas")
+    assert np.abs(np.asarray(out - no_drop)).max() > 1e-2  # dropout did something
+    g_ours = jax.grad(lambda *x: (ours(*x) * cot).sum(), argnums=(0, 1, 2))(q, k, v)
+    g_ref = jax.grad(lambda *x: (ref(*x) * cot).sum(), argnums=(0, 1, 2))(q, k, v)
+    for a, b in zip(g_ours, g_ref):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), **F32_GRAD)
+
+
+def test_bfloat16_close_to_float32():
+    q, k, v, valid = inputs(32, 16, True)
+    out = flash.flash_attention(*(x.astype(jnp.bfloat16) for x in (q, k, v)), mask=masks.Local(4), kv_valid=valid,
+                                block_q=16, block_k=16)
+    assert out.dtype == jnp.bfloat16
+    ref = kernels.attention(*(x.astype(jnp.bfloat16).astype(jnp.float32) for x in (q, k, v)), mask=masks.Local(4),
+                            kv_valid=valid)
+    np.testing.assert_allclose(np.asarray(out, np.float32), np.asarray(ref), **BF16)
+
+
+def test_rejects_array_masks_and_bad_blocks():
+    q, k, v, _ = inputs(32, 8, False)
+    with pytest.raises(ValueError, match="kernels.masks.Mask"):
+        kernels.attention(q, k, v, mask=np.ones((32, 32), bool), impl="pallas")
+    with pytest.raises(ValueError, match="power of two"):
+        flash.flash_attention(q, k, v, block_q=24)
+
+
+# --------------------------------------------------------------------------- plans, exactly
+
+
+def dense_from_plan(plan: flash.Plan, length: int) -> np.ndarray:
+    """The allowed pairs a plan makes the kernels visit, as a dense bool [length, length] array."""
+    bq, bk = plan.block_q, plan.block_k
+    out = np.zeros((plan.length, plan.length), bool)
+    for i in range(plan.kidx.shape[0]):
+        for n in range(plan.kcnt[i]):
+            j = plan.kidx[i, n]
+            tile = plan.emask[i, n].astype(bool) if plan.kpart[i, n] else np.ones((bq, bk), bool)
+            out[i * bq:(i + 1) * bq, j * bk:(j + 1) * bk] = tile
+    return out[:length, :length]
+
+
+def check_plan(mask, length, bq, bk):
+    padded = -(-length // max(bq, bk)) * max(bq, bk)
+    plan = flash.mask_plan(mask, length, padded, bq, bk)
+    dense = mask.dense(length, length)
+    np.testing.assert_array_equal(dense_from_plan(plan, length), dense)
+    # Exactly the non-empty blocks are visited, FULL ones without a mask; the k-major lists are the transpose.
+    grid = np.zeros((padded, padded), bool)
+    grid[:length, :length] = dense
+    blocks = grid.reshape(padded // bq, bq, padded // bk, bk)
+    layout = np.where(blocks.all(axis=(1, 3)), masks.FULL, np.where(blocks.any(axis=(1, 3)), masks.PARTIAL,
+                                                                     masks.EMPTY))
+    for i in range(layout.shape[0]):
+        used = plan.kidx[i, : plan.kcnt[i]]
+        assert used.tolist() == np.flatnonzero(layout[i]).tolist()
+        assert plan.kpart[i, : plan.kcnt[i]].tolist() == (layout[i, used] == masks.PARTIAL).tolist()
+    for j in range(layout.shape[1]):
+        used = plan.qidx[j, : plan.qcnt[j]]
+        assert used.tolist() == np.flatnonzero(layout[:, j]).tolist()
+        assert all(plan.kidx[i, s] == j for i, s in zip(used, plan.qslot[j, : plan.qcnt[j]]))
+    assert plan.visited_blocks == int((layout != masks.EMPTY).sum())
+
+
+@pytest.mark.parametrize("mask", [m for m in MASKS.values() if m is not None], ids=repr)
+@pytest.mark.parametrize("length,bq,bk", [(32, 16, 16), (40, 16, 32), (64, 32, 16)])
+def test_plan_exact(mask, length, bq, bk):
+    check_plan(mask, length, bq, bk)
+
+
+def test_local_plan_is_linear_in_length():
+    """Local(128) with blocks of 128 visits 3 blocks per row (2 at the ends): work and memory linear in L."""
+    for length in (1024, 2048, 4096):
+        plan = flash.mask_plan(masks.Local(128), length, length, 128, 128)
+        assert plan.visited_blocks == 3 * (length // 128) - 2
+        assert plan.emask.nbytes == (length // 128) * 3 * 128 * 128
+
+
+@st.composite
+def random_masks(draw):
+    length = draw(st.sampled_from([16, 24, 32, 48]))
+    density = draw(st.sampled_from([0.0, 0.05, 0.3, 1.0]))
+    seed = draw(st.integers(0, 2**16))
+    rng = np.random.default_rng(seed)
+    dense = rng.random((length, length)) < density
+    # Some structure as well: whole blocks on or off.
+    if draw(st.booleans()):
+        dense |= np.kron(rng.random((length // 8, length // 8)) < 0.3, np.ones((8, 8), bool))
+    return length, masks.Explicit(dense)
+
+
+@settings(max_examples=40, deadline=None)
+@given(random_masks(), st.sampled_from([(16, 16), (16, 32), (32, 16)]))
+def test_plan_exact_on_random_masks(case, blocks):
+    length, mask = case
+    check_plan(mask, length, *blocks)
+
+
+@settings(max_examples=4, deadline=None)
+@given(random_masks())
+def test_kernel_on_random_masks(case):
+    length, mask = case
+    q, k, v, _ = inputs(length, 8, False, b=1, h=1)
+    out = flash.flash_attention(q, k, v, mask=mask, block_q=16, block_k=16)
+    np.testing.assert_allclose(np.asarray(out, np.float64), kernels.reference_attention(q, k, v, mask=mask), **F32)
