@@ -48,7 +48,9 @@ class Plan:
     q_major: kidx [nq, S] key-block index per slot, kcnt [nq] slots used, kpart [nq, S] 1 where PARTIAL.
     k_major (for dK/dV): qidx [nk, T] query-block index per slot, qcnt [nk], qslot [nk, T] the slot of that
     (query block, key block) pair in the q-major arrays (to find its element mask), qpart [nk, T].
-    emask: int8 [nq, S, block_q, block_k] element masks of the PARTIAL slots (None when there are none).
+    emask: int8 [nq, S, block_q, block_k] element masks of the PARTIAL slots (None when there are none);
+    emask_k: the same tiles in the k-major order, int8 [nk, T, block_q, block_k] (each program of the dK/dV
+    kernel reads only its own row of tiles).
     """
 
     block_q: int
@@ -62,6 +64,7 @@ class Plan:
     qslot: np.ndarray
     qpart: np.ndarray
     emask: np.ndarray | None
+    emask_k: np.ndarray | None
 
     @property
     def visited_blocks(self) -> int:
@@ -101,7 +104,13 @@ def plan_from_layout(layout: np.ndarray, block_q: int, block_k: int, length: int
         qcnt[j] = len(used)
         qslot[j, : len(used)] = [slot_of[(int(i), j)] for i in used]
         qpart[j, : len(used)] = layout[used, j] == masks_lib.PARTIAL
-    return Plan(block_q, block_k, length, kidx, kcnt, kpart, qidx, qcnt, qslot, qpart, emask)
+    emask_k = None
+    if emask is not None:
+        emask_k = np.zeros((nk, t, block_q, block_k), np.int8)
+        for j in range(nk):
+            for n in np.flatnonzero(qpart[j]):
+                emask_k[j, n] = emask[qidx[j, n], qslot[j, n]]
+    return Plan(block_q, block_k, length, kidx, kcnt, kpart, qidx, qcnt, qslot, qpart, emask, emask_k)
 
 
 @functools.lru_cache(maxsize=64)
@@ -147,6 +156,14 @@ def _keep(seed_ref, b, h, q0, k0, block_q, block_k, num_heads, q_len, kv_len, th
     return x >= jnp.uint32(threshold)
 
 
+def _dot(a, b, contract_a: int, contract_b: int):
+    """a . b contracting the given axes of two 2-d tiles, accumulated in float32. Tiles keep the input dtype
+    (bf16 tiles use the tensor cores); float32 tiles are multiplied at full precision (no TF32)."""
+    precision = lax.Precision.HIGHEST if a.dtype == jnp.float32 and b.dtype == jnp.float32 else None
+    return lax.dot_general(a, b, (((contract_a,), (contract_b,)), ((), ())), precision=precision,
+                           preferred_element_type=jnp.float32)
+
+
 def _allowed(valid_ref, emask_ref, part, slot_or_pair, k0, block_q, block_k, has_valid, has_mask):
     allowed = jnp.ones((block_q, block_k), jnp.bool_)
     if has_mask:
@@ -163,7 +180,7 @@ def _allowed(valid_ref, emask_ref, part, slot_or_pair, k0, block_q, block_k, has
 def _fwd_kernel(q_ref, k_ref, v_ref, valid_ref, kidx_ref, kcnt_ref, kpart_ref, emask_ref, seed_ref, o_ref, lse_ref,
                 *, scale, block_q, block_k, has_valid, has_mask, rate, num_heads, q_len, kv_len):
     b, h, i = pl.program_id(0), pl.program_id(1), pl.program_id(2)
-    q = q_ref[...].astype(jnp.float32) * scale
+    q = q_ref[...]
     d = q.shape[-1]
     threshold = int(round(rate * 2**32))
     factor = 2**32 / (2**32 - threshold) if rate > 0 else 1.0
@@ -172,9 +189,9 @@ def _fwd_kernel(q_ref, k_ref, v_ref, valid_ref, kidx_ref, kcnt_ref, kpart_ref, e
         m, denom, acc = carry
         kb = kidx_ref[n]
         k0 = kb * block_k
-        k = k_ref[pl.ds(k0, block_k), :].astype(jnp.float32)
+        k = k_ref[pl.ds(k0, block_k), :]
         v = v_ref[pl.ds(k0, block_k), :]
-        s = lax.dot_general(q, k, (((1,), (1,)), ((), ())), preferred_element_type=jnp.float32)
+        s = _dot(q, k, 1, 1) * scale
         allowed = _allowed(valid_ref, emask_ref, kpart_ref[n] if has_mask else 0, n, k0, block_q, block_k,
                            has_valid, has_mask)
         s = jnp.where(allowed, s, NEG)
@@ -185,7 +202,7 @@ def _fwd_kernel(q_ref, k_ref, v_ref, valid_ref, kidx_ref, kcnt_ref, kpart_ref, e
         if rate > 0:
             keep = _keep(seed_ref, b, h, i * block_q, k0, block_q, block_k, num_heads, q_len, kv_len, threshold)
             p = jnp.where(keep, p * factor, 0.0)
-        acc = alpha[:, None] * acc + jnp.dot(p.astype(v.dtype), v, preferred_element_type=jnp.float32)
+        acc = alpha[:, None] * acc + _dot(p.astype(v.dtype), v, 1, 0)
         return m_new, denom, acc
 
     init = (jnp.full((block_q,), NEG, jnp.float32), jnp.zeros((block_q,), jnp.float32),
@@ -200,38 +217,38 @@ def _fwd_kernel(q_ref, k_ref, v_ref, valid_ref, kidx_ref, kcnt_ref, kpart_ref, e
 def _dq_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, valid_ref, kidx_ref, kcnt_ref, kpart_ref, emask_ref,
                seed_ref, dq_ref, *, scale, block_q, block_k, has_valid, has_mask, rate, num_heads, q_len, kv_len):
     b, h, i = pl.program_id(0), pl.program_id(1), pl.program_id(2)
-    q = q_ref[...].astype(jnp.float32) * scale
-    do = do_ref[...].astype(jnp.float32)
+    q = q_ref[...]
+    do = do_ref[...]
     lse, delta = lse_ref[...], delta_ref[...]
     threshold = int(round(rate * 2**32))
     factor = 2**32 / (2**32 - threshold) if rate > 0 else 1.0
 
     def body(n, dq):
         k0 = kidx_ref[n] * block_k
-        k = k_ref[pl.ds(k0, block_k), :].astype(jnp.float32)
-        v = v_ref[pl.ds(k0, block_k), :].astype(jnp.float32)
-        s = lax.dot_general(q, k, (((1,), (1,)), ((), ())), preferred_element_type=jnp.float32)
+        k = k_ref[pl.ds(k0, block_k), :]
+        v = v_ref[pl.ds(k0, block_k), :]
+        s = _dot(q, k, 1, 1) * scale
         allowed = _allowed(valid_ref, emask_ref, kpart_ref[n] if has_mask else 0, n, k0, block_q, block_k,
                            has_valid, has_mask)
         p = jnp.where(allowed, jnp.exp(s - lse[:, None]), 0.0)
-        dp = lax.dot_general(do, v, (((1,), (1,)), ((), ())), preferred_element_type=jnp.float32)
+        dp = _dot(do, v, 1, 1)
         if rate > 0:
             keep = _keep(seed_ref, b, h, i * block_q, k0, block_q, block_k, num_heads, q_len, kv_len, threshold)
             dp = jnp.where(keep, dp * factor, 0.0)
         ds = p * (dp - delta[:, None])
-        return dq + jnp.dot(ds, k, preferred_element_type=jnp.float32)
+        return dq + _dot(ds.astype(k.dtype), k, 1, 0)
 
     dq = lax.fori_loop(0, kcnt_ref[0], body, jnp.zeros(q.shape, jnp.float32))
     dq_ref[...] = (dq * scale).astype(dq_ref.dtype)
 
 
-def _dkdv_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, valid_ref, qidx_ref, qcnt_ref, qslot_ref, qpart_ref,
+def _dkdv_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, valid_ref, qidx_ref, qcnt_ref, qpart_ref,
                  emask_ref, seed_ref, dk_ref, dv_ref, *, scale, block_q, block_k, has_valid, has_mask, rate,
                  num_heads, q_len, kv_len):
     b, h, j = pl.program_id(0), pl.program_id(1), pl.program_id(2)
     k0 = j * block_k
-    k = k_ref[...].astype(jnp.float32)
-    v = v_ref[...].astype(jnp.float32)
+    k = k_ref[...]
+    v = v_ref[...]
     threshold = int(round(rate * 2**32))
     factor = 2**32 / (2**32 - threshold) if rate > 0 else 1.0
     if has_valid:
@@ -241,33 +258,32 @@ def _dkdv_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, valid_ref, qid
         dk, dv = carry
         qb = qidx_ref[n]
         q0 = qb * block_q
-        q = q_ref[pl.ds(q0, block_q), :].astype(jnp.float32) * scale
-        do = do_ref[pl.ds(q0, block_q), :].astype(jnp.float32)
+        q = q_ref[pl.ds(q0, block_q), :]
+        do = do_ref[pl.ds(q0, block_q), :]
         lse = lse_ref[pl.ds(q0, block_q)]
         delta = delta_ref[pl.ds(q0, block_q)]
-        s = lax.dot_general(q, k, (((1,), (1,)), ((), ())), preferred_element_type=jnp.float32)
+        s = _dot(q, k, 1, 1) * scale
         allowed = jnp.ones((block_q, block_k), jnp.bool_)
         if has_mask:
-            elem = emask_ref[qb, qslot_ref[n]] != 0
-            allowed = jnp.where(qpart_ref[n] != 0, elem, allowed)
+            allowed = jnp.where(qpart_ref[n] != 0, emask_ref[n] != 0, allowed)
         if has_valid:
             allowed = allowed & key_ok
         p = jnp.where(allowed, jnp.exp(s - lse[:, None]), 0.0)
-        dp = lax.dot_general(do, v, (((1,), (1,)), ((), ())), preferred_element_type=jnp.float32)
+        dp = _dot(do, v, 1, 1)
         if rate > 0:
             keep = _keep(seed_ref, b, h, q0, k0, block_q, block_k, num_heads, q_len, kv_len, threshold)
             p_drop = jnp.where(keep, p * factor, 0.0)
             dp = jnp.where(keep, dp * factor, 0.0)
         else:
             p_drop = p
-        dv = dv + lax.dot_general(p_drop, do, (((0,), (0,)), ((), ())), preferred_element_type=jnp.float32)
+        dv = dv + _dot(p_drop.astype(do.dtype), do, 0, 0)
         ds = p * (dp - delta[:, None])
-        dk = dk + lax.dot_general(ds, q, (((0,), (0,)), ((), ())), preferred_element_type=jnp.float32)
+        dk = dk + _dot(ds.astype(q.dtype), q, 0, 0)
         return dk, dv
 
     zeros = jnp.zeros(k.shape, jnp.float32)
     dk, dv = lax.fori_loop(0, qcnt_ref[0], body, (zeros, zeros))
-    dk_ref[...] = dk.astype(dk_ref.dtype)  # s was built from the scaled q, so dk already carries the scale
+    dk_ref[...] = (dk * scale).astype(dk_ref.dtype)
     dv_ref[...] = dv.astype(dv_ref.dtype)
 
 
@@ -305,27 +321,30 @@ def _full(shape):
 
 
 def _meta_specs(plan: Plan, major: str):
-    """Specs of the plan arrays (row i of the q- or k-major arrays) and of emask (whole) and the seed."""
-    emask_shape = plan.emask.shape if plan.emask is not None else (1, 1, 1, 1)
+    """Specs of the plan arrays, the element masks and the seed: each program gets row i (query block) of the
+    q-major arrays or row j (key block) of the k-major ones."""
     if major == "q":
         s = plan.kidx.shape[1]
-        specs = [pl.BlockSpec((None, s), lambda b, h, i: (i, 0)), pl.BlockSpec((1,), lambda b, h, i: (i,)),
-                 pl.BlockSpec((None, s), lambda b, h, i: (i, 0))]
-        specs.append(pl.BlockSpec((None, *emask_shape[1:]), lambda b, h, i: (i, 0, 0, 0)))
+        emask_tile = plan.emask.shape[1:] if plan.emask is not None else (1, 1, 1)
+        row = pl.BlockSpec((None, s), lambda b, h, i: (i, 0))
+        specs = [row, pl.BlockSpec((1,), lambda b, h, i: (i,)), row]
     else:
         t = plan.qidx.shape[1]
+        emask_tile = plan.emask_k.shape[1:] if plan.emask_k is not None else (1, 1, 1)
         row = pl.BlockSpec((None, t), lambda b, h, j: (j, 0))
-        specs = [row, pl.BlockSpec((1,), lambda b, h, j: (j,)), row, row,
-                 pl.BlockSpec(emask_shape, lambda b, h, j: (0, 0, 0, 0))]
+        specs = [row, pl.BlockSpec((1,), lambda b, h, j: (j,)), row]
+    specs.append(pl.BlockSpec((None, *emask_tile), lambda b, h, i: (i if plan.emask is not None else 0, 0, 0, 0)))
     specs.append(pl.BlockSpec((2,), lambda b, h, i: (0,)))
     return specs
 
 
 def _meta_arrays(plan: Plan, major: str):
-    emask = jnp.asarray(plan.emask) if plan.emask is not None else jnp.zeros((1, 1, 1, 1), jnp.int8)
+    none = jnp.zeros((1, 1, 1, 1), jnp.int8)
     if major == "q":
+        emask = jnp.asarray(plan.emask) if plan.emask is not None else none
         return [jnp.asarray(plan.kidx), jnp.asarray(plan.kcnt), jnp.asarray(plan.kpart), emask]
-    return [jnp.asarray(plan.qidx), jnp.asarray(plan.qcnt), jnp.asarray(plan.qslot), jnp.asarray(plan.qpart), emask]
+    emask = jnp.asarray(plan.emask_k) if plan.emask_k is not None else none
+    return [jnp.asarray(plan.qidx), jnp.asarray(plan.qcnt), jnp.asarray(plan.qpart), emask]
 
 
 def _forward(q, k, v, valid, seed, st: _Static):

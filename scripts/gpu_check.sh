@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# GPU check of the Pallas kernels, one go, under 8 minutes on one H100/H200 (JAX 0.11, Pallas Triton backend):
+#   1. the kernel tests compiled for the GPU (interpret mode is off on a GPU backend): flash / block-sparse
+#      attention, chunked linear attention, and impl=pallas against impl=xla in every variant that has it;
+#   2. timings of forward and forward+backward, bf16 and float32, lengths 1K-16K, head dim 64: our Pallas
+#      flash and block-sparse Local against jax.nn.dot_product_attention (XLA and cuDNN), our dense XLA path and
+#      the XLA block-sparse path of the sparse variants; plus the card's bf16/f32 matmul rate, so TFLOP/s can be
+#      read as a fraction of it.
+# Usage: OUT=gpu_out scripts/gpu_check.sh   -> $OUT/kernel_tests.txt, $OUT/results/bench_gpu_<card>.jsonl
+# Then copy $OUT/results/bench_gpu_<card>.jsonl into results/ and say in the README what it measured.
+set -uo pipefail
+OUT=${OUT:-gpu_out}
+PY=${PYTHON:-python3}
+mkdir -p "$OUT/results"
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 XLA_PYTHON_CLIENT_PREALLOCATE=false
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
+$PY -c "import jax, jax.experimental.pallas.triton; print('jax', jax.__version__, jax.devices())" | tee -a "$OUT/gpu.txt"
+CARD=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1 | tr 'A-Z' 'a-z' | tr -cs 'a-z0-9' '_' | sed 's/_$//')
+CARD=${CARD:-gpu}
+
+echo "== kernel tests on the GPU (Triton, not interpret)"
+# Full-precision float32 in the XLA references (TF32 would fail the float32 tolerances).
+JAX_DEFAULT_MATMUL_PRECISION=highest timeout 200 $PY -m pytest -q -p no:cacheprovider -m "not slow" \
+  tests/kernels/test_flash.py tests/kernels/test_linear_pallas.py tests/models/attention/test_pallas_variants.py \
+  2>&1 | tail -20 | tee "$OUT/kernel_tests.txt"
+
+echo "== timings"
+BENCH="$PY -m lra.bench_kernels --batch 1 --heads 8 --head-dim 64 --window 128 --block 128 --warmup 2 --steps 5 \
+  --repeats 3 --out $OUT/results/bench_gpu_$CARD.jsonl"
+timeout 150 $BENCH --dtypes bfloat16 --lengths 1024 4096 16384 --matmul 8192
+timeout 90 $BENCH --dtypes float32 --lengths 1024 4096 --matmul 4096 --impls xla_dense sdpa_xla pallas_flash pallas_local
+echo "rows: $(wc -l < "$OUT/results/bench_gpu_$CARD.jsonl") in $OUT/results/bench_gpu_$CARD.jsonl"
