@@ -36,11 +36,13 @@ def main(cfg: DictConfig) -> float | None:
         _fail(e)
 
     from lra import trainer
+    from lra.checkpoint import CheckpointUnreadable
     from lra.config import ConfigError
 
     try:
         record = trainer.train(config, HydraConfig.get().runtime.output_dir)
-    except (ConfigError, FileNotFoundError, trainer.DoesNotFit, trainer.TrainingDiverged, ValueError) as e:
+    except (ConfigError, FileNotFoundError, trainer.DoesNotFit, trainer.TrainingDiverged, CheckpointUnreadable,
+            ValueError) as e:
         _fail(e)
     return record["test_accuracy"]
 

@@ -14,7 +14,9 @@ import logging
 import math
 import os
 import resource
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -42,6 +44,36 @@ class TrainingDiverged(RuntimeError):
 
 class DoesNotFit(RuntimeError):
     """The compiled train step needs more memory than the device has."""
+
+
+class Preempted(SystemExit):
+    """SIGTERM (what Slurm sends before preemption) arrived: a checkpoint was saved; rerun the command to resume."""
+
+    def __init__(self, step: int, directory):
+        super().__init__(143)  # 128 + SIGTERM, as if the signal had killed the process
+        self.step, self.directory = step, directory
+
+    def __str__(self):
+        return f"stopped by SIGTERM after step {self.step}; checkpoint saved in {self.directory}; rerun to resume"
+
+
+@contextlib.contextmanager
+def _sigterm_flag():
+    """Yield a dict whose "stop" turns True when SIGTERM arrives (main thread only; elsewhere nothing changes)."""
+    flag = {"stop": False}
+    if threading.current_thread() is not threading.main_thread():
+        yield flag
+        return
+
+    def handler(signum, frame):
+        flag["stop"] = True
+        log.warning("SIGTERM received: saving a checkpoint after the current step")
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield flag
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def build_model(config: dict) -> Classifier:
@@ -266,6 +298,8 @@ def train(config: dict, run_dir: str | Path) -> dict:
     progress = _progress_bar(t["train_steps"], start_step, t["progress"])
     pending = []
     window_start, window_compile = time.perf_counter(), steps.compile_seconds
+    sigterm = contextlib.ExitStack()
+    term = sigterm.enter_context(_sigterm_flag())
     try:
         for step in range(start_step, t["train_steps"]):
             batch = batches.batch(step)
@@ -313,11 +347,17 @@ def train(config: dict, run_dir: str | Path) -> dict:
                                    f"{meta['best_val_accuracy']:.4f} at step {meta['best_step']}), "
                                    f"train loss {loss:.4f}")
                 window_start, window_compile = time.perf_counter(), steps.compile_seconds
+            if term["stop"] and done < t["train_steps"]:
+                save("latest", done)
+                progress.write(f"SIGTERM: checkpoint of step {done} saved in {ckpt.directory / 'latest'}; "
+                               f"rerun the same command to resume")
+                raise Preempted(done, ckpt.directory / "latest")
     except BaseException:
         with contextlib.suppress(Exception):   # a logger failing to close must not hide why training stopped
             logger.finish()
         raise
     finally:
+        sigterm.close()
         progress.close()
         metrics_log.close()
 
