@@ -124,8 +124,8 @@ def test_corrupt_latest_checkpoint_falls_back_to_the_previous(isolated, tmp_path
         assert resumed[key] == reference[key], key
 
 
-def test_no_readable_checkpoint_says_what_to_delete(isolated, monkeypatch, subprocess_env):
-    paths, overrides = isolated
+def test_no_readable_checkpoint_says_what_to_delete(isolated, monkeypatch):
+    paths, _ = isolated
     config = smoke(paths, "train.eval_every=10", "train.train_steps=30")
     interrupted_run(paths, monkeypatch, config, 24)
     latest = paths["run"] / "checkpoints" / "latest"
@@ -133,7 +133,3 @@ def test_no_readable_checkpoint_says_what_to_delete(isolated, monkeypatch, subpr
         corrupt(step_dir)
     with pytest.raises(CheckpointUnreadable, match="Delete .*checkpoints to start this run from scratch"):
         trainer.train(config, paths["run"])
-    r = subprocess.run(cli("lra.train", "task=listops", "attention=full", "profile=smoke", "train.eval_every=10",
-                           "train.train_steps=30", *overrides), cwd=ROOT, env=subprocess_env, capture_output=True,
-                       text=True, timeout=300)
-    assert r.returncode == 1 and "could be read" in r.stderr and "Traceback" not in r.stderr

@@ -201,6 +201,7 @@ def test_official_release_files_are_read(isolated):
     assert record["test_examples"] == 16
 
 
+@pytest.mark.slow  # tests/lra/test_sweeps.py runs a multirun in the fast suite
 def test_sweep_runs_each_job_and_records_it(tmp_path, subprocess_env):
     """`python -m lra.train -m ... seed=0,1` (the README's sweep form) runs and records every job."""
     results_dir = tmp_path / "results"

@@ -106,7 +106,13 @@ def test_memory_grows_as_claimed(name):
         assert ratio < 5.0, f"{name} claims {REGISTRY[name].complexity} but memory grew {ratio:.1f}x"
 
 
-@pytest.mark.parametrize("name", NAMES)
+# A smoke training run per variant takes 8-15 s; the fast suite trains two (dense and block-sparse), the rest
+# run with the slow tests (every variant's module is also exercised by the gradient, determinism, padding and
+# memory checks above and by its family's tests).
+SMOKE_FAST = ("full", "local")
+
+
+@pytest.mark.parametrize("name", [n if n in SMOKE_FAST else pytest.param(n, marks=pytest.mark.slow) for n in NAMES])
 def test_trains_listops_smoke(name, tmp_path):
     config = compose_config(["task=listops", f"attention={name}", "profile=smoke", f"data_dir={tmp_path / 'data'}",
                              f"results_dir={tmp_path / 'results'}", "train.progress=false", "train.train_steps=6",

@@ -23,7 +23,7 @@ def test_the_pallas_variants():
                              "mixed_heads", "linear", "performer"])
 
 
-FAST = ("full", "local", "linear")  # the others (a minute together in interpret mode) run with the slow tests
+FAST = ("local",)  # the others (two minutes together in interpret mode) run with the slow tests
 
 
 @pytest.mark.parametrize("name", [n if n in FAST else pytest.param(n, marks=pytest.mark.slow) for n in PALLAS])
