@@ -35,10 +35,11 @@ def main(cfg: DictConfig) -> float | None:
     except (FileNotFoundError, ValueError) as e:
         _fail(e)
 
-    from lra import trainer
+    from lra import parallel, trainer
     from lra.checkpoint import CheckpointUnreadable
     from lra.config import ConfigError
 
+    parallel.maybe_initialize_distributed()
     try:
         record = trainer.train(config, HydraConfig.get().runtime.output_dir)
     except (ConfigError, FileNotFoundError, trainer.DoesNotFit, trainer.TrainingDiverged, CheckpointUnreadable,

@@ -26,7 +26,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from lra import batching, loggers, optim, results
+from lra import batching, loggers, optim, parallel, results
 from lra import config as config_lib
 from lra import data as data_lib
 from lra.checkpoint import RunCheckpoints
@@ -196,12 +196,13 @@ def available_bytes(limit_gb: float | None = None) -> int | None:
     return None
 
 
-def evaluate(steps: Steps, params, rest, arrays: dict, config: dict) -> dict:
+def evaluate(steps: Steps, params, rest, arrays: dict, config: dict, mesh=None) -> dict:
     t = config["train"]
     totals = {"correct": 0.0, "loss_sum": 0.0, "count": 0.0}
     outputs = []
     for batch in batching.eval_batches(arrays, t["eval_batch_size"], max_length=config["task"]["max_length"],
                                        bucket_size=t["bucket_size"]):
+        batch = parallel.shard_batch(batch, mesh)
         outputs.append(steps.compiled("eval", params, rest, batch)(params, rest, batch))
     for out in jax.device_get(outputs):
         for k in totals:
@@ -258,6 +259,11 @@ def train(config: dict, run_dir: str | Path) -> dict:
     graphdef, params, rest = split_model(model)
     tx = build_optimizer(config)
     opt_state = tx.init(params)
+    # Data parallelism over all devices (a no-op with one): parameters replicated, batches split.
+    mesh = parallel.data_mesh(t["batch_size"])
+    if mesh is not None:
+        parallel.data_mesh(t["eval_batch_size"])  # the evaluation batch must split evenly too
+        params, opt_state, rest = parallel.replicate((params, opt_state, rest), mesh)
     steps = Steps(graphdef, tx, config["seed"])
     log.info("%s on %s: %s parameters, run dir %s", config["attention"]["name"], config["task"]["name"],
              f"{num_params:,}", run_dir)
@@ -265,7 +271,8 @@ def train(config: dict, run_dir: str | Path) -> dict:
     # Refuse a step that cannot fit before loading any data.
     max_len = config["task"]["max_length"]
     step_arg = jax.ShapeDtypeStruct((), jnp.int32)
-    largest_batch = batch_struct(t["batch_size"], max_len, pair=bool(config["task"].get("pair")))
+    largest_batch = parallel.sharded_struct(batch_struct(t["batch_size"], max_len,
+                                                         pair=bool(config["task"].get("pair"))), mesh)
     largest = steps.compiled("train", params, opt_state, rest, largest_batch, step_arg)
     need, have = compiled_bytes(largest), available_bytes(t["memory_limit_gb"])
     if need is not None and have is not None and need > have:
@@ -302,7 +309,7 @@ def train(config: dict, run_dir: str | Path) -> dict:
     term = sigterm.enter_context(_sigterm_flag())
     try:
         for step in range(start_step, t["train_steps"]):
-            batch = batches.batch(step)
+            batch = parallel.shard_batch(batches.batch(step), mesh)
             step_arr = np.int32(step)
             fn = steps.compiled("train", params, opt_state, rest, batch, step_arr)
             params, opt_state, rest, metrics = fn(params, opt_state, rest, batch, step_arr)
@@ -333,7 +340,7 @@ def train(config: dict, run_dir: str | Path) -> dict:
                 progress.set_postfix(loss=f"{loss:.3f}", acc=f"{acc:.3f}", steps_s=f"{sps:.2f}")
                 pending = []
                 if is_eval:
-                    val = evaluate(steps, params, rest, val_arrays, config)
+                    val = evaluate(steps, params, rest, val_arrays, config, mesh)
                     meta["last_val"] = val
                     metrics_log.write(json.dumps({"step": done, "val_accuracy": val["accuracy"],
                                                   "val_loss": val["loss"]}) + "\n")
@@ -363,7 +370,7 @@ def train(config: dict, run_dir: str | Path) -> dict:
 
     best = ckpt.restore("best", train_state(params, opt_state, rest))
     best_params, best_rest = (best[0]["params"], best[0].get("rest", rest)) if best is not None else (params, rest)
-    test = evaluate(steps, best_params, best_rest, test_arrays, config)
+    test = evaluate(steps, best_params, best_rest, test_arrays, config, mesh)
     ckpt.close()
 
     steps_per_second = meta["timed_steps"] / meta["timed_seconds"] if meta["timed_seconds"] > 0 else None
@@ -381,14 +388,16 @@ def train(config: dict, run_dir: str | Path) -> dict:
         "examples_per_second": steps_per_second * t["batch_size"] if steps_per_second else None,
         "compile_seconds": prior_compile + steps.compile_seconds, "peak_memory_bytes": peak,
         "memory_method": method, "peak_rss_bytes": peak_rss_bytes(), "device": results.device_description(),
+        "num_devices": jax.device_count() if mesh is not None else 1, "num_hosts": jax.process_count(),
         # The machine's 1-minute load when the run ended: above the core count, steps/s was measured under contention.
         "load_average_1m": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
         "jax_version": jax.__version__, "git_commit": results.git_commit(),
         "wall_seconds": prior_wall + time.time() - wall_start, "run_dir": _relative(run_dir),
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "config": config,
     }
-    results.write_json_atomic(result_path, record)
-    results.append_jsonl(Path(config["results_dir"]) / "runs.jsonl", record)
+    if parallel.is_writer():  # several hosts: process 0 writes the record
+        results.write_json_atomic(result_path, record)
+        results.append_jsonl(Path(config["results_dir"]) / "runs.jsonl", record)
     logger.log({"test/accuracy": test["accuracy"], "test/loss": test["loss"]}, t["train_steps"])
     logger.finish(record)
     log.info("test accuracy %.4f at best validation step %s (val %.4f); record appended to %s",
