@@ -293,8 +293,10 @@ def train(config: dict, run_dir: str | Path) -> dict:
         params, opt_state, rest = state["params"], state["opt_state"], state.get("rest", rest)
         log.info("resuming from step %d (checkpoint in %s)", meta["step"], ckpt.directory / "latest")
     start_step = meta["step"]
-    metrics_log = open(run_dir / "metrics.jsonl", "a")
-    logger = loggers.make_logger(config, run_dir)
+    # Several hosts: process 0 writes the metrics log and talks to W&B; the others train silently.
+    writer = parallel.is_writer()
+    metrics_log = open(run_dir / "metrics.jsonl" if writer else os.devnull, "a")
+    logger = loggers.make_logger(config, run_dir) if writer else loggers.Logger()
 
     def save(which, step):
         meta.update(step=step, compile_seconds=prior_compile + steps.compile_seconds,
