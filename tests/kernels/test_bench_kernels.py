@@ -1,0 +1,27 @@
+"""lra.bench_kernels: rows for every implementation, with the FLOP accounting of the visited blocks."""
+import json
+
+from lra import bench_kernels
+
+
+def test_rows_and_block_fraction(tmp_path, capsys):
+    out = tmp_path / "k.jsonl"
+    rc = bench_kernels.main(["--lengths", "64", "--impls", "xla_dense", "pallas_flash", "pallas_local", "xla_local",
+                             "--heads", "1", "--head-dim", "16", "--block", "16", "--window", "4", "--warmup", "0",
+                             "--steps", "1", "--repeats", "1", "--out", str(out)])
+    assert rc == 0
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["impl"] for r in rows] == ["xla_dense", "pallas_flash", "pallas_local", "xla_local"]
+    assert all(r["status"] == "ok" and r["fwd_ms"] > 0 and r["fwd_bwd_ms"] > 0 for r in rows), rows
+    by = {r["impl"]: r for r in rows}
+    assert by["pallas_flash"]["block_fraction"] == 1.0 and by["pallas_flash"]["pallas_backend"] == "interpret"
+    # Local(4) with blocks of 16 over 4 blocks: the diagonal and its two neighbours, 10 of 16 blocks.
+    assert by["pallas_local"]["block_fraction"] == 10 / 16
+    assert by["pallas_local"]["flops_fwd"] == 4 * 64 * 64 * 16 * 10 / 16
+    assert "pallas_local" in capsys.readouterr().out
+
+
+def test_unsupported_impl_gets_an_error_row():
+    row = bench_kernels.measure("nope", 64, "float32", batch=1, heads=1, head_dim=16, window=4, block=16, warmup=0,
+                                steps=1, repeats=1)
+    assert row["status"] == "error" and "unknown impl" in row["error"]
