@@ -140,7 +140,13 @@ def random_bits(rng, shape) -> jax.Array:
     for axis in reversed(range(len(shape))):
         index = index + jax.lax.broadcasted_iota(jnp.uint32, shape, axis) * jnp.uint32(stride)
         stride *= shape[axis]
-    x = (index * jnp.uint32(0x9E3779B9) + seed[0]) ^ seed[1]
+    return hash_bits(index, seed[0], seed[1])
+
+
+def hash_bits(index, s0, s1):
+    """uint32 bits of element ``index`` (uint32) for seed words (s0, s1): lowbias32(index * 0x9E3779B9 + s0 ^ s1).
+    Shared by ``random_bits`` and the Pallas kernels' in-kernel dropout, which must draw the same bits."""
+    x = (index * jnp.uint32(0x9E3779B9) + s0) ^ s1
     x = x ^ (x >> 16)
     x = x * jnp.uint32(0x7FEB352D)
     x = x ^ (x >> 15)

@@ -33,6 +33,7 @@ import numpy as np
 from jax import lax
 from jax.experimental import pallas as pl
 
+from kernels import hash_bits
 from kernels import masks as masks_lib
 
 NEG = -1e30  # "minus infinity" that keeps exp() and max() finite for rows with nothing allowed yet
@@ -147,13 +148,7 @@ def _keep(seed_ref, b, h, q0, k0, block_q, block_k, num_heads, q_len, kv_len, th
     j = lax.broadcasted_iota(jnp.uint32, (block_q, block_k), 1) + k0.astype(jnp.uint32)
     row = (b * num_heads + h).astype(jnp.uint32)
     index = (row * jnp.uint32(q_len) + i) * jnp.uint32(kv_len) + j
-    x = (index * jnp.uint32(0x9E3779B9) + seed_ref[0]) ^ seed_ref[1]
-    x = x ^ (x >> 16)
-    x = x * jnp.uint32(0x7FEB352D)
-    x = x ^ (x >> 15)
-    x = x * jnp.uint32(0x846CA68B)
-    x = x ^ (x >> 16)
-    return x >= jnp.uint32(threshold)
+    return hash_bits(index, seed_ref[0], seed_ref[1]) >= jnp.uint32(threshold)
 
 
 def _dot(a, b, contract_a: int, contract_b: int):

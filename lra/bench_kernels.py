@@ -25,22 +25,14 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import platform
 import statistics
 import sys
 import time
 from pathlib import Path
 
+from lra.results import device_description
+
 IMPLS = ("xla_dense", "sdpa_xla", "sdpa_cudnn", "pallas_flash", "pallas_local", "xla_local")
-
-
-def _device_name() -> str:
-    import jax
-
-    d = jax.devices()[0]
-    if d.platform == "cpu":
-        return f"cpu ({platform.processor() or platform.machine()}, {__import__('os').cpu_count()} cores)"
-    return d.device_kind
 
 
 def _fn(impl: str, window: int, block: int):
@@ -107,7 +99,7 @@ def measure(impl: str, length: int, dtype: str, *, batch: int, heads: int, head_
 
     row = {"impl": impl, "length": length, "dtype": dtype, "batch": batch, "heads": heads, "head_dim": head_dim,
            "window": window if "local" in impl else None, "block": block if impl.startswith(("pallas", "xla_local"))
-           else None, "device": _device_name(), "jax": jax.__version__,
+           else None, "device": device_description(), "jax": jax.__version__,
            "pallas_backend": flash.backend() if impl.startswith("pallas") else None}
     try:
         dt = jnp.dtype(dtype)
@@ -145,7 +137,7 @@ def matmul_rate(dtype: str, n: int) -> dict:
     f = jax.jit(lambda a: a @ a).lower(a).compile()
     sec = _time(f, (a,), 2, 5, 3)
     return {"impl": "matmul", "dtype": dtype, "n": n, "ms": 1e3 * sec, "tflops": 2 * n**3 / sec / 1e12,
-            "device": _device_name(), "jax": jax.__version__, "status": "ok"}
+            "device": device_description(), "jax": jax.__version__, "status": "ok"}
 
 
 def main(argv=None) -> int:

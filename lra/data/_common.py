@@ -219,7 +219,8 @@ def tokens_from_padded_bytes(raw: np.ndarray, lengths: np.ndarray) -> np.ndarray
 
 def prepare_main(argv, *, task: str, title: str, archive: str, fetch_and_prepare, report) -> int:
     """The ``python -m lra.data.<task> prepare`` command shared by the archive-based tasks (text, image):
-    ``fetch_and_prepare(data_dir, manual_dir=, timeout=, verify=, via=)`` does the work, ``report(out, manifest)``
+    ``fetch_and_prepare(data_dir, manual_dir=, timeout=, verify=)`` does the work (``--via tfds``:
+    ``lra.data.tfds_prep.prepare`` instead), ``report(out, manifest)``
     prints what was prepared."""
     import argparse
     import logging
@@ -241,8 +242,13 @@ def prepare_main(argv, *, task: str, title: str, archive: str, fetch_and_prepare
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
-        out = fetch_and_prepare(default_data_dir(a.data_dir), manual_dir=a.manual_dir, timeout=a.timeout,
-                                verify=not a.no_verify, via=a.via)
+        data_dir = default_data_dir(a.data_dir)
+        if a.via == "tfds":
+            from . import tfds_prep
+
+            out = tfds_prep.prepare(task, data_dir, manual_dir=a.manual_dir, verify=not a.no_verify)
+        else:
+            out = fetch_and_prepare(data_dir, manual_dir=a.manual_dir, timeout=a.timeout, verify=not a.no_verify)
     except (FileNotFoundError, ValueError, ConnectionError, ImportError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

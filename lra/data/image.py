@@ -190,15 +190,9 @@ def _manual_hint(data_dir) -> str:
             f"and run:\n    python -m lra.data.image prepare --manual-dir DIR --data-dir {data_dir}")
 
 
-def fetch_and_prepare(data_dir, *, manual_dir=None, timeout: float = 60.0, verify: bool = True,
-                      via: str = "archive") -> Path:
+def fetch_and_prepare(data_dir, *, manual_dir=None, timeout: float = 60.0, verify: bool = True) -> Path:
     """The CLI's work: take the archive from ``manual_dir`` (or a previous download in
-    ``<data_dir>/image/source/``, or download it), then prepare ``<data_dir>/image/``. ``via="tfds"`` builds
-    tfds's ``cifar10`` instead and exports it (``lra.data.tfds_prep``)."""
-    if via == "tfds":
-        from . import tfds_prep
-
-        return tfds_prep.prepare(TASK, data_dir, manual_dir=manual_dir, verify=verify)
+    ``<data_dir>/image/source/``, or download it), then prepare ``<data_dir>/image/``."""
     out = C.task_dir(data_dir, TASK)
     if manual_dir is not None:
         archive = C.find_archive(manual_dir, ARCHIVE)
