@@ -33,7 +33,7 @@ import numpy as np
 from jax import lax
 from jax.experimental import pallas as pl
 
-from kernels import hash_bits
+from kernels import _pallas, hash_bits
 from kernels import masks as masks_lib
 
 NEG = -1e30  # "minus infinity" that keeps exp() and max() finite for rows with nothing allowed yet
@@ -354,8 +354,8 @@ def _forward(q, k, v, valid, seed, st: _Static):
     out_specs = [pl.BlockSpec((None, None, bq, d), lambda b, h, i: (b, h, i, 0)),
                  pl.BlockSpec((None, None, bq), lambda b, h, i: (b, h, i))]
     out_shape = [jax.ShapeDtypeStruct(q.shape, q.dtype), jax.ShapeDtypeStruct((b, h, length), jnp.float32)]
-    call = pl.pallas_call(kernel, grid=grid, in_specs=in_specs, out_specs=out_specs, out_shape=out_shape,
-                          interpret=st.interpret, compiler_params=compiler_params(st.interpret), name="flash_fwd")
+    call = _pallas.call(kernel, grid=grid, in_specs=in_specs, out_specs=out_specs, out_shape=out_shape,
+                        interpret=st.interpret, compiler_params=compiler_params(st.interpret), name="flash_fwd")
     return call(q, k, v, valid, *_meta_arrays(plan, "q"), seed)
 
 
@@ -368,7 +368,7 @@ def _backward(q, k, v, out, lse, do, valid, seed, st: _Static):
     tile_q = pl.BlockSpec((None, None, bq, d), lambda b, h, i: (b, h, i, 0))
     row_q = pl.BlockSpec((None, None, bq), lambda b, h, i: (b, h, i))
     valid_spec = pl.BlockSpec((None, length), lambda b, h, i: (b, 0))
-    dq = pl.pallas_call(
+    dq = _pallas.call(
         functools.partial(_dq_kernel, **kw), grid=(b, h, length // bq),
         in_specs=[tile_q, _full((length, d)), _full((length, d)), tile_q, row_q, row_q, valid_spec,
                   *_meta_specs(plan, "q")],
@@ -376,7 +376,7 @@ def _backward(q, k, v, out, lse, do, valid, seed, st: _Static):
         compiler_params=compiler_params(st.interpret), name="flash_dq",
     )(q, k, v, do, lse, delta, valid, *_meta_arrays(plan, "q"), seed)
     tile_k = pl.BlockSpec((None, None, bk, d), lambda b, h, j: (b, h, j, 0))
-    dk, dv = pl.pallas_call(
+    dk, dv = _pallas.call(
         functools.partial(_dkdv_kernel, **kw), grid=(b, h, length // bk),
         in_specs=[_full((length, d)), tile_k, tile_k, _full((length, d)), _full((length,)), _full((length,)),
                   valid_spec, *_meta_specs(plan, "k")],

@@ -36,6 +36,8 @@ import jax.numpy as jnp
 from jax import lax
 from jax.experimental import pallas as pl
 
+from kernels import _pallas
+
 __all__ = ["linear_attention_pallas"]
 
 _HIGHEST = (lax.Precision.HIGHEST, lax.Precision.HIGHEST)
@@ -137,7 +139,7 @@ def _key_state(fk, v, chunk, interpret):
     bh, lk, f = fk.shape
     dv = v.shape[-1]
     kernel = functools.partial(_key_state_kernel, chunk=chunk, n_chunks=lk // chunk)
-    return pl.pallas_call(
+    return _pallas.call(
         kernel, out_shape=(_f32(bh, f, dv), _f32(bh, 1, f)), grid=(bh,),
         in_specs=[_per_head((lk, f)), _per_head((lk, dv))],
         out_specs=(_per_head((f, dv)), _per_head((1, f))),
@@ -147,7 +149,7 @@ def _key_state(fk, v, chunk, interpret):
 def _readout(fq, s, z, chunk, interpret):
     bh, lq, f = fq.shape
     dv = s.shape[-1]
-    return pl.pallas_call(
+    return _pallas.call(
         _readout_kernel, out_shape=_f32(bh, lq, dv), grid=(bh, lq // chunk),
         in_specs=[_per_chunk(chunk, f), _per_head((f, dv)), _per_head((1, f))],
         out_specs=_per_chunk(chunk, dv),
@@ -158,7 +160,7 @@ def _query_grads(fq, g, s, z, chunk, interpret):
     bh, lq, f = fq.shape
     dv = s.shape[-1]
     kernel = functools.partial(_query_grad_kernel, chunk=chunk, n_chunks=lq // chunk)
-    return pl.pallas_call(
+    return _pallas.call(
         kernel, out_shape=(_f32(bh, lq, f), _f32(bh, f, dv), _f32(bh, 1, f)), grid=(bh,),
         in_specs=[_per_head((lq, f)), _per_head((lq, dv)), _per_head((f, dv)), _per_head((1, f))],
         out_specs=(_per_head((lq, f)), _per_head((f, dv)), _per_head((1, f))),
@@ -168,7 +170,7 @@ def _query_grads(fq, g, s, z, chunk, interpret):
 def _key_grads(fk, v, ds, dz, chunk, interpret):
     bh, lk, f = fk.shape
     dv = v.shape[-1]
-    return pl.pallas_call(
+    return _pallas.call(
         _key_grad_kernel, out_shape=(_f32(bh, lk, f), _f32(bh, lk, dv)), grid=(bh, lk // chunk),
         in_specs=[_per_chunk(chunk, f), _per_chunk(chunk, dv), _per_head((f, dv)), _per_head((1, f))],
         out_specs=(_per_chunk(chunk, f), _per_chunk(chunk, dv)),
