@@ -19,13 +19,15 @@ Lengths that are not a multiple of the block are padded in the wrapper (padded k
 queries are dropped); head dims are padded to a multiple of 16 with zeros, which changes no dot product.
 On CPU the kernels run with ``interpret=True`` (compiled by XLA, not a Python loop); on GPU they lower through
 Pallas's Triton backend (``backend()`` says which ran): scalar loops over the plan, dot products of [block, D]
-tiles. Mosaic GPU (the newer backend) needs a different kernel structure (warpgroups, TMA) and is not written.
+tiles. ``kernels.flash_mgpu`` is the forward for Mosaic GPU (the newer backend: TMA copies, WGMMA), selected
+with ``pallas_backend="mosaic_gpu"`` or $LRA_PALLAS_GPU_BACKEND; the backward then stays on these kernels.
 """
 from __future__ import annotations
 
 import dataclasses
 import functools
 import math
+import os
 
 import jax
 import jax.numpy as jnp
@@ -294,14 +296,16 @@ class _Static:
     kv_len: int
     has_valid: bool
     interpret: bool
+    forward: str = "triton"  # which kernel runs the forward: "triton" (this module's) or "mosaic_gpu"
+
+    def _key(self):
+        return (self.scale, self.rate, self.q_len, self.kv_len, self.has_valid, self.interpret, self.forward)
 
     def __hash__(self):
-        return id(self.plan) ^ hash((self.scale, self.rate, self.q_len, self.kv_len, self.has_valid, self.interpret))
+        return id(self.plan) ^ hash(self._key())
 
     def __eq__(self, other):
-        return isinstance(other, _Static) and self.plan is other.plan and (
-            self.scale, self.rate, self.q_len, self.kv_len, self.has_valid, self.interpret) == (
-            other.scale, other.rate, other.q_len, other.kv_len, other.has_valid, other.interpret)
+        return isinstance(other, _Static) and self.plan is other.plan and self._key() == other._key()
 
 
 def _common_kwargs(st: _Static, num_heads: int):
@@ -344,6 +348,11 @@ def _meta_arrays(plan: Plan, major: str):
 
 def _forward(q, k, v, valid, seed, st: _Static):
     """q/k/v [B, H, L, D] (padded), valid int32 [B, L], seed uint32 [2] -> (out [B, H, L, D], lse f32 [B, H, L])."""
+    if st.forward == "mosaic_gpu":
+        from kernels import flash_mgpu
+
+        return flash_mgpu.forward(q, k, v, valid, st.plan, scale=st.scale, has_valid=st.has_valid,
+                                  interpret=st.interpret)
     b, h, length, d = q.shape
     plan = st.plan
     bq = plan.block_q
@@ -408,11 +417,29 @@ _flash.defvjp(_flash_fwd, _flash_bwd)
 # --------------------------------------------------------------------------- public entry point
 
 
-def backend(interpret: bool | None = None) -> str:
-    """Which Pallas backend the kernels use here: "interpret" (CPU) or "triton" (GPU)."""
+GPU_BACKENDS = ("triton", "mosaic_gpu")
+
+
+def gpu_backend(name: str | None = None) -> str:
+    """The forward kernel's GPU backend: ``name``, else $LRA_PALLAS_GPU_BACKEND, else "triton". With
+    "mosaic_gpu" the forward is ``kernels.flash_mgpu`` (bf16/f16, blocks 64 or 128, no dropout) and the
+    backward stays on this module's Triton kernels."""
+    name = name or os.environ.get("LRA_PALLAS_GPU_BACKEND") or "triton"
+    if name not in GPU_BACKENDS:
+        raise ValueError(f"Pallas GPU backend must be one of {GPU_BACKENDS}, got {name!r} "
+                         "(argument pallas_backend or $LRA_PALLAS_GPU_BACKEND)")
+    return name
+
+
+def backend(interpret: bool | None = None, pallas_backend: str | None = None) -> str:
+    """Which Pallas backend the kernels use here: "interpret" (CPU), "triton" (GPU), or with the Mosaic GPU
+    forward "mosaic_gpu+triton" (its interpreted form on CPU: "interpret:mosaic_gpu+triton")."""
     if interpret is None:
         interpret = jax.default_backend() == "cpu"
-    return "interpret" if interpret else "triton"
+    name = "mosaic_gpu+triton" if gpu_backend(pallas_backend) == "mosaic_gpu" else "triton"
+    if interpret:
+        return "interpret" if name == "triton" else "interpret:" + name
+    return name
 
 
 def compiler_params(interpret: bool, num_warps: int = 4, num_stages: int = 2):
@@ -432,13 +459,15 @@ def default_block(length: int) -> int:
 
 def flash_attention(q, k, v, *, mask: masks_lib.Mask | None = None, kv_valid=None, scale: float | None = None,
                     block_q: int | None = None, block_k: int | None = None, dropout_rate: float = 0.0,
-                    dropout_rng=None, interpret: bool | None = None):
+                    dropout_rng=None, interpret: bool | None = None, pallas_backend: str | None = None):
     """Softmax attention with the Pallas kernels: dense (``mask`` None or Full) or block-sparse (any other
     ``kernels.masks.Mask``; a Strided mask is first permuted so each stride class is contiguous, and its
     dropout bits then index the permuted order).
 
     q, k, v [B, L, H, D] with the same L; kv_valid bool [B, L]; returns [B, L, H, D] in q's dtype. Equals
     ``kernels.attention(..., impl="xla")`` with the same arguments. ``interpret`` defaults to True on CPU.
+    ``pallas_backend`` ("triton" or "mosaic_gpu", default $LRA_PALLAS_GPU_BACKEND or "triton") picks the
+    forward kernel (see ``gpu_backend``); in interpret mode the Mosaic GPU one runs in Pallas's GPU interpreter.
     """
     b, length, h, d = q.shape
     if k.shape[1] != length or v.shape[1] != length:
@@ -448,7 +477,7 @@ def flash_attention(q, k, v, *, mask: masks_lib.Mask | None = None, kv_valid=Non
                          "impl='xla' for array masks")
     if isinstance(mask, masks_lib.Strided):
         return _strided(q, k, v, mask.stride, kv_valid=kv_valid, scale=scale, dropout_rate=dropout_rate,
-                        dropout_rng=dropout_rng, interpret=interpret)
+                        dropout_rng=dropout_rng, interpret=interpret, pallas_backend=pallas_backend)
     if interpret is None:
         interpret = jax.default_backend() == "cpu"
     scale = 1.0 / math.sqrt(d) if scale is None else float(scale)
@@ -460,6 +489,13 @@ def flash_attention(q, k, v, *, mask: masks_lib.Mask | None = None, kv_valid=Non
     for name, blk in (("block_q", bq), ("block_k", bk)):
         if blk < 1 or blk & (blk - 1):
             raise ValueError(f"{name} must be a power of two, got {blk}")
+    forward = gpu_backend(pallas_backend)
+    if forward == "mosaic_gpu":
+        from kernels import flash_mgpu
+
+        reason = flash_mgpu.supported(q.dtype, bq, bk, rate)
+        if reason:
+            raise ValueError(f"{reason}; pass pallas_backend='triton' (or unset $LRA_PALLAS_GPU_BACKEND)")
     padded = -(-length // math.lcm(bq, bk)) * math.lcm(bq, bk)
     plan = mask_plan(mask, length, padded, bq, bk)
     has_valid = kv_valid is not None or padded != length
@@ -472,12 +508,12 @@ def flash_attention(q, k, v, *, mask: masks_lib.Mask | None = None, kv_valid=Non
         x = jnp.transpose(x, (0, 2, 1, 3))
         return jnp.pad(x, ((0, 0), (0, 0), (0, padded - length), (0, dp - d)))
 
-    st = _Static(plan, scale, rate, length, length, has_valid, bool(interpret))
+    st = _Static(plan, scale, rate, length, length, has_valid, bool(interpret), forward)
     out = _flash(prep(q), prep(k), prep(v), valid, seed, st)
     return jnp.transpose(out[:, :, :length, :d], (0, 2, 1, 3))
 
 
-def _strided(q, k, v, stride, *, kv_valid, scale, dropout_rate, dropout_rng, interpret):
+def _strided(q, k, v, stride, *, kv_valid, scale, dropout_rate, dropout_rng, interpret, pallas_backend):
     from kernels.block_sparse import strided_permutation
 
     length = q.shape[1]
@@ -486,9 +522,9 @@ def _strided(q, k, v, stride, *, kv_valid, scale, dropout_rate, dropout_rng, int
     valid = None if kv_valid is None else jnp.asarray(kv_valid)[:, perm]
     out = flash_attention(q[:, perm], k[:, perm], v[:, perm], mask=masks_lib.BlockLocal(length // stride),
                           kv_valid=valid, scale=scale, dropout_rate=dropout_rate, dropout_rng=dropout_rng,
-                          interpret=interpret)
+                          interpret=interpret, pallas_backend=pallas_backend)
     return out[:, inverse]
 
 
-__all__ = ["Plan", "plan_from_layout", "mask_plan", "flash_attention", "default_block", "backend",
-           "compiler_params"]
+__all__ = ["Plan", "plan_from_layout", "mask_plan", "flash_attention", "default_block", "backend", "gpu_backend",
+           "GPU_BACKENDS", "compiler_params"]

@@ -2,12 +2,14 @@
 
     python -m lra.bench_kernels [--lengths 1024 4096] [--dtypes float32 bfloat16] [--impls ...] [--out FILE]
 
-Implementations (``--impls``; those that do not apply to the backend are skipped):
+Implementations (``--impls``; those that do not apply to the backend or dtype are skipped):
   xla_dense      ``kernels.attention(impl="xla")``: dense softmax attention in plain XLA
   sdpa_xla       ``jax.nn.dot_product_attention(implementation="xla")``
   sdpa_cudnn     ``jax.nn.dot_product_attention(implementation="cudnn")`` (GPU only)
   pallas_flash   ``kernels.flash.flash_attention``, dense (every block FULL)
   pallas_local   the same kernel with ``masks.Local(window)``: empty blocks skipped (block-sparse)
+  mgpu_flash     ``pallas_flash`` with the Mosaic GPU forward (``kernels.flash_mgpu``; bf16/f16 only)
+  mgpu_local     ``pallas_local`` with the Mosaic GPU forward
   xla_local      the XLA path of the sparse variants (``kernels.block_sparse``: gathered key blocks)
 
 Each (implementation, length, dtype) is compiled once for the forward and once for the forward+backward (the
@@ -32,7 +34,8 @@ from pathlib import Path
 
 from lra.results import device_description
 
-IMPLS = ("xla_dense", "sdpa_xla", "sdpa_cudnn", "pallas_flash", "pallas_local", "xla_local")
+IMPLS = ("xla_dense", "sdpa_xla", "sdpa_cudnn", "pallas_flash", "pallas_local", "xla_local", "mgpu_flash",
+         "mgpu_local")
 
 
 def _fn(impl: str, window: int, block: int):
@@ -51,6 +54,12 @@ def _fn(impl: str, window: int, block: int):
         return lambda q, k, v: flash.flash_attention(q, k, v, block_q=block, block_k=block)
     if impl == "pallas_local":
         return lambda q, k, v: flash.flash_attention(q, k, v, mask=masks.Local(window), block_q=block, block_k=block)
+    if impl == "mgpu_flash":
+        return lambda q, k, v: flash.flash_attention(q, k, v, block_q=block, block_k=block,
+                                                     pallas_backend="mosaic_gpu")
+    if impl == "mgpu_local":
+        return lambda q, k, v: flash.flash_attention(q, k, v, mask=masks.Local(window), block_q=block, block_k=block,
+                                                     pallas_backend="mosaic_gpu")
     if impl == "xla_local":
         return lambda q, k, v: block_sparse.block_sparse_attention(q, k, v, masks.Local(window), block=block)
     raise ValueError(f"unknown impl {impl!r}; valid: {', '.join(IMPLS)}")
@@ -58,7 +67,7 @@ def _fn(impl: str, window: int, block: int):
 
 def _fraction(impl: str, length: int, window: int, block: int) -> float:
     """Fraction of the L x L blocks the implementation computes."""
-    if impl not in ("pallas_local", "xla_local"):
+    if impl not in ("pallas_local", "xla_local", "mgpu_local"):
         return 1.0
     from kernels import flash, masks
 
@@ -98,9 +107,11 @@ def measure(impl: str, length: int, dtype: str, *, batch: int, heads: int, head_
     from kernels import flash
 
     row = {"impl": impl, "length": length, "dtype": dtype, "batch": batch, "heads": heads, "head_dim": head_dim,
-           "window": window if "local" in impl else None, "block": block if impl.startswith(("pallas", "xla_local"))
-           else None, "device": device_description(), "jax": jax.__version__,
-           "pallas_backend": flash.backend() if impl.startswith("pallas") else None}
+           "window": window if "local" in impl else None,
+           "block": block if impl.startswith(("pallas", "mgpu", "xla_local")) else None,
+           "device": device_description(), "jax": jax.__version__,
+           "pallas_backend": flash.backend() if impl.startswith("pallas") else
+           flash.backend(pallas_backend="mosaic_gpu") if impl.startswith("mgpu") else None}
     try:
         dt = jnp.dtype(dtype)
         keys = jax.random.split(jax.random.PRNGKey(0), 4)
@@ -164,7 +175,8 @@ def main(argv=None) -> int:
     import jax
 
     gpu = jax.default_backend() == "gpu"
-    impls = [i for i in a.impls if gpu or i != "sdpa_cudnn"]
+    # cuDNN and the Mosaic GPU forward need a GPU (the latter's CPU form is a simulator, not worth timing).
+    impls = [i for i in a.impls if gpu or not i.startswith(("sdpa_cudnn", "mgpu"))]
     rows = []
     out = Path(a.out) if a.out else None
     if out:
@@ -181,6 +193,8 @@ def main(argv=None) -> int:
             emit(matmul_rate(dtype, a.matmul))
         for length in a.lengths:
             for impl in impls:
+                if impl.startswith("mgpu") and dtype not in ("bfloat16", "float16"):
+                    continue  # WGMMA operands are 16-bit
                 row = measure(impl, length, dtype, batch=a.batch, heads=a.heads, head_dim=a.head_dim,
                               window=a.window, block=a.block, warmup=a.warmup, steps=a.steps, repeats=a.repeats)
                 emit(row)

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# GPU check of the Pallas kernels, one go, under 8 minutes on one H100/H200 (JAX 0.11, Pallas Triton backend):
+# GPU check of the Pallas kernels, one go, under 8 minutes on one H100/H200 (JAX 0.11; Pallas's Triton backend,
+# and Mosaic GPU for the forward of kernels/flash_mgpu.py):
 #   1. the kernel tests compiled for the GPU (interpret mode is off on a GPU backend): flash / block-sparse
-#      attention, chunked linear attention, and impl=pallas against impl=xla in every variant that has it;
+#      attention, chunked linear attention, and impl=pallas against impl=xla in every variant that has it; then
+#      the Mosaic GPU forward's tests (a separate step: it has never been compiled for a GPU before);
 #   2. timings of forward and forward+backward, bf16 and float32, lengths 1K-16K, head dim 64: our Pallas
 #      flash and block-sparse Local against jax.nn.dot_product_attention (XLA and cuDNN), our dense XLA path and
 #      the XLA block-sparse path of the sparse variants; plus the card's bf16/f32 matmul rate, so TFLOP/s can be
@@ -20,13 +22,16 @@ CARD=${CARD:-gpu}
 
 echo "== kernel tests on the GPU (Triton, not interpret)"
 # Full-precision float32 in the XLA references (TF32 would fail the float32 tolerances).
-JAX_DEFAULT_MATMUL_PRECISION=highest timeout 200 $PY -m pytest -q -p no:cacheprovider -m "not slow" \
+JAX_DEFAULT_MATMUL_PRECISION=highest timeout 180 $PY -m pytest -q -p no:cacheprovider -m "not slow" \
   tests/kernels/test_flash.py tests/kernels/test_linear_pallas.py tests/models/attention/test_pallas_variants.py \
   2>&1 | tail -20 | tee "$OUT/kernel_tests.txt"
+echo "== Mosaic GPU forward tests"
+timeout 90 $PY -m pytest -q -p no:cacheprovider -m "slow or not slow" tests/kernels/test_flash_mgpu.py \
+  2>&1 | tail -30 | tee "$OUT/kernel_tests_mgpu.txt"
 
 echo "== timings"
 BENCH="$PY -m lra.bench_kernels --batch 1 --heads 8 --head-dim 64 --window 128 --block 128 --warmup 2 --steps 5 \
   --repeats 3 --out $OUT/results/bench_gpu_$CARD.jsonl"
 timeout 150 $BENCH --dtypes bfloat16 --lengths 1024 4096 16384 --matmul 8192
-timeout 90 $BENCH --dtypes float32 --lengths 1024 4096 --matmul 4096 --impls xla_dense sdpa_xla pallas_flash pallas_local
+timeout 60 $BENCH --dtypes float32 --lengths 1024 4096 --matmul 4096 --impls xla_dense sdpa_xla pallas_flash pallas_local
 echo "rows: $(wc -l < "$OUT/results/bench_gpu_$CARD.jsonl") in $OUT/results/bench_gpu_$CARD.jsonl"

@@ -25,3 +25,20 @@ def test_unsupported_impl_gets_an_error_row():
     row = bench_kernels.measure("nope", 64, "float32", batch=1, heads=1, head_dim=16, window=4, block=16, warmup=0,
                                 steps=1, repeats=1)
     assert row["status"] == "error" and "unknown impl" in row["error"]
+
+
+def test_mosaic_gpu_rows_only_on_a_gpu_and_in_16_bit(tmp_path):
+    out = tmp_path / "b.jsonl"
+    assert bench_kernels.main(["--lengths", "64", "--impls", "xla_dense", "mgpu_flash", "mgpu_local", "--dtypes",
+                               "float32", "bfloat16", "--warmup", "0", "--steps", "1", "--repeats", "1",
+                               "--out", str(out)]) == 0
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["impl"] for r in rows] == ["xla_dense", "xla_dense"]  # CPU: the Mosaic GPU forward is not timed
+
+
+def test_mosaic_gpu_impl_runs_where_forced():
+    # On CPU the Mosaic GPU forward runs in the GPU interpreter when asked for directly; the row names it.
+    row = bench_kernels.measure("mgpu_local", 256, "bfloat16", batch=1, heads=1, head_dim=64, window=16, block=64,
+                                warmup=0, steps=1, repeats=1)
+    assert row["status"] == "ok", row.get("error")
+    assert row["pallas_backend"] == "interpret:mosaic_gpu+triton" and row["block_fraction"] == 10 / 16
