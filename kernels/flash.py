@@ -19,8 +19,8 @@ Lengths that are not a multiple of the block are padded in the wrapper (padded k
 queries are dropped); head dims are padded to a multiple of 16 with zeros, which changes no dot product.
 On CPU the kernels run with ``interpret=True`` (compiled by XLA, not a Python loop); on GPU they lower through
 Pallas's Triton backend (``backend()`` says which ran): scalar loops over the plan, dot products of [block, D]
-tiles. ``kernels.flash_mgpu`` is the forward for Mosaic GPU (the newer backend: TMA copies, WGMMA), selected
-with ``pallas_backend="mosaic_gpu"`` or $LRA_PALLAS_GPU_BACKEND; the backward then stays on these kernels.
+tiles. ``kernels.flash_mgpu`` has the same forward and backward for Mosaic GPU (the newer backend: TMA copies,
+WGMMA), selected with ``pallas_backend="mosaic_gpu"`` or $LRA_PALLAS_GPU_BACKEND.
 """
 from __future__ import annotations
 
@@ -296,7 +296,7 @@ class _Static:
     kv_len: int
     has_valid: bool
     interpret: bool
-    forward: str = "triton"  # which kernel runs the forward: "triton" (this module's) or "mosaic_gpu"
+    forward: str = "triton"  # which kernels run: "triton" (this module's) or "mosaic_gpu" (kernels.flash_mgpu)
 
     def _key(self):
         return (self.scale, self.rate, self.q_len, self.kv_len, self.has_valid, self.interpret, self.forward)
@@ -369,6 +369,11 @@ def _forward(q, k, v, valid, seed, st: _Static):
 
 
 def _backward(q, k, v, out, lse, do, valid, seed, st: _Static):
+    if st.forward == "mosaic_gpu":
+        from kernels import flash_mgpu
+
+        return flash_mgpu.backward(q, k, v, out, lse, do, valid, st.plan, scale=st.scale, has_valid=st.has_valid,
+                                   interpret=st.interpret)
     b, h, length, d = q.shape
     plan = st.plan
     bq, bk = plan.block_q, plan.block_k
@@ -421,9 +426,8 @@ GPU_BACKENDS = ("triton", "mosaic_gpu")
 
 
 def gpu_backend(name: str | None = None) -> str:
-    """The forward kernel's GPU backend: ``name``, else $LRA_PALLAS_GPU_BACKEND, else "triton". With
-    "mosaic_gpu" the forward is ``kernels.flash_mgpu`` (bf16/f16, blocks 64 or 128, no dropout) and the
-    backward stays on this module's Triton kernels."""
+    """The kernels' GPU backend: ``name``, else $LRA_PALLAS_GPU_BACKEND, else "triton" (this module's kernels).
+    "mosaic_gpu" runs ``kernels.flash_mgpu``'s forward and backward (bf16/f16, blocks 64 or 128, no dropout)."""
     name = name or os.environ.get("LRA_PALLAS_GPU_BACKEND") or "triton"
     if name not in GPU_BACKENDS:
         raise ValueError(f"Pallas GPU backend must be one of {GPU_BACKENDS}, got {name!r} "
@@ -432,11 +436,11 @@ def gpu_backend(name: str | None = None) -> str:
 
 
 def backend(interpret: bool | None = None, pallas_backend: str | None = None) -> str:
-    """Which Pallas backend the kernels use here: "interpret" (CPU), "triton" (GPU), or with the Mosaic GPU
-    forward "mosaic_gpu+triton" (its interpreted form on CPU: "interpret:mosaic_gpu+triton")."""
+    """Which Pallas backend the kernels use here: "interpret" (CPU), "triton" (GPU), "mosaic_gpu" (GPU, the
+    kernels of ``kernels.flash_mgpu``) or "interpret:mosaic_gpu" (those in Pallas's GPU interpreter on CPU)."""
     if interpret is None:
         interpret = jax.default_backend() == "cpu"
-    name = "mosaic_gpu+triton" if gpu_backend(pallas_backend) == "mosaic_gpu" else "triton"
+    name = gpu_backend(pallas_backend)
     if interpret:
         return "interpret" if name == "triton" else "interpret:" + name
     return name
@@ -467,7 +471,7 @@ def flash_attention(q, k, v, *, mask: masks_lib.Mask | None = None, kv_valid=Non
     q, k, v [B, L, H, D] with the same L; kv_valid bool [B, L]; returns [B, L, H, D] in q's dtype. Equals
     ``kernels.attention(..., impl="xla")`` with the same arguments. ``interpret`` defaults to True on CPU.
     ``pallas_backend`` ("triton" or "mosaic_gpu", default $LRA_PALLAS_GPU_BACKEND or "triton") picks the
-    forward kernel (see ``gpu_backend``); in interpret mode the Mosaic GPU one runs in Pallas's GPU interpreter.
+    kernels (see ``gpu_backend``); in interpret mode the Mosaic GPU ones run in Pallas's GPU interpreter.
     """
     b, length, h, d = q.shape
     if k.shape[1] != length or v.shape[1] != length:

@@ -1,19 +1,28 @@
-"""Forward pass of the flash / block-sparse kernel for Pallas's Mosaic GPU backend (Hopper: TMA + WGMMA).
+"""The flash / block-sparse kernels for Pallas's Mosaic GPU backend (Hopper: TMA + WGMMA), forward and backward.
 
 ``kernels.flash`` writes its kernels for Pallas's Triton backend, which JAX is deprecating in favour of Mosaic
-GPU. This module is the same forward pass for Mosaic GPU: one program per (query block, batch x head), one
-warpgroup; the query tile is copied to shared memory once, then for each key block the plan lists (the same
-``flash.Plan``: EMPTY blocks skipped) K^T and V tiles are copied by TMA into a double buffer (the next block is
-in flight while this one is computed), S = Q K^T and O += P V run on the tensor cores (``plgpu.wgmma``) with
-float32 accumulators, and the online softmax (running maximum, running sum, rescaled accumulator) runs in
-registers. PARTIAL blocks add a bias tile (0 allowed, -1e30 not) copied alongside K and V; key padding adds a
-bias row. It returns the output and the log-sum-exp, so ``flash``'s backward kernels (Triton) complete the VJP.
+GPU. This module runs the same plans (``flash.Plan``: EMPTY blocks skipped, FULL blocks unmasked, PARTIAL blocks
+masked) on Mosaic GPU, one warpgroup per program:
+
+* forward, one program per (query block, batch x head): the query tile is copied to shared memory once, then
+  for each visited key block K^T and V tiles are copied by TMA into a double buffer (the next block is in flight
+  while this one is computed), S = Q K^T and O += P V run on the tensor cores (``plgpu.wgmma``) with float32
+  accumulators, the online softmax (running maximum, running sum, rescaled accumulator) in registers; it
+  stores the output and the log-sum-exp.
+* dQ, one program per query block, over the same q-major plan: S = Q K^T, P = exp(S - lse), dP = dO V^T,
+  dQ += (P (dP - delta)) K.
+* dK/dV, one program per key block, over the k-major plan, in the transposed orientation (S^T = K Q^T) so
+  that every product reads natural layouts: dV += P^T dO, dK += dS^T Q.
+PARTIAL blocks add a bfloat16 bias tile (0 allowed, -1e30 not; transposed for dK/dV) copied with the tiles;
+key padding adds a bias row. Selected with ``flash_attention(..., pallas_backend="mosaic_gpu")`` or
+$LRA_PALLAS_GPU_BACKEND=mosaic_gpu.
 
 Limits, checked by ``supported``: bfloat16 or float16 inputs (WGMMA's operand types), block sizes 64 or 128,
-no attention dropout. K is passed transposed ([D, L] per head) so both products read their B operand in its
-natural layout, and P goes through shared memory, the form Pallas's GPU interpret mode runs on CPU (where the
-tests run it). Written without a GPU: on a Hopper card it has not been compiled yet (``scripts/gpu_check.sh``
-runs it there); the CPU tests check it in ``InterpretGPUParams`` mode against the XLA reference.
+no attention dropout. Operands that a product needs transposed (K^T, V^T, Q^T, dO^T) are passed transposed
+from XLA, and P and dS go through shared memory: the form Pallas's GPU interpret mode runs on CPU, where the
+tests run these kernels (``InterpretGPUParams``) against the XLA reference. The backward streams single
+buffered tiles (it keeps more of them in shared memory). Written without a GPU: on a Hopper card they have
+not been compiled yet (``scripts/gpu_check.sh`` runs their tests and timings there).
 """
 from __future__ import annotations
 
@@ -61,6 +70,15 @@ def _load(ref, layout, interpret: bool):
     return ref[...] if interpret else plgpu.load(ref, (), layout=layout)
 
 
+def _mma(a_smem, b_smem, shape):
+    """a @ b of two shared-memory tiles on the tensor cores, float32 result in registers."""
+    def run(acc):
+        plgpu.wgmma(acc, a_smem, b_smem)
+        return acc[...]
+
+    return pl.run_scoped(run, plgpu.ACC(shape, jnp.float32))
+
+
 def _kernel(q_gmem, kt_gmem, v_gmem, kbias_gmem, bias_gmem, kidx_gmem, kcnt_gmem, o_gmem, lse_gmem, *,
             scale, block_q, block_k, head_dim, num_heads, has_kbias, has_bias, interpret):
     i = lax.axis_index("q")
@@ -101,18 +119,14 @@ def _kernel(q_gmem, kt_gmem, v_gmem, kbias_gmem, bias_gmem, kidx_gmem, kcnt_gmem
 
             plgpu.barrier_wait(k_bar.at[slot])
 
-            def qk(ref):
-                plgpu.wgmma(ref, q_smem, kt_smem.at[slot])
-                return ref[...]
-
-            s = pl.run_scoped(qk, plgpu.ACC((block_q, block_k), jnp.float32)) * scale
+            s = _mma(q_smem, kt_smem.at[slot], (block_q, block_k)) * scale
             if has_kbias:
                 plgpu.barrier_wait(kbias_bar.at[slot])
                 row = _load(kbias_smem.at[slot], plgpu.Layout.WGMMA.reduce(0), interpret)
                 s = s + lax.broadcast_in_dim(row, s.shape, [1])
             if has_bias:
                 plgpu.barrier_wait(bias_bar.at[slot])
-                s = s + _load(bias_smem.at[slot], plgpu.Layout.WGMMA, interpret)
+                s = s + _load(bias_smem.at[slot], plgpu.Layout.WGMMA, interpret).astype(jnp.float32)
             allowed = s > NEG / 2
             m_new = jnp.maximum(m, s.max(axis=1))
             alpha = jnp.exp(m - m_new)
@@ -122,12 +136,8 @@ def _kernel(q_gmem, kt_gmem, v_gmem, kbias_gmem, bias_gmem, kidx_gmem, kcnt_gmem
             plgpu.commit_smem()
             plgpu.barrier_wait(v_bar.at[slot])
 
-            def pv(ref):
-                plgpu.wgmma(ref, p_smem, v_smem.at[slot])
-                return ref[...]
-
-            acc = acc * lax.broadcast_in_dim(alpha, acc.shape, [0]) + pl.run_scoped(
-                pv, plgpu.ACC((block_q, head_dim), jnp.float32))
+            acc = acc * lax.broadcast_in_dim(alpha, acc.shape, [0]) + _mma(p_smem, v_smem.at[slot],
+                                                                           (block_q, head_dim))
             return acc, m_new, denom
 
         rows = plgpu.Layout.WGMMA.reduce(1)
@@ -154,36 +164,191 @@ def _kernel(q_gmem, kt_gmem, v_gmem, kbias_gmem, bias_gmem, kidx_gmem, kcnt_gmem
         plgpu.SMEM((block_q, head_dim), dtype, transforms=tiles),
         plgpu.SMEM((block_q,), jnp.float32),
         plgpu.SMEM((2, block_k), jnp.float32),
-        plgpu.SMEM((2, block_q, block_k), jnp.float32),
+        plgpu.SMEM((2, block_q, block_k), jnp.bfloat16, transforms=tiles),
         plgpu.Barrier(),
         *[plgpu.Barrier(num_barriers=2) for _ in range(4)],  # K, V, key bias, block bias: one per buffer
     )
 
 
-def plan_bias(plan) -> np.ndarray | None:
-    """float32 [nq, S, block_q, block_k]: 0 where a visited pair is allowed, -1e30 where a PARTIAL block masks
-    it; None when the plan has no PARTIAL block."""
+def _copy(src, dst, bar):
+    plgpu.copy_gmem_to_smem(src, dst, bar)
+
+
+def _dq_kernel(q_gmem, do_gmem, lse_gmem, delta_gmem, kt_gmem, vt_gmem, k_gmem, kbias_gmem, bias_gmem, kidx_gmem,
+               kcnt_gmem, dq_gmem, *, scale, block_q, block_k, head_dim, num_heads, has_kbias, has_bias,
+               interpret):
+    """dQ of one query block: over its visited key blocks, S = Q K^T, P = exp(S - lse), dP = dO V^T,
+    dS = P (dP - delta), dQ += dS K."""
+    i = lax.axis_index("q")
+    bh = lax.axis_index("bh")
+    b = lax.div(bh, jnp.int32(num_heads))
+    dtype = q_gmem.dtype
+    tiles = (plgpu.TilingTransform((8, 64)), plgpu.SwizzleTransform(128))
+    rows = plgpu.Layout.WGMMA.reduce(1)
+
+    def scoped(q_smem, do_smem, lse_smem, delta_smem, kt_smem, vt_smem, k_smem, kbias_smem, bias_smem, ds_smem,
+               dq_smem, bars):
+        qs = pl.ds(i * block_q, block_q)
+        for n, (src, dst) in enumerate([(q_gmem.at[bh, qs], q_smem), (do_gmem.at[bh, qs], do_smem),
+                                        (lse_gmem.at[bh, qs], lse_smem), (delta_gmem.at[bh, qs], delta_smem)]):
+            _copy(src, dst, bars.at[n])
+        for n in range(4):
+            plgpu.barrier_wait(bars.at[n])
+        lse = _load(lse_smem, rows, interpret)
+        delta = _load(delta_smem, rows, interpret)
+
+        def step(n, dq):
+            ks = pl.ds(kidx_gmem[i, n] * block_k, block_k)
+            copies = [(kt_gmem.at[bh, :, ks], kt_smem), (vt_gmem.at[bh, :, ks], vt_smem), (k_gmem.at[bh, ks], k_smem)]
+            if has_kbias:
+                copies.append((kbias_gmem.at[b, ks], kbias_smem))
+            if has_bias:
+                copies.append((bias_gmem.at[i, n], bias_smem))
+            for c, (src, dst) in enumerate(copies):
+                _copy(src, dst, bars.at[4 + c])
+            for c in range(len(copies)):
+                plgpu.barrier_wait(bars.at[4 + c])
+            s = _mma(q_smem, kt_smem, (block_q, block_k)) * scale
+            if has_kbias:
+                s = s + lax.broadcast_in_dim(_load(kbias_smem, plgpu.Layout.WGMMA.reduce(0), interpret), s.shape, [1])
+            if has_bias:
+                s = s + _load(bias_smem, plgpu.Layout.WGMMA, interpret).astype(jnp.float32)
+            p = jnp.where(s > NEG / 2, jnp.exp(s - lax.broadcast_in_dim(lse, s.shape, [0])), 0.0)
+            dp = _mma(do_smem, vt_smem, (block_q, block_k))
+            ds_smem[...] = (p * (dp - lax.broadcast_in_dim(delta, s.shape, [0]))).astype(dtype)
+            plgpu.commit_smem()
+            return dq + _mma(ds_smem, k_smem, (block_q, head_dim))
+
+        init = _layout(jnp.zeros((block_q, head_dim), jnp.float32), plgpu.Layout.WGMMA, interpret)
+        dq = lax.fori_loop(0, kcnt_gmem[i], step, init)
+        dq_smem[...] = (dq * scale).astype(dtype)
+        plgpu.commit_smem()
+        plgpu.copy_smem_to_gmem(dq_smem, dq_gmem.at[bh, qs])
+        plgpu.wait_smem_to_gmem(0)
+
+    tile = functools.partial(plgpu.SMEM, transforms=tiles)
+    pl.run_scoped(
+        scoped, tile((block_q, head_dim), dtype), tile((block_q, head_dim), dtype),
+        plgpu.SMEM((block_q,), jnp.float32), plgpu.SMEM((block_q,), jnp.float32),
+        tile((head_dim, block_k), dtype), tile((head_dim, block_k), dtype), tile((block_k, head_dim), dtype),
+        plgpu.SMEM((block_k,), jnp.float32), tile((block_q, block_k), dtype), tile((block_q, block_k), dtype),
+        tile((block_q, head_dim), dtype), plgpu.Barrier(num_barriers=9),
+    )
+
+
+def _dkdv_kernel(k_gmem, v_gmem, kbias_gmem, qt_gmem, dot_gmem, q_gmem, do_gmem, lse_gmem, delta_gmem, bias_gmem,
+                 qidx_gmem, qcnt_gmem, dk_gmem, dv_gmem, *, scale, block_q, block_k, head_dim, num_heads,
+                 has_kbias, has_bias, interpret):
+    """dK and dV of one key block, in the transposed orientation so every product reads natural layouts: over
+    its visited query blocks, S^T = K Q^T, P^T = exp(S^T - lse), dP^T = V dO^T, dS^T = P^T (dP^T - delta),
+    dV += P^T dO, dK += dS^T Q."""
+    j = lax.axis_index("k")
+    bh = lax.axis_index("bh")
+    b = lax.div(bh, jnp.int32(num_heads))
+    dtype = k_gmem.dtype
+    tiles = (plgpu.TilingTransform((8, 64)), plgpu.SwizzleTransform(128))
+    cols = plgpu.Layout.WGMMA.reduce(0)
+    shape = (block_k, block_q)
+
+    def scoped(k_smem, v_smem, kbias_smem, qt_smem, dot_smem, q_smem, do_smem, lse_smem, delta_smem, bias_smem,
+               pt_smem, dst_smem, out_smem, bars):
+        ks = pl.ds(j * block_k, block_k)
+        resident = [(k_gmem.at[bh, ks], k_smem), (v_gmem.at[bh, ks], v_smem)]
+        if has_kbias:
+            resident.append((kbias_gmem.at[b, ks], kbias_smem))
+        for c, (src, dst) in enumerate(resident):
+            _copy(src, dst, bars.at[c])
+        for c in range(len(resident)):
+            plgpu.barrier_wait(bars.at[c])
+        if has_kbias:
+            key_bias = lax.broadcast_in_dim(_load(kbias_smem, plgpu.Layout.WGMMA.reduce(1), interpret), shape, [0])
+
+        def step(n, carry):
+            dk, dv = carry
+            qs = pl.ds(qidx_gmem[j, n] * block_q, block_q)
+            copies = [(qt_gmem.at[bh, :, qs], qt_smem), (dot_gmem.at[bh, :, qs], dot_smem), (q_gmem.at[bh, qs], q_smem),
+                      (do_gmem.at[bh, qs], do_smem), (lse_gmem.at[bh, qs], lse_smem),
+                      (delta_gmem.at[bh, qs], delta_smem)]
+            if has_bias:
+                copies.append((bias_gmem.at[j, n], bias_smem))
+            for c, (src, dst) in enumerate(copies):
+                _copy(src, dst, bars.at[3 + c])
+            for c in range(len(copies)):
+                plgpu.barrier_wait(bars.at[3 + c])
+            st = _mma(k_smem, qt_smem, shape) * scale
+            if has_kbias:
+                st = st + key_bias
+            if has_bias:
+                st = st + _load(bias_smem, plgpu.Layout.WGMMA, interpret).astype(jnp.float32)
+            lse = lax.broadcast_in_dim(_load(lse_smem, cols, interpret), shape, [1])
+            delta = lax.broadcast_in_dim(_load(delta_smem, cols, interpret), shape, [1])
+            pt = jnp.where(st > NEG / 2, jnp.exp(st - lse), 0.0)
+            dpt = _mma(v_smem, dot_smem, shape)
+            pt_smem[...] = pt.astype(dtype)
+            dst_smem[...] = (pt * (dpt - delta)).astype(dtype)
+            plgpu.commit_smem()
+            dv = dv + _mma(pt_smem, do_smem, (block_k, head_dim))
+            dk = dk + _mma(dst_smem, q_smem, (block_k, head_dim))
+            return dk, dv
+
+        zeros = _layout(jnp.zeros((block_k, head_dim), jnp.float32), plgpu.Layout.WGMMA, interpret)
+        dk, dv = lax.fori_loop(0, qcnt_gmem[j], step, (zeros, zeros))
+        for value, dst in ((dk * scale, dk_gmem), (dv, dv_gmem)):
+            out_smem[...] = value.astype(dtype)
+            plgpu.commit_smem()
+            plgpu.copy_smem_to_gmem(out_smem, dst.at[bh, ks])
+            plgpu.wait_smem_to_gmem(0)
+
+    tile = functools.partial(plgpu.SMEM, transforms=tiles)
+    pl.run_scoped(
+        scoped, tile((block_k, head_dim), dtype), tile((block_k, head_dim), dtype), plgpu.SMEM((block_k,), jnp.float32),
+        tile((head_dim, block_q), dtype), tile((head_dim, block_q), dtype), tile((block_q, head_dim), dtype),
+        tile((block_q, head_dim), dtype), plgpu.SMEM((block_q,), jnp.float32), plgpu.SMEM((block_q,), jnp.float32),
+        tile(shape, dtype), tile(shape, dtype), tile(shape, dtype), tile((block_k, head_dim), dtype),
+        plgpu.Barrier(num_barriers=10),
+    )
+
+
+def plan_bias(plan, major: str = "q") -> np.ndarray | None:
+    """Bias tiles of the PARTIAL blocks: 0 where a visited pair is allowed, -1e30 where the block's element mask
+    forbids it (bfloat16 holds that; float16 would not). major "q": [nq, S, block_q, block_k] in the q-major
+    slot order of the forward and dQ; "k": [nk, T, block_k, block_q], transposed, in the k-major order of dK/dV.
+    None when the plan has no PARTIAL block."""
     if plan.emask is None:
         return None
-    partial = plan.kpart[:, :, None, None] != 0
-    return np.where(partial & (plan.emask == 0), NEG, 0.0).astype(np.float32)
+    if major == "q":
+        partial, emask = plan.kpart[:, :, None, None] != 0, plan.emask
+    else:
+        partial, emask = plan.qpart[:, :, None, None] != 0, np.swapaxes(plan.emask_k, 2, 3)
+    return np.where(partial & (emask == 0), NEG, 0.0).astype(np.float32)
+
+
+def _prep(q, valid):
+    b, h, length, d = q.shape
+    dp = -(-d // 64) * 64  # shared-memory tiles are swizzled in rows of 64 two-byte elements
+
+    def flat(x):
+        return jnp.pad(x, ((0, 0), (0, 0), (0, 0), (0, dp - d))).reshape(b * h, length, dp)
+
+    kbias = jnp.where(valid != 0, 0.0, NEG).astype(jnp.float32)
+    return dp, flat, kbias
+
+
+def _bias_array(plan, major):
+    bias = plan_bias(plan, major)
+    if bias is None:
+        return jnp.zeros((1, 1, 64, 64), jnp.bfloat16)
+    return jnp.asarray(bias, jnp.bfloat16)
 
 
 def forward(q, k, v, valid, plan, *, scale: float, has_valid: bool, interpret: bool):
     """q/k/v [B, H, L, D] (L a multiple of the blocks), valid int32 [B, L] -> (out [B, H, L, D] in q's dtype,
     lse float32 [B, H, L]), as ``flash._forward`` without dropout."""
     b, h, length, d = q.shape
-    dp = -(-d // 64) * 64  # shared-memory tiles are swizzled in rows of 64 two-byte elements
-    pad = ((0, 0), (0, 0), (0, 0), (0, dp - d))
-    q3 = jnp.pad(q, pad).reshape(b * h, length, dp)
-    kt = jnp.swapaxes(jnp.pad(k, pad).reshape(b * h, length, dp), 1, 2)
-    v3 = jnp.pad(v, pad).reshape(b * h, length, dp)
-    kbias = jnp.where(valid != 0, 0.0, NEG).astype(jnp.float32)
-    bias = plan_bias(plan)
-    bias_arr = jnp.asarray(bias) if bias is not None else jnp.zeros((1, 1, plan.block_q, plan.block_k), jnp.float32)
+    dp, flat, kbias = _prep(q, valid)
     kernel = functools.partial(
         _kernel, scale=scale, block_q=plan.block_q, block_k=plan.block_k, head_dim=dp, num_heads=h,
-        has_kbias=has_valid, has_bias=bias is not None, interpret=interpret)
+        has_kbias=has_valid, has_bias=plan.emask is not None, interpret=interpret)
     call = plgpu.kernel(
         kernel,
         out_type=[jax.ShapeDtypeStruct((b * h, length, dp), q.dtype),
@@ -191,8 +356,32 @@ def forward(q, k, v, valid, plan, *, scale: float, has_valid: bool, interpret: b
         grid=(length // plan.block_q, b * h), grid_names=("q", "bh"),
         interpret=interpret_params() if interpret else None,
     )
-    out, lse = call(q3, kt, v3, kbias, bias_arr, jnp.asarray(plan.kidx), jnp.asarray(plan.kcnt))
+    out, lse = call(flat(q), jnp.swapaxes(flat(k), 1, 2), flat(v), kbias, _bias_array(plan, "q"),
+                    jnp.asarray(plan.kidx), jnp.asarray(plan.kcnt))
     return out.reshape(b, h, length, dp)[..., :d], lse.reshape(b, h, length)
 
 
-__all__ = ["forward", "supported", "plan_bias", "interpret_params", "DTYPES", "BLOCKS"]
+def backward(q, k, v, out, lse, do, valid, plan, *, scale: float, has_valid: bool, interpret: bool):
+    """(dq, dk, dv) [B, H, L, D] of ``forward``'s output for the cotangent ``do``, as ``flash._backward``."""
+    b, h, length, d = q.shape
+    dp, flat, kbias = _prep(q, valid)
+    delta = jnp.einsum("bhld,bhld->bhl", do.astype(jnp.float32), out.astype(jnp.float32)).reshape(b * h, length)
+    lse = lse.reshape(b * h, length)
+    qf, kf, vf, dof = flat(q), flat(k), flat(v), flat(do)
+    t = functools.partial(jnp.swapaxes, axis1=1, axis2=2)
+    kw = dict(scale=scale, block_q=plan.block_q, block_k=plan.block_k, head_dim=dp, num_heads=h,
+              has_kbias=has_valid, has_bias=plan.emask is not None, interpret=interpret)
+    params = interpret_params() if interpret else None
+    tile = jax.ShapeDtypeStruct((b * h, length, dp), q.dtype)
+    dq = plgpu.kernel(functools.partial(_dq_kernel, **kw), out_type=tile, grid=(length // plan.block_q, b * h),
+                      grid_names=("q", "bh"), interpret=params)(
+        qf, dof, lse, delta, t(kf), t(vf), kf, kbias, _bias_array(plan, "q"), jnp.asarray(plan.kidx),
+        jnp.asarray(plan.kcnt))
+    dk, dv = plgpu.kernel(functools.partial(_dkdv_kernel, **kw), out_type=[tile, tile],
+                          grid=(length // plan.block_k, b * h), grid_names=("k", "bh"), interpret=params)(
+        kf, vf, kbias, t(qf), t(dof), qf, dof, lse, delta, _bias_array(plan, "k"), jnp.asarray(plan.qidx),
+        jnp.asarray(plan.qcnt))
+    return tuple(x.reshape(b, h, length, dp)[..., :d] for x in (dq, dk, dv))
+
+
+__all__ = ["forward", "backward", "supported", "plan_bias", "interpret_params", "DTYPES", "BLOCKS"]

@@ -8,8 +8,8 @@ Implementations (``--impls``; those that do not apply to the backend or dtype ar
   sdpa_cudnn     ``jax.nn.dot_product_attention(implementation="cudnn")`` (GPU only)
   pallas_flash   ``kernels.flash.flash_attention``, dense (every block FULL)
   pallas_local   the same kernel with ``masks.Local(window)``: empty blocks skipped (block-sparse)
-  mgpu_flash     ``pallas_flash`` with the Mosaic GPU forward (``kernels.flash_mgpu``; bf16/f16 only)
-  mgpu_local     ``pallas_local`` with the Mosaic GPU forward
+  mgpu_flash     ``pallas_flash`` on the Mosaic GPU kernels (``kernels.flash_mgpu``; bf16/f16 only)
+  mgpu_local     ``pallas_local`` on the Mosaic GPU kernels
   xla_local      the XLA path of the sparse variants (``kernels.block_sparse``: gathered key blocks)
 
 Each (implementation, length, dtype) is compiled once for the forward and once for the forward+backward (the
@@ -175,7 +175,7 @@ def main(argv=None) -> int:
     import jax
 
     gpu = jax.default_backend() == "gpu"
-    # cuDNN and the Mosaic GPU forward need a GPU (the latter's CPU form is a simulator, not worth timing).
+    # cuDNN and the Mosaic GPU kernels need a GPU (the latter's CPU form is a simulator, not worth timing).
     impls = [i for i in a.impls if gpu or not i.startswith(("sdpa_cudnn", "mgpu"))]
     rows = []
     out = Path(a.out) if a.out else None

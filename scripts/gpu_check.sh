@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # GPU check of the Pallas kernels, one go, under 8 minutes on one H100/H200 (JAX 0.11; Pallas's Triton backend,
-# and Mosaic GPU for the forward of kernels/flash_mgpu.py):
+# and Mosaic GPU for kernels/flash_mgpu.py):
 #   1. the kernel tests compiled for the GPU (interpret mode is off on a GPU backend): flash / block-sparse
 #      attention, chunked linear attention, and impl=pallas against impl=xla in every variant that has it; then
-#      the Mosaic GPU forward's tests (a separate step: it has never been compiled for a GPU before);
+#      the Mosaic GPU kernels' tests (a separate step: they have never been compiled for a GPU before);
 #   2. timings of forward and forward+backward, bf16 and float32, lengths 1K-16K, head dim 64: our Pallas
 #      flash and block-sparse Local against jax.nn.dot_product_attention (XLA and cuDNN), our dense XLA path and
 #      the XLA block-sparse path of the sparse variants; plus the card's bf16/f32 matmul rate, so TFLOP/s can be
@@ -25,7 +25,7 @@ echo "== kernel tests on the GPU (Triton, not interpret)"
 JAX_DEFAULT_MATMUL_PRECISION=highest timeout 180 $PY -m pytest -q -p no:cacheprovider -m "not slow" \
   tests/kernels/test_flash.py tests/kernels/test_linear_pallas.py tests/models/attention/test_pallas_variants.py \
   2>&1 | tail -20 | tee "$OUT/kernel_tests.txt"
-echo "== Mosaic GPU forward tests"
+echo "== Mosaic GPU kernel tests"
 timeout 90 $PY -m pytest -q -p no:cacheprovider -m "slow or not slow" tests/kernels/test_flash_mgpu.py \
   2>&1 | tail -30 | tee "$OUT/kernel_tests_mgpu.txt"
 

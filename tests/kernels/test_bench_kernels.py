@@ -33,12 +33,12 @@ def test_mosaic_gpu_rows_only_on_a_gpu_and_in_16_bit(tmp_path):
                                "float32", "bfloat16", "--warmup", "0", "--steps", "1", "--repeats", "1",
                                "--out", str(out)]) == 0
     rows = [json.loads(line) for line in out.read_text().splitlines()]
-    assert [r["impl"] for r in rows] == ["xla_dense", "xla_dense"]  # CPU: the Mosaic GPU forward is not timed
+    assert [r["impl"] for r in rows] == ["xla_dense", "xla_dense"]  # CPU: the Mosaic GPU kernels are not timed
 
 
 def test_mosaic_gpu_impl_runs_where_forced():
-    # On CPU the Mosaic GPU forward runs in the GPU interpreter when asked for directly; the row names it.
+    # On CPU the Mosaic GPU kernels run in the GPU interpreter when asked for directly; the row names it.
     row = bench_kernels.measure("mgpu_local", 256, "bfloat16", batch=1, heads=1, head_dim=64, window=16, block=64,
                                 warmup=0, steps=1, repeats=1)
     assert row["status"] == "ok", row.get("error")
-    assert row["pallas_backend"] == "interpret:mosaic_gpu+triton" and row["block_fraction"] == 10 / 16
+    assert row["pallas_backend"] == "interpret:mosaic_gpu" and row["block_fraction"] == 10 / 16

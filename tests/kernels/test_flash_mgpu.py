@@ -1,9 +1,8 @@
-"""The Mosaic GPU forward (kernels/flash_mgpu.py) in Pallas's GPU interpret mode on CPU, against the XLA path.
+"""The Mosaic GPU kernels (kernels/flash_mgpu.py) in Pallas's GPU interpret mode on CPU, against the XLA path.
 
-The kernel is written for Hopper (TMA copies into shared memory, WGMMA products, barriers); the interpreter
-simulates those on CPU, so its plan walk, double buffering, masking and online softmax are checked here. The
-backward is flash.py's (Triton-form) kernels fed with this forward's log-sum-exp: gradients are checked too.
-bfloat16 only (WGMMA's operand type), at the bfloat16 tolerance of test_flash.
+The kernels are written for Hopper (TMA copies into shared memory, WGMMA products, barriers); the interpreter
+simulates those on CPU, so their plan walks, double buffering, masking, online softmax and the three gradients
+are checked here. bfloat16 only (WGMMA's operand type), at the bfloat16 tolerance of test_flash.
 """
 import jax
 import jax.numpy as jnp
@@ -66,9 +65,21 @@ def test_forward_matches_reference_more_masks(case):
     _check_forward(*case)
 
 
-def test_gradients_through_the_mosaic_forward():
-    q, k, v, valid = _inputs(96, 32, True)
-    mask = masks.Local(16)
+# Causal band: not symmetric, so the dK/dV kernel's transposed bias tiles differ from the forward's.
+_BAND = masks.Explicit(np.tril(np.ones((160, 160), bool)) & ~np.tril(np.ones((160, 160), bool), -70))
+GRAD_CASES = [  # (length, head dim, mask, key padding)
+    (96, 32, masks.Local(16), True),
+    (160, 64, _BAND, True),                                   # PARTIAL blocks, asymmetric
+]
+SLOW_GRAD_CASES = [
+    (128, 64, None, True),
+    (128, 64, masks.Global(4) | masks.Local(10), False),
+    (192, 64, masks.BigBird(64, 1, 0), True),
+]
+
+
+def _check_gradients(length, d, mask, pad):
+    q, k, v, valid = _inputs(length, d, pad)
     w = jnp.asarray(np.random.default_rng(1).standard_normal(q.shape), jnp.float32)
 
     def loss(fn):
@@ -77,8 +88,20 @@ def test_gradients_through_the_mosaic_forward():
     ours = jax.grad(loss(lambda q, k, v: flash.flash_attention(
         q, k, v, mask=mask, kv_valid=valid, block_q=64, block_k=64, pallas_backend="mosaic_gpu")), (0, 1, 2))(q, k, v)
     ref = jax.grad(loss(lambda q, k, v: _reference(q, k, v, mask, valid)), (0, 1, 2))(q, k, v)
-    for a, b in zip(ours, ref, strict=True):
-        np.testing.assert_allclose(np.asarray(a, np.float32), np.asarray(b, np.float32), **BF16)
+    for name, a, b in zip("qkv", ours, ref, strict=True):
+        assert a.dtype == jnp.bfloat16, name
+        np.testing.assert_allclose(np.asarray(a, np.float32), np.asarray(b, np.float32), **BF16, err_msg=f"d{name}")
+
+
+@pytest.mark.parametrize("case", GRAD_CASES, ids=lambda c: f"L{c[0]}-d{c[1]}-{type(c[2]).__name__}-pad{c[3]}")
+def test_gradients_of_the_mosaic_kernels(case):
+    _check_gradients(*case)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", SLOW_GRAD_CASES, ids=lambda c: f"L{c[0]}-d{c[1]}-{type(c[2]).__name__}-pad{c[3]}")
+def test_gradients_of_the_mosaic_kernels_more_masks(case):
+    _check_gradients(*case)
 
 
 def test_unsupported_calls_say_what_to_do(monkeypatch):
@@ -98,9 +121,9 @@ def test_backend_names(monkeypatch):
     monkeypatch.delenv("LRA_PALLAS_GPU_BACKEND", raising=False)
     assert flash.backend(interpret=False) == "triton"
     assert flash.backend(interpret=True) == "interpret"
-    assert flash.backend(interpret=False, pallas_backend="mosaic_gpu") == "mosaic_gpu+triton"
+    assert flash.backend(interpret=False, pallas_backend="mosaic_gpu") == "mosaic_gpu"
     monkeypatch.setenv("LRA_PALLAS_GPU_BACKEND", "mosaic_gpu")
-    assert flash.backend(interpret=True) == "interpret:mosaic_gpu+triton"
+    assert flash.backend(interpret=True) == "interpret:mosaic_gpu"
 
 
 def test_plan_bias_marks_exactly_the_masked_pairs_of_partial_blocks():
@@ -112,4 +135,11 @@ def test_plan_bias_marks_exactly_the_masked_pairs_of_partial_blocks():
             j = plan.kidx[i, n]
             want = np.where(dense[i * 16:(i + 1) * 16, j * 16:(j + 1) * 16], 0.0, flash_mgpu.NEG).astype(np.float32)
             np.testing.assert_array_equal(bias[i, n], want)
+    # The k-major tiles of dK/dV are the same pairs, transposed.
+    bias_k = flash_mgpu.plan_bias(plan, "k")
+    for j in range(plan.qidx.shape[0]):
+        for n in range(plan.qcnt[j]):
+            i = plan.qidx[j, n]
+            want = np.where(dense[i * 16:(i + 1) * 16, j * 16:(j + 1) * 16].T, 0.0, flash_mgpu.NEG)
+            np.testing.assert_array_equal(bias_k[j, n], want.astype(np.float32))
     assert flash_mgpu.plan_bias(flash.mask_plan(None, 32, 32, 16, 16)) is None
