@@ -170,8 +170,13 @@ def _kernel(q_gmem, kt_gmem, v_gmem, kbias_gmem, bias_gmem, kidx_gmem, kcnt_gmem
     )
 
 
-def _copy(src, dst, bar):
-    plgpu.copy_gmem_to_smem(src, dst, bar)
+def _fetch(copies, bars, first: int = 0):
+    """Copy each (gmem view, smem ref) pair by TMA, each on its own barrier (bars[first], bars[first + 1], ...),
+    then wait for all of them."""
+    for c, (src, dst) in enumerate(copies):
+        plgpu.copy_gmem_to_smem(src, dst, bars.at[first + c])
+    for c in range(len(copies)):
+        plgpu.barrier_wait(bars.at[first + c])
 
 
 def _dq_kernel(q_gmem, do_gmem, lse_gmem, delta_gmem, kt_gmem, vt_gmem, k_gmem, kbias_gmem, bias_gmem, kidx_gmem,
@@ -189,11 +194,8 @@ def _dq_kernel(q_gmem, do_gmem, lse_gmem, delta_gmem, kt_gmem, vt_gmem, k_gmem, 
     def scoped(q_smem, do_smem, lse_smem, delta_smem, kt_smem, vt_smem, k_smem, kbias_smem, bias_smem, ds_smem,
                dq_smem, bars):
         qs = pl.ds(i * block_q, block_q)
-        for n, (src, dst) in enumerate([(q_gmem.at[bh, qs], q_smem), (do_gmem.at[bh, qs], do_smem),
-                                        (lse_gmem.at[bh, qs], lse_smem), (delta_gmem.at[bh, qs], delta_smem)]):
-            _copy(src, dst, bars.at[n])
-        for n in range(4):
-            plgpu.barrier_wait(bars.at[n])
+        _fetch([(q_gmem.at[bh, qs], q_smem), (do_gmem.at[bh, qs], do_smem), (lse_gmem.at[bh, qs], lse_smem),
+                (delta_gmem.at[bh, qs], delta_smem)], bars)
         lse = _load(lse_smem, rows, interpret)
         delta = _load(delta_smem, rows, interpret)
 
@@ -204,10 +206,7 @@ def _dq_kernel(q_gmem, do_gmem, lse_gmem, delta_gmem, kt_gmem, vt_gmem, k_gmem, 
                 copies.append((kbias_gmem.at[b, ks], kbias_smem))
             if has_bias:
                 copies.append((bias_gmem.at[i, n], bias_smem))
-            for c, (src, dst) in enumerate(copies):
-                _copy(src, dst, bars.at[4 + c])
-            for c in range(len(copies)):
-                plgpu.barrier_wait(bars.at[4 + c])
+            _fetch(copies, bars, 4)
             s = _mma(q_smem, kt_smem, (block_q, block_k)) * scale
             if has_kbias:
                 s = s + lax.broadcast_in_dim(_load(kbias_smem, plgpu.Layout.WGMMA.reduce(0), interpret), s.shape, [1])
@@ -256,10 +255,7 @@ def _dkdv_kernel(k_gmem, v_gmem, kbias_gmem, qt_gmem, dot_gmem, q_gmem, do_gmem,
         resident = [(k_gmem.at[bh, ks], k_smem), (v_gmem.at[bh, ks], v_smem)]
         if has_kbias:
             resident.append((kbias_gmem.at[b, ks], kbias_smem))
-        for c, (src, dst) in enumerate(resident):
-            _copy(src, dst, bars.at[c])
-        for c in range(len(resident)):
-            plgpu.barrier_wait(bars.at[c])
+        _fetch(resident, bars)
         if has_kbias:
             key_bias = lax.broadcast_in_dim(_load(kbias_smem, plgpu.Layout.WGMMA.reduce(1), interpret), shape, [0])
 
@@ -271,10 +267,7 @@ def _dkdv_kernel(k_gmem, v_gmem, kbias_gmem, qt_gmem, dot_gmem, q_gmem, do_gmem,
                       (delta_gmem.at[bh, qs], delta_smem)]
             if has_bias:
                 copies.append((bias_gmem.at[j, n], bias_smem))
-            for c, (src, dst) in enumerate(copies):
-                _copy(src, dst, bars.at[3 + c])
-            for c in range(len(copies)):
-                plgpu.barrier_wait(bars.at[3 + c])
+            _fetch(copies, bars, 3)
             st = _mma(k_smem, qt_smem, shape) * scale
             if has_kbias:
                 st = st + key_bias

@@ -36,14 +36,23 @@ CASES = [  # (length, head dim, mask, key padding, blocks)
     (100, 32, masks.Local(20), True, 64),                     # length and head dim padded inside
     (192, 64, masks.Global(4) | masks.Local(10), True, 64),   # FULL, PARTIAL and EMPTY blocks
 ]
-SLOW = [
+SLOW_CASES = [
     (256, 64, masks.BigBird(64, 1, 0), False, 128),
     (256, 128, masks.BlockLocal(64), True, 64),
     (200, 64, masks.Strided(8), True, 64),
 ]
 
 
-def _check_forward(length, d, mask, pad, block):
+def _params(fast, slow):
+    """Fast cases run in make test, the others with -m slow."""
+    cases = list(fast) + [pytest.param(c, marks=pytest.mark.slow) for c in slow]
+    ids = [f"L{c[0]}-d{c[1]}-{type(c[2]).__name__}-pad{c[3]}" for c in [*fast, *slow]]
+    return pytest.mark.parametrize("case", cases, ids=ids)
+
+
+@_params(CASES, SLOW_CASES)
+def test_forward_matches_reference(case):
+    length, d, mask, pad, block = case
     q, k, v, valid = _inputs(length, d, pad)
     out = flash.flash_attention(q, k, v, mask=mask, kv_valid=valid, block_q=block, block_k=block,
                                 pallas_backend="mosaic_gpu")
@@ -54,31 +63,22 @@ def _check_forward(length, d, mask, pad, block):
         assert not np.asarray(out[1], np.float32).any()
 
 
-@pytest.mark.parametrize("case", CASES, ids=lambda c: f"L{c[0]}-d{c[1]}-{type(c[2]).__name__}-pad{c[3]}")
-def test_forward_matches_reference(case):
-    _check_forward(*case)
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("case", SLOW, ids=lambda c: f"L{c[0]}-d{c[1]}-{type(c[2]).__name__}-pad{c[3]}")
-def test_forward_matches_reference_more_masks(case):
-    _check_forward(*case)
-
-
 # Causal band: not symmetric, so the dK/dV kernel's transposed bias tiles differ from the forward's.
 _BAND = masks.Explicit(np.tril(np.ones((160, 160), bool)) & ~np.tril(np.ones((160, 160), bool), -70))
 GRAD_CASES = [  # (length, head dim, mask, key padding)
     (96, 32, masks.Local(16), True),
     (160, 64, _BAND, True),                                   # PARTIAL blocks, asymmetric
 ]
-SLOW_GRAD_CASES = [
+SLOW_GRAD = [
     (128, 64, None, True),
     (128, 64, masks.Global(4) | masks.Local(10), False),
     (192, 64, masks.BigBird(64, 1, 0), True),
 ]
 
 
-def _check_gradients(length, d, mask, pad):
+@_params(GRAD_CASES, SLOW_GRAD)
+def test_gradients_of_the_mosaic_kernels(case):
+    length, d, mask, pad = case
     q, k, v, valid = _inputs(length, d, pad)
     w = jnp.asarray(np.random.default_rng(1).standard_normal(q.shape), jnp.float32)
 
@@ -91,17 +91,6 @@ def _check_gradients(length, d, mask, pad):
     for name, a, b in zip("qkv", ours, ref, strict=True):
         assert a.dtype == jnp.bfloat16, name
         np.testing.assert_allclose(np.asarray(a, np.float32), np.asarray(b, np.float32), **BF16, err_msg=f"d{name}")
-
-
-@pytest.mark.parametrize("case", GRAD_CASES, ids=lambda c: f"L{c[0]}-d{c[1]}-{type(c[2]).__name__}-pad{c[3]}")
-def test_gradients_of_the_mosaic_kernels(case):
-    _check_gradients(*case)
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("case", SLOW_GRAD_CASES, ids=lambda c: f"L{c[0]}-d{c[1]}-{type(c[2]).__name__}-pad{c[3]}")
-def test_gradients_of_the_mosaic_kernels_more_masks(case):
-    _check_gradients(*case)
 
 
 def test_unsupported_calls_say_what_to_do(monkeypatch):
