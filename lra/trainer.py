@@ -295,7 +295,8 @@ def train(config: dict, run_dir: str | Path) -> dict:
     start_step = meta["step"]
     # Several hosts: process 0 writes the metrics log and talks to W&B; the others train silently.
     writer = parallel.is_writer()
-    metrics_log = open(run_dir / "metrics.jsonl" if writer else os.devnull, "a")
+    # Line-buffered: each record reaches the file when written, so `tail -f metrics.jsonl` follows a run.
+    metrics_log = open(run_dir / "metrics.jsonl" if writer else os.devnull, "a", buffering=1)
     logger = loggers.make_logger(config, run_dir) if writer else loggers.Logger()
 
     def save(which, step):

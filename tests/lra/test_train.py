@@ -73,11 +73,22 @@ def restore_params(config, run_dir, which):
     return graphdef, tx, state["params"], state.get("rest", rest), meta
 
 
-def test_test_accuracy_is_measured_at_the_best_checkpoint(isolated):
+def test_test_accuracy_is_measured_at_the_best_checkpoint(isolated, monkeypatch):
     paths, _ = isolated
     # eval every 5 steps so best and last differ in general; the claim is checked by re-evaluating.
     config = smoke_config(paths, "train.eval_every=5", "train.train_steps=30")
+    # metrics.jsonl is written through (tail -f follows a run): each evaluation finds the train line of its step
+    # already in the file.
+    on_disk, evaluate = [], trainer.evaluate
+
+    def spy(*args, **kwargs):
+        on_disk.append((paths["run"] / "metrics.jsonl").read_text().count("train_loss"))
+        return evaluate(*args, **kwargs)
+
+    monkeypatch.setattr(trainer, "evaluate", spy)
     record = trainer.train(config, paths["run"])
+    monkeypatch.undo()
+    assert on_disk[:6] == [1, 2, 3, 4, 5, 6]
     graphdef, tx, best_params, best_rest, meta = restore_params(config, paths["run"], "best")
     assert meta["step"] == record["best_step"]
     steps = trainer.Steps(graphdef, tx, config["seed"])
