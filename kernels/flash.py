@@ -497,9 +497,10 @@ def flash_attention(q, k, v, *, mask: masks_lib.Mask | None = None, kv_valid=Non
     if forward == "mosaic_gpu":
         from kernels import flash_mgpu
 
-        reason = flash_mgpu.supported(q.dtype, bq, bk, rate)
+        reason = flash_mgpu.supported(q.dtype, bq, bk, rate, d)
         if reason:
-            raise ValueError(f"{reason}; pass pallas_backend='triton' (or unset $LRA_PALLAS_GPU_BACKEND)")
+            raise ValueError(f"{reason}; or use the Triton kernels: pallas_backend='triton' (or unset "
+                             "$LRA_PALLAS_GPU_BACKEND)")
     padded = -(-length // math.lcm(bq, bk)) * math.lcm(bq, bk)
     plan = mask_plan(mask, length, padded, bq, bk)
     has_valid = kv_valid is not None or padded != length

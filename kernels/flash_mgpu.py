@@ -50,14 +50,32 @@ def interpret_params():
     return InterpretGPUParams()
 
 
-def supported(dtype, block_q: int, block_k: int, rate: float) -> str | None:
-    """None when the Mosaic GPU forward can run this call, else the reason it cannot."""
+SMEM_BYTES = 232448  # shared memory one Hopper block may use (what Mosaic GPU checks against)
+SMEM_SLACK = 4096    # barriers and alignment on top of the tiles
+
+
+def smem_bytes(block_q: int, block_k: int, head_dim: int) -> int:
+    """Shared memory of the largest of the three kernels (forward, dQ, dK/dV) for these sizes (tiles only;
+    barriers and alignment add a little)."""
+    d = -(-head_dim // 64) * 64
+    fwd = 2 * (2 * block_q * d + 4 * d * block_k + 3 * block_q * block_k) + 4 * (block_q + 2 * block_k)
+    dq = 2 * (3 * block_q * d + 3 * d * block_k + 2 * block_q * block_k) + 4 * (2 * block_q + block_k)
+    dkdv = 2 * (3 * block_k * d + 4 * d * block_q + 3 * block_k * block_q) + 4 * (block_k + 2 * block_q)
+    return max(fwd, dq, dkdv)
+
+
+def supported(dtype, block_q: int, block_k: int, rate: float, head_dim: int = 64) -> str | None:
+    """None when the Mosaic GPU kernels can run this call, else the reason they cannot."""
     if jnp.dtype(dtype) not in [jnp.dtype(t) for t in DTYPES]:
         return f"Mosaic GPU attention needs bfloat16 or float16 inputs, got {jnp.dtype(dtype).name}"
     if block_q not in BLOCKS or block_k not in BLOCKS:
         return f"Mosaic GPU attention needs block_q and block_k in {BLOCKS}, got {block_q} and {block_k}"
     if rate > 0:
         return "Mosaic GPU attention has no attention dropout (use the Triton kernels, the default)"
+    need = smem_bytes(block_q, block_k, head_dim) + SMEM_SLACK
+    if need > SMEM_BYTES:
+        return (f"Mosaic GPU attention with blocks {block_q}x{block_k} and head dim {head_dim} needs about "
+                f"{need // 1024} KiB of shared memory (at most {SMEM_BYTES // 1024}); use block_q=block_k=64")
     return None
 
 
@@ -230,7 +248,7 @@ def _dq_kernel(q_gmem, do_gmem, lse_gmem, delta_gmem, kt_gmem, vt_gmem, k_gmem, 
         scoped, tile((block_q, head_dim), dtype), tile((block_q, head_dim), dtype),
         plgpu.SMEM((block_q,), jnp.float32), plgpu.SMEM((block_q,), jnp.float32),
         tile((head_dim, block_k), dtype), tile((head_dim, block_k), dtype), tile((block_k, head_dim), dtype),
-        plgpu.SMEM((block_k,), jnp.float32), tile((block_q, block_k), dtype), tile((block_q, block_k), dtype),
+        plgpu.SMEM((block_k,), jnp.float32), tile((block_q, block_k), jnp.bfloat16), tile((block_q, block_k), dtype),
         tile((block_q, head_dim), dtype), plgpu.Barrier(num_barriers=9),
     )
 
@@ -297,7 +315,7 @@ def _dkdv_kernel(k_gmem, v_gmem, kbias_gmem, qt_gmem, dot_gmem, q_gmem, do_gmem,
         scoped, tile((block_k, head_dim), dtype), tile((block_k, head_dim), dtype), plgpu.SMEM((block_k,), jnp.float32),
         tile((head_dim, block_q), dtype), tile((head_dim, block_q), dtype), tile((block_q, head_dim), dtype),
         tile((block_q, head_dim), dtype), plgpu.SMEM((block_q,), jnp.float32), plgpu.SMEM((block_q,), jnp.float32),
-        tile(shape, dtype), tile(shape, dtype), tile(shape, dtype), tile((block_k, head_dim), dtype),
+        tile(shape, jnp.bfloat16), tile(shape, dtype), tile(shape, dtype), tile((block_k, head_dim), dtype),
         plgpu.Barrier(num_barriers=10),
     )
 

@@ -101,6 +101,9 @@ def test_unsupported_calls_say_what_to_do(monkeypatch):
         flash.flash_attention(q, k, v, pallas_backend="mosaic_gpu", dropout_rate=0.1, dropout_rng=jax.random.key(0))
     with pytest.raises(ValueError, match="block_q and block_k"):
         flash.flash_attention(q, k, v, pallas_backend="mosaic_gpu", block_q=32, block_k=32)
+    q128 = jnp.zeros((1, 64, 1, 128), jnp.bfloat16)
+    with pytest.raises(ValueError, match="shared memory.*block_q=block_k=64"):
+        flash.flash_attention(q128, q128, q128, pallas_backend="mosaic_gpu", block_q=128, block_k=128)
     monkeypatch.setenv("LRA_PALLAS_GPU_BACKEND", "cuda")
     with pytest.raises(ValueError, match="LRA_PALLAS_GPU_BACKEND"):
         flash.flash_attention(q, k, v)

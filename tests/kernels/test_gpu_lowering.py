@@ -1,0 +1,82 @@
+"""The Pallas kernels lowered for a CUDA GPU on this CPU-only machine (``jax.export`` with platforms=["cuda"]).
+
+Lowering runs Pallas's Triton and Mosaic GPU lowering rules (for Mosaic GPU, with its default lane semantics,
+that is where register layouts, shared-memory transforms and WGMMA operand shapes are checked) without a GPU,
+so a kernel that would not lower is caught here, before a GPU is lent. Compiling the lowered module (Triton to
+PTX, Mosaic GPU to LLVM) and running it still need the GPU: ``scripts/gpu_check.sh``.
+"""
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax import export
+
+from kernels import flash, masks
+from kernels.linear_pallas import linear_attention_pallas
+
+TRITON = "__gpu$xla.gpu.triton"
+MOSAIC = "mosaic_gpu_v2"
+
+
+def _custom_calls(fn, *args):
+    exported = export.export(jax.jit(fn), platforms=["cuda"],
+                             disabled_checks=[export.DisabledSafetyCheck.custom_call(TRITON)])(*args)
+    return re.findall(r"custom_call @([^(\s]+)\(", exported.mlir_module())
+
+
+def _args(length, dtype, d=64):
+    x = jax.ShapeDtypeStruct((2, length, 2, d), dtype)
+    return x, x, x, jax.ShapeDtypeStruct((2, length), jnp.bool_)
+
+
+_BAND = masks.Explicit(np.tril(np.ones((192, 192), bool)) & ~np.tril(np.ones((192, 192), bool), -50))
+CASES = [  # (backend, dtype, mask, dropout)
+    ("triton", jnp.bfloat16, None, 0.0),
+    ("triton", jnp.float32, masks.Local(40), 0.1),
+    ("triton", jnp.bfloat16, masks.Strided(8), 0.0),
+    ("mosaic_gpu", jnp.bfloat16, None, 0.0),
+    ("mosaic_gpu", jnp.bfloat16, masks.Local(40), 0.0),
+    ("mosaic_gpu", jnp.float16, _BAND, 0.0),
+]
+
+
+@pytest.mark.parametrize("blocks", [(128, 128, 64), (64, 128, 128), (64, 64, 128)])
+def test_mosaic_gpu_sizes_that_fit_in_shared_memory_lower(blocks):
+    # flash_mgpu.supported accepts these (its shared-memory estimate is under the limit) and Mosaic GPU, which
+    # checks the real allocation when lowering, agrees; larger ones are refused before lowering.
+    bq, bk, d = blocks
+
+    def loss(q, k, v, valid):
+        out = flash.flash_attention(q, k, v, mask=masks.Local(100), kv_valid=valid, block_q=bq, block_k=bk,
+                                    interpret=False, pallas_backend="mosaic_gpu")
+        return out.astype(jnp.float32).sum()
+
+    assert _custom_calls(jax.grad(loss, (0, 1, 2)), *_args(256, jnp.bfloat16, d)).count(MOSAIC) == 3
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c[0]}-{jnp.dtype(c[1]).name}-{type(c[2]).__name__}")
+def test_flash_forward_and_backward_lower_for_cuda(case):
+    backend, dtype, mask, rate = case
+
+    def loss(q, k, v, valid):
+        out = flash.flash_attention(q, k, v, mask=mask, kv_valid=valid, block_q=64, block_k=64, interpret=False,
+                                    pallas_backend=backend, dropout_rate=rate,
+                                    dropout_rng=jax.random.key(0) if rate else None)
+        return out.astype(jnp.float32).sum()
+
+    calls = _custom_calls(jax.grad(loss, (0, 1, 2)), *_args(192, dtype))
+    kernels = [c for c in calls if c in (TRITON, MOSAIC)]
+    assert kernels == [TRITON if backend == "triton" else MOSAIC] * 3  # forward, dQ, dK/dV
+
+
+def test_linear_attention_lowers_for_cuda():
+    q, k, v, valid = _args(128, jnp.float32, d=32)
+
+    def loss(q, k, v, valid):
+        fmap = lambda x: jax.nn.elu(x) + 1  # noqa: E731
+        return linear_attention_pallas(q, k, v, feature_map=fmap, kv_valid=valid, interpret=False).sum()
+
+    calls = _custom_calls(jax.grad(loss, (0, 1, 2)), q, k, v, valid)
+    assert calls.count(TRITON) >= 3
