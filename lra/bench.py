@@ -61,7 +61,8 @@ def measure(bench: dict, name: str, length: int) -> dict:
     from lra import batching, results, trainer
 
     config = run_config(bench, name, length)
-    row = {"attention": name, "impl": config["attention"].get("impl", "xla"), "length": length,
+    row = {"attention": name, "impl": config["attention"].get("impl", "xla"),
+           "pallas_backend": trainer.pallas_backend(config), "length": length,
            "batch_size": bench["batch_size"], "dtype": "float32", "device": results.device_description(),
            "jax_version": jax.__version__, "git_commit": results.git_commit(), "model": config["model"]}
     model = trainer.build_model(config)

@@ -196,6 +196,15 @@ def available_bytes(limit_gb: float | None = None) -> int | None:
     return None
 
 
+def pallas_backend(config: dict) -> str | None:
+    """Which Pallas backend ran the attention ("interpret", "triton", "mosaic_gpu"); None with impl=xla."""
+    if config["attention"].get("impl", "xla") != "pallas":
+        return None
+    from models import attention
+
+    return attention.pallas_backend(config["attention"]["name"])
+
+
 def evaluate(steps: Steps, params, rest, arrays: dict, config: dict, mesh=None) -> dict:
     t = config["train"]
     totals = {"correct": 0.0, "loss_sum": 0.0, "count": 0.0}
@@ -381,7 +390,8 @@ def train(config: dict, run_dir: str | Path) -> dict:
     record = {
         "task": config["task"]["name"], "attention": config["attention"]["name"],
         "impl": config["attention"].get("impl", "xla"), "profile": config.get("profile"), "seed": config["seed"],
-        "params": num_params, "params_full_attention": full_params, "params_ratio": num_params / full_params,
+        "pallas_backend": pallas_backend(config), "params": num_params, "params_full_attention": full_params,
+        "params_ratio": num_params / full_params,
         # LRA's apples-to-apples rule: at most about 10% more parameters than the Transformer of the same config.
         "apples_to_apples": num_params <= 1.1 * full_params, "max_length": max_len, "batch_size": t["batch_size"],
         "train_steps": t["train_steps"], "best_val_accuracy": meta["best_val_accuracy"],

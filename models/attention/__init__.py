@@ -35,4 +35,20 @@ def build(name: str, *, dim: int, num_heads: int, max_len: int, rngs, **options)
     return cls(dim=dim, num_heads=num_heads, max_len=max_len, rngs=rngs, **options)
 
 
-__all__ = ["REGISTRY", "build", "register", "AttentionBase"]
+def pallas_backend(name: str) -> str | None:
+    """The Pallas backend variant ``name`` runs with ``impl="pallas"`` here: "interpret" on CPU, "triton" or
+    "mosaic_gpu" on GPU (``kernels.flash.backend``; the linear kernels are Triton only); None without a
+    Pallas path."""
+    import jax
+
+    from kernels import flash
+
+    cls = REGISTRY.get(name)
+    if cls is None or not cls.pallas:
+        return None
+    if cls.pallas_kernel == "linear":
+        return "interpret" if jax.default_backend() == "cpu" else "triton"
+    return flash.backend()
+
+
+__all__ = ["REGISTRY", "build", "register", "AttentionBase", "pallas_backend"]

@@ -30,12 +30,15 @@ class AttentionBase(nnx.Module):
       complexity: "quadratic", "linear", "n log n", ... in the sequence length.
       length_multiple: the sequence length must be a multiple of this (1: any length).
       pallas: has a Pallas kernel path (``impl="pallas"``).
+      pallas_kernel: which kernels that path runs: "flash" (kernels/flash.py, Triton or Mosaic GPU) or
+        "linear" (kernels/linear_pallas.py, Triton).
     """
 
     padding_invariant: bool = True
     complexity: str = "quadratic"
     length_multiple: int = 1
     pallas: bool = False
+    pallas_kernel: str = "flash"
 
     def __init__(self, *, dim: int, num_heads: int, qkv_dim: int | None, rngs: nnx.Rngs):
         qkv_dim = dim if qkv_dim is None else qkv_dim

@@ -44,6 +44,7 @@ class LinearAttention(AttentionBase):
     complexity = "linear"
     length_multiple = 1
     pallas = True
+    pallas_kernel = "linear"
 
     def __init__(self, *, dim: int, num_heads: int, max_len: int, rngs: nnx.Rngs, qkv_dim: int | None = None,
                  dropout: float = 0.0, impl: str = "xla"):
@@ -148,6 +149,7 @@ class PerformerAttention(AttentionBase):
     complexity = "linear"
     length_multiple = 1
     pallas = True
+    pallas_kernel = "linear"
 
     def __init__(self, *, dim: int, num_heads: int, max_len: int, rngs: nnx.Rngs, qkv_dim: int | None = None,
                  dropout: float = 0.0, impl: str = "xla", num_features: int = 256, kernel: str = "favor+"):

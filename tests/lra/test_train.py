@@ -99,6 +99,16 @@ def test_test_accuracy_is_measured_at_the_best_checkpoint(isolated, monkeypatch)
     assert val_at_best["accuracy"] == record["best_val_accuracy"]
 
 
+def test_pallas_run_records_its_backend(isolated):
+    paths, _ = isolated
+    config = smoke_config(paths, "attention=local", "attention.impl=pallas", "train.train_steps=10",
+                          "train.eval_every=10")
+    record = trainer.train(config, paths["run"])
+    assert record["impl"] == "pallas" and record["pallas_backend"] == "interpret"
+    assert 0.0 <= record["test_accuracy"] <= 1.0
+    assert trainer.pallas_backend(smoke_config(paths)) is None  # impl=xla
+
+
 class Interrupt(Exception):
     pass
 

@@ -50,3 +50,15 @@ def test_pallas_equals_xla(name):
 def test_variants_without_a_kernel_say_so(name):
     with pytest.raises(NotImplementedError, match="impl='xla'"):
         build(name, dim=16, num_heads=2, max_len=64, rngs=nnx.Rngs(0), impl="pallas")
+
+
+def test_pallas_backend_of_each_variant(monkeypatch):
+    from models.attention import pallas_backend
+
+    monkeypatch.setenv("LRA_PALLAS_GPU_BACKEND", "mosaic_gpu")
+    for name, cls in REGISTRY.items():
+        want = None if not cls.pallas else "interpret" if cls.pallas_kernel == "linear" else "interpret:mosaic_gpu"
+        assert pallas_backend(name) == want, name
+    assert {n for n, c in REGISTRY.items() if c.pallas and c.pallas_kernel == "linear"} == {"linear", "performer"}
+    monkeypatch.delenv("LRA_PALLAS_GPU_BACKEND")
+    assert pallas_backend("full") == "interpret" and pallas_backend("sinkhorn") is None
