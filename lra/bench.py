@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import subprocess
 import sys
 import time
@@ -142,10 +143,18 @@ def measure_isolated(bench: dict, name: str, length: int, timeout: float) -> dic
         return {**base, "status": "error", "message": f"timed out after {timeout:.0f} s"}
     lines = [line for line in r.stdout.splitlines() if line.startswith("{")]
     if r.returncode or not lines:
-        tail = (r.stderr.strip().splitlines() or ["no output"])[-1]
+        tail = error_line(r.stderr)
         status = "oom" if "RESOURCE_EXHAUSTED" in r.stderr or "Out of memory" in r.stderr else "error"
         return {**base, "status": status, "message": tail[-500:]}
     return json.loads(lines[-1])
+
+
+def error_line(stderr: str) -> str:
+    """The exception line of a failed measurement's stderr (JAX appends a note about filtered frames after
+    it), else its last line."""
+    lines = stderr.strip().splitlines() or ["no output"]
+    errors = [x.strip() for x in lines if re.match(r"[\w.]+(Error|Exception|Exhausted)\b", x.strip())]
+    return errors[-1] if errors else lines[-1]
 
 
 def run(bench: dict) -> list[dict]:

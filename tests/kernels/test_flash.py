@@ -114,6 +114,24 @@ def test_dropout_drops_the_weights_the_xla_path_drops():
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), **F32_GRAD)
 
 
+@pytest.mark.parametrize("pad", [False, True])
+def test_strided_length_not_a_multiple_of_the_stride(pad):
+    # 42 = 5 * 8 + 2: the permutation needs a multiple of the stride, so the kernel pads (a CLS token makes
+    # LRA lengths 1025, 4097). Forward and gradients against the XLA path.
+    q, k, v, valid = inputs(42, 8, pad)
+    mask = masks.Strided(8)
+
+    def loss(impl):
+        return lambda q, k, v: jnp.sum(jnp.sin(kernels.attention(q, k, v, mask=mask, kv_valid=valid, impl=impl)))
+
+    out = kernels.attention(q, k, v, mask=mask, kv_valid=valid, impl="pallas")
+    ref = kernels.attention(q, k, v, mask=mask, kv_valid=valid, impl="xla")
+    np.testing.assert_allclose(np.asarray(out), np.asarray(ref), **F32)
+    grads = [jax.grad(loss(impl), (0, 1, 2))(q, k, v) for impl in ("pallas", "xla")]
+    for a, b in zip(*grads, strict=True):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), **F32_GRAD)
+
+
 def test_bfloat16_close_to_float32():
     q, k, v, valid = inputs(32, 16, True)
     out = flash.flash_attention(*(x.astype(jnp.bfloat16) for x in (q, k, v)), mask=masks.Local(4), kv_valid=valid,

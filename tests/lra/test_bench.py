@@ -50,6 +50,14 @@ def test_oom_and_errors_do_not_stop_the_sweep(tmp_path):
     assert len(results.read_jsonl(tmp_path / "bench.jsonl")) == 2
 
 
+def test_error_rows_quote_the_exception_not_the_traceback_note():
+    stderr = ("Traceback (most recent call last):\n  File \"x.py\", line 1\nValueError: length 1025 must be a "
+              "multiple of the stride 32\n--------------------\nFor simplicity, JAX has removed its internal frames "
+              "from the traceback of the following exception. Set JAX_TRACEBACK_FILTERING=off to include these.\n")
+    assert bench.error_line(stderr) == "ValueError: length 1025 must be a multiple of the stride 32"
+    assert bench.error_line("killed\n") == "killed" and bench.error_line("") == "no output"
+
+
 def test_unknown_variant_fails_before_measuring(tmp_path, subprocess_env):
     r = subprocess.run(cli("lra.bench", "attention=[full,nope]", f"results_dir={tmp_path}",
                            f"hydra.run.dir={tmp_path / 'run'}"), cwd=ROOT, env=subprocess_env, capture_output=True,
