@@ -157,24 +157,26 @@ def _first_paragraph(doc: str, limit: int = 110) -> str:
 
 
 def bench_table(rows: list[dict]) -> str:
-    """Markdown table of benchmark rows: steps/s, speedup over full attention and memory, per length."""
+    """Markdown table of benchmark rows: steps/s, speedup over full attention (its XLA path, same length, batch
+    and device) and memory, per length; ``impl`` says whether a row ran the XLA path or the Pallas kernels."""
     ok = [r for r in rows if r.get("status") == "ok"]
     full = {(r["length"], r["batch_size"], r.get("device")): r["steps_per_second"] for r in ok
-            if r["attention"] == "full"}
-    lines = ["| attention | length | batch | steps/s | speedup vs full | forward ms | GFLOP/s | memory (MiB) | "
-             "memory method | device |", "|---|---|---|---|---|---|---|---|---|---|"]
-    for r in sorted(rows, key=lambda r: (r.get("length", 0), r.get("batch_size", 0), r.get("attention", ""))):
+            if r["attention"] == "full" and (r.get("impl") or "xla") == "xla"}
+    lines = ["| attention | impl | length | batch | steps/s | speedup vs full (xla) | forward ms | GFLOP/s | "
+             "memory (MiB) | memory method | device |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    order = sorted(rows, key=lambda r: (r.get("length", 0), r.get("batch_size", 0), r.get("attention", ""),
+                                        r.get("impl") or "xla"))
+    for r in order:
+        head = f"| {r.get('attention')} | {r.get('impl') or 'xla'} | {r.get('length')} | {r.get('batch_size')} |"
         if r.get("status") != "ok":
-            lines.append(f"| {r.get('attention')} | {r.get('length')} | {r.get('batch_size')} | {r.get('status')} | "
-                         f"- | - | - | - | - | {r.get('device', '')} |")
+            lines.append(f"{head} {r.get('status')} | - | - | - | - | - | {r.get('device', '')} |")
             continue
         base = full.get((r["length"], r["batch_size"], r.get("device")))
         speedup = f"{r['steps_per_second'] / base:.2f}x" if base else "-"
         fwd = f"{r['forward_ms']:,.0f}" if r.get("forward_ms") else "-"
         gflops = f"{r['achieved_flops_per_second'] / 1e9:.1f}" if r.get("achieved_flops_per_second") else "-"
-        lines.append(f"| {r['attention']} | {r['length']} | {r['batch_size']} | {r['steps_per_second']:.3f} | "
-                     f"{speedup} | {fwd} | {gflops} | {r['peak_memory_bytes'] / 2**20:,.0f} | {r['memory_method']} | "
-                     f"{r['device']} |")
+        lines.append(f"{head} {r['steps_per_second']:.3f} | {speedup} | {fwd} | {gflops} | "
+                     f"{r['peak_memory_bytes'] / 2**20:,.0f} | {r['memory_method']} | {r['device']} |")
     return "\n".join(lines)
 
 

@@ -73,10 +73,18 @@ def test_bench_table_speedups():
             {"attention": "local", "length": 8, "batch_size": 2, "device": "cpu", "status": "ok",
              "steps_per_second": 5.0, "peak_memory_bytes": 2**20, "memory_method": "m", "forward_ms": 50.0,
              "achieved_flops_per_second": 3e9},
+            # Pallas rows are compared with full attention's XLA path, not with Pallas full.
+            {"attention": "full", "impl": "pallas", "length": 8, "batch_size": 2, "device": "cpu", "status": "ok",
+             "steps_per_second": 1.0, "peak_memory_bytes": 2**20, "memory_method": "m"},
+            {"attention": "local", "impl": "pallas", "length": 8, "batch_size": 2, "device": "cpu", "status": "ok",
+             "steps_per_second": 8.0, "peak_memory_bytes": 2**20, "memory_method": "m"},
             {"attention": "reformer", "length": 8, "batch_size": 2, "status": "oom"}]
     table = results.bench_table(rows)
-    assert "| local | 8 | 2 | 5.000 | 2.50x | 50 | 3.0 | 1 | m | cpu |" in table
-    assert "| full | 8 | 2 | 2.000 | 1.00x | - | - | 2 | m | cpu |" in table and "| reformer | 8 | 2 | oom |" in table
+    assert "| local | xla | 8 | 2 | 5.000 | 2.50x | 50 | 3.0 | 1 | m | cpu |" in table
+    assert "| full | xla | 8 | 2 | 2.000 | 1.00x | - | - | 2 | m | cpu |" in table
+    assert "| full | pallas | 8 | 2 | 1.000 | 0.50x |" in table
+    assert "| local | pallas | 8 | 2 | 8.000 | 4.00x |" in table
+    assert "| reformer | xla | 8 | 2 | oom |" in table
 
 
 def test_replace_block():
