@@ -231,3 +231,11 @@ def test_kernel_on_random_masks(case):
     q, k, v, _ = inputs(length, 8, False, b=1, h=1)
     out = flash.flash_attention(q, k, v, mask=mask, block_q=16, block_k=16)
     np.testing.assert_allclose(np.asarray(out, np.float64), kernels.reference_attention(q, k, v, mask=mask), **F32)
+
+
+def test_default_block_follows_a_local_window():
+    assert flash.default_block(4096) == 128 and flash.default_block(40) == 64 and flash.default_block(3) == 16
+    assert flash.default_block(4096, masks.Local(32)) == 32 and flash.default_block(4096, masks.Local(200)) == 128
+    assert flash.default_block(4096, masks.Local(3)) == 16  # Triton's smallest dot
+    assert flash.default_block(4096, masks.Local(32), minimum=64) == 64  # Mosaic GPU's WGMMA tiles
+    assert flash.default_block(4096, masks.BlockLocal(32)) == 128
