@@ -531,15 +531,14 @@ def _strided(q, k, v, stride, *, kv_valid, scale, dropout_rate, dropout_rng, int
     # Pad at the end to a multiple of the stride: every position keeps its residue class, padded keys are
     # invalid and padded queries are dropped.
     padded = -(-length // stride) * stride
-    valid = jnp.ones((q.shape[0], length), bool) if kv_valid is None else jnp.asarray(kv_valid, bool)
     if padded != length:
         widths = ((0, 0), (0, padded - length), (0, 0), (0, 0))
         q, k, v = (jnp.pad(x, widths) for x in (q, k, v))
-        valid = jnp.pad(valid, ((0, 0), (0, padded - length)))
-        kv_valid = valid
+        real = jnp.ones((q.shape[0], length), bool) if kv_valid is None else jnp.asarray(kv_valid, bool)
+        kv_valid = jnp.pad(real, ((0, 0), (0, padded - length)))
     perm = strided_permutation(padded, stride)
     inverse = np.argsort(perm)
-    valid = None if kv_valid is None else valid[:, perm]
+    valid = None if kv_valid is None else jnp.asarray(kv_valid)[:, perm]
     out = flash_attention(q[:, perm], k[:, perm], v[:, perm], mask=masks_lib.BlockLocal(padded // stride),
                           kv_valid=valid, scale=scale, dropout_rate=dropout_rate, dropout_rng=dropout_rng,
                           interpret=interpret, pallas_backend=pallas_backend)

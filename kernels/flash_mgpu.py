@@ -88,6 +88,17 @@ def _load(ref, layout, interpret: bool):
     return ref[...] if interpret else plgpu.load(ref, (), layout=layout)
 
 
+def _tile(shape, dtype):
+    """A shared-memory tile in the layout TMA and WGMMA read: 8 x 64 tiling, 128-byte swizzle."""
+    return plgpu.SMEM(shape, dtype, transforms=(plgpu.TilingTransform((8, 64)), plgpu.SwizzleTransform(128)))
+
+
+def _program(axis: str, num_heads: int):
+    """(block index along ``axis``, batch x head index, batch index) of this program."""
+    bh = lax.axis_index("bh")
+    return lax.axis_index(axis), bh, lax.div(bh, jnp.int32(num_heads))
+
+
 def _mma(a_smem, b_smem, shape):
     """a @ b of two shared-memory tiles on the tensor cores, float32 result in registers."""
     def run(acc):
@@ -99,11 +110,8 @@ def _mma(a_smem, b_smem, shape):
 
 def _kernel(q_gmem, kt_gmem, v_gmem, kbias_gmem, bias_gmem, kidx_gmem, kcnt_gmem, o_gmem, lse_gmem, *,
             scale, block_q, block_k, head_dim, num_heads, has_kbias, has_bias, interpret):
-    i = lax.axis_index("q")
-    bh = lax.axis_index("bh")
-    b = lax.div(bh, jnp.int32(num_heads))
+    i, bh, b = _program("q", num_heads)
     dtype = q_gmem.dtype
-    tiles = (plgpu.TilingTransform((8, 64)), plgpu.SwizzleTransform(128))
 
     def scoped(q_smem, kt_smem, v_smem, p_smem, o_smem, lse_smem, kbias_smem, bias_smem,
                q_bar, k_bar, v_bar, kbias_bar, bias_bar):
@@ -175,14 +183,14 @@ def _kernel(q_gmem, kt_gmem, v_gmem, kbias_gmem, bias_gmem, kidx_gmem, kcnt_gmem
 
     pl.run_scoped(
         scoped,
-        plgpu.SMEM((block_q, head_dim), dtype, transforms=tiles),
-        plgpu.SMEM((2, head_dim, block_k), dtype, transforms=tiles),
-        plgpu.SMEM((2, block_k, head_dim), dtype, transforms=tiles),
-        plgpu.SMEM((block_q, block_k), dtype, transforms=tiles),
-        plgpu.SMEM((block_q, head_dim), dtype, transforms=tiles),
+        _tile((block_q, head_dim), dtype),
+        _tile((2, head_dim, block_k), dtype),
+        _tile((2, block_k, head_dim), dtype),
+        _tile((block_q, block_k), dtype),
+        _tile((block_q, head_dim), dtype),
         plgpu.SMEM((block_q,), jnp.float32),
         plgpu.SMEM((2, block_k), jnp.float32),
-        plgpu.SMEM((2, block_q, block_k), jnp.bfloat16, transforms=tiles),
+        _tile((2, block_q, block_k), jnp.bfloat16),
         plgpu.Barrier(),
         *[plgpu.Barrier(num_barriers=2) for _ in range(4)],  # K, V, key bias, block bias: one per buffer
     )
@@ -202,11 +210,8 @@ def _dq_kernel(q_gmem, do_gmem, lse_gmem, delta_gmem, kt_gmem, vt_gmem, k_gmem, 
                interpret):
     """dQ of one query block: over its visited key blocks, S = Q K^T, P = exp(S - lse), dP = dO V^T,
     dS = P (dP - delta), dQ += dS K."""
-    i = lax.axis_index("q")
-    bh = lax.axis_index("bh")
-    b = lax.div(bh, jnp.int32(num_heads))
+    i, bh, b = _program("q", num_heads)
     dtype = q_gmem.dtype
-    tiles = (plgpu.TilingTransform((8, 64)), plgpu.SwizzleTransform(128))
     rows = plgpu.Layout.WGMMA.reduce(1)
 
     def scoped(q_smem, do_smem, lse_smem, delta_smem, kt_smem, vt_smem, k_smem, kbias_smem, bias_smem, ds_smem,
@@ -243,13 +248,12 @@ def _dq_kernel(q_gmem, do_gmem, lse_gmem, delta_gmem, kt_gmem, vt_gmem, k_gmem, 
         plgpu.copy_smem_to_gmem(dq_smem, dq_gmem.at[bh, qs])
         plgpu.wait_smem_to_gmem(0)
 
-    tile = functools.partial(plgpu.SMEM, transforms=tiles)
     pl.run_scoped(
-        scoped, tile((block_q, head_dim), dtype), tile((block_q, head_dim), dtype),
+        scoped, _tile((block_q, head_dim), dtype), _tile((block_q, head_dim), dtype),
         plgpu.SMEM((block_q,), jnp.float32), plgpu.SMEM((block_q,), jnp.float32),
-        tile((head_dim, block_k), dtype), tile((head_dim, block_k), dtype), tile((block_k, head_dim), dtype),
-        plgpu.SMEM((block_k,), jnp.float32), tile((block_q, block_k), jnp.bfloat16), tile((block_q, block_k), dtype),
-        tile((block_q, head_dim), dtype), plgpu.Barrier(num_barriers=9),
+        _tile((head_dim, block_k), dtype), _tile((head_dim, block_k), dtype), _tile((block_k, head_dim), dtype),
+        plgpu.SMEM((block_k,), jnp.float32), _tile((block_q, block_k), jnp.bfloat16), _tile((block_q, block_k), dtype),
+        _tile((block_q, head_dim), dtype), plgpu.Barrier(num_barriers=9),
     )
 
 
@@ -259,11 +263,8 @@ def _dkdv_kernel(k_gmem, v_gmem, kbias_gmem, qt_gmem, dot_gmem, q_gmem, do_gmem,
     """dK and dV of one key block, in the transposed orientation so every product reads natural layouts: over
     its visited query blocks, S^T = K Q^T, P^T = exp(S^T - lse), dP^T = V dO^T, dS^T = P^T (dP^T - delta),
     dV += P^T dO, dK += dS^T Q."""
-    j = lax.axis_index("k")
-    bh = lax.axis_index("bh")
-    b = lax.div(bh, jnp.int32(num_heads))
+    j, bh, b = _program("k", num_heads)
     dtype = k_gmem.dtype
-    tiles = (plgpu.TilingTransform((8, 64)), plgpu.SwizzleTransform(128))
     cols = plgpu.Layout.WGMMA.reduce(0)
     shape = (block_k, block_q)
 
@@ -310,12 +311,12 @@ def _dkdv_kernel(k_gmem, v_gmem, kbias_gmem, qt_gmem, dot_gmem, q_gmem, do_gmem,
             plgpu.copy_smem_to_gmem(out_smem, dst.at[bh, ks])
             plgpu.wait_smem_to_gmem(0)
 
-    tile = functools.partial(plgpu.SMEM, transforms=tiles)
     pl.run_scoped(
-        scoped, tile((block_k, head_dim), dtype), tile((block_k, head_dim), dtype), plgpu.SMEM((block_k,), jnp.float32),
-        tile((head_dim, block_q), dtype), tile((head_dim, block_q), dtype), tile((block_q, head_dim), dtype),
-        tile((block_q, head_dim), dtype), plgpu.SMEM((block_q,), jnp.float32), plgpu.SMEM((block_q,), jnp.float32),
-        tile(shape, jnp.bfloat16), tile(shape, dtype), tile(shape, dtype), tile((block_k, head_dim), dtype),
+        scoped, _tile((block_k, head_dim), dtype), _tile((block_k, head_dim), dtype),
+        plgpu.SMEM((block_k,), jnp.float32),
+        _tile((head_dim, block_q), dtype), _tile((head_dim, block_q), dtype), _tile((block_q, head_dim), dtype),
+        _tile((block_q, head_dim), dtype), plgpu.SMEM((block_q,), jnp.float32), plgpu.SMEM((block_q,), jnp.float32),
+        _tile(shape, jnp.bfloat16), _tile(shape, dtype), _tile(shape, dtype), _tile((block_k, head_dim), dtype),
         plgpu.Barrier(num_barriers=10),
     )
 

@@ -50,16 +50,11 @@ def _fn(impl: str, window: int, block: int):
         return lambda q, k, v: jax.nn.dot_product_attention(q, k, v, implementation="xla")
     if impl == "sdpa_cudnn":
         return lambda q, k, v: jax.nn.dot_product_attention(q, k, v, implementation="cudnn")
-    if impl == "pallas_flash":
-        return lambda q, k, v: flash.flash_attention(q, k, v, block_q=block, block_k=block)
-    if impl == "pallas_local":
-        return lambda q, k, v: flash.flash_attention(q, k, v, mask=masks.Local(window), block_q=block, block_k=block)
-    if impl == "mgpu_flash":
-        return lambda q, k, v: flash.flash_attention(q, k, v, block_q=block, block_k=block,
-                                                     pallas_backend="mosaic_gpu")
-    if impl == "mgpu_local":
-        return lambda q, k, v: flash.flash_attention(q, k, v, mask=masks.Local(window), block_q=block, block_k=block,
-                                                     pallas_backend="mosaic_gpu")
+    if impl in ("pallas_flash", "pallas_local", "mgpu_flash", "mgpu_local"):
+        mask = masks.Local(window) if impl.endswith("local") else None
+        backend = "mosaic_gpu" if impl.startswith("mgpu") else None  # pallas_*: the configured backend
+        return lambda q, k, v: flash.flash_attention(q, k, v, mask=mask, block_q=block, block_k=block,
+                                                     pallas_backend=backend)
     if impl == "xla_local":
         return lambda q, k, v: block_sparse.block_sparse_attention(q, k, v, masks.Local(window), block=block)
     raise ValueError(f"unknown impl {impl!r}; valid: {', '.join(IMPLS)}")
