@@ -27,6 +27,7 @@ not been compiled yet (``scripts/gpu_check.sh`` runs their tests and timings the
 from __future__ import annotations
 
 import functools
+import inspect
 
 import jax
 import jax.numpy as jnp
@@ -84,8 +85,14 @@ def _layout(x, layout, interpret: bool):
     return x if interpret else plgpu.layout_cast(x, layout)
 
 
+# JAX 0.10's plgpu.load takes the index as a required argument; JAX 0.11 deprecates passing it.
+_LOAD_NEEDS_INDEX = inspect.signature(plgpu.load).parameters["idx"].default is inspect.Parameter.empty
+
+
 def _load(ref, layout, interpret: bool):
-    return ref[...] if interpret else plgpu.load(ref, (), layout=layout)
+    if interpret:
+        return ref[...]
+    return plgpu.load(ref, (), layout=layout) if _LOAD_NEEDS_INDEX else plgpu.load(ref, layout=layout)
 
 
 def _tile(shape, dtype):

@@ -10,28 +10,44 @@
 #      read as a fraction of it.
 # Usage: OUT=gpu_out scripts/gpu_check.sh   -> $OUT/kernel_tests.txt, $OUT/results/bench_gpu_<card>.jsonl
 # Then copy $OUT/results/bench_gpu_<card>.jsonl into results/ and say in the README what it measured.
+# DRY_RUN=1 runs the same steps on any machine in about a minute, no GPU needed (tests collected, not run; one
+# tiny timing per impl): it shows that everything the GPU run needs imports and starts. The GPU image has JAX,
+# Flax, optax, pytest and hypothesis but no Hydra or wandb, which none of these steps need
+# (tests/lra/test_gpu_check.py runs the dry run without them).
 set -uo pipefail
 OUT=${OUT:-gpu_out}
 PY=${PYTHON:-python3}
+DRY_RUN=${DRY_RUN:-0}
 mkdir -p "$OUT/results"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 XLA_PYTHON_CLIENT_PREALLOCATE=false
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
-$PY -c "import jax, jax.experimental.pallas.triton; print('jax', jax.__version__, jax.devices())" | tee -a "$OUT/gpu.txt"
-CARD=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1 | tr 'A-Z' 'a-z' | tr -cs 'a-z0-9' '_' | sed 's/_$//')
-CARD=${CARD:-gpu}
+# Fail in seconds, not after the timeouts below, when the Python there lacks a package the steps import.
+$PY -c "import jax, flax, optax, numpy, pytest, hypothesis, jax.experimental.pallas.triton" || {
+  echo "gpu_check: a package is missing in $PY (see the error above); carry it as a wheel (the device README)"
+  exit 2
+}
+if [ "$DRY_RUN" = 1 ]; then
+  CARD=dryrun TESTS="--collect-only" LENGTHS_BF16="256" LENGTHS_F32="256" MATMUL=256
+  STEPS="--warmup 0 --steps 1 --repeats 1"
+else
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
+  CARD=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1 | tr 'A-Z' 'a-z' | tr -cs 'a-z0-9' '_' | sed 's/_$//')
+  CARD=${CARD:-gpu} TESTS="" LENGTHS_BF16="1024 4096 16384" LENGTHS_F32="1024 4096" MATMUL=8192
+  STEPS="--warmup 2 --steps 5 --repeats 3"
+fi
+$PY -c "import jax; print('jax', jax.__version__, jax.devices())" | tee -a "$OUT/gpu.txt"
 
 echo "== kernel tests on the GPU (Triton, not interpret)"
 # Full-precision float32 in the XLA references (TF32 would fail the float32 tolerances).
-JAX_DEFAULT_MATMUL_PRECISION=highest timeout 180 $PY -m pytest -q -p no:cacheprovider -m "not slow" \
+JAX_DEFAULT_MATMUL_PRECISION=highest timeout 180 $PY -m pytest -q -p no:cacheprovider -m "not slow" $TESTS \
   tests/kernels/test_flash.py tests/kernels/test_linear_pallas.py tests/models/attention/test_pallas_variants.py \
   2>&1 | tail -20 | tee "$OUT/kernel_tests.txt"
 echo "== Mosaic GPU kernel tests"
-timeout 90 $PY -m pytest -q -p no:cacheprovider -m "slow or not slow" tests/kernels/test_flash_mgpu.py \
+timeout 90 $PY -m pytest -q -p no:cacheprovider -m "slow or not slow" $TESTS tests/kernels/test_flash_mgpu.py \
   2>&1 | tail -30 | tee "$OUT/kernel_tests_mgpu.txt"
 
 echo "== timings"
-BENCH="$PY -m lra.bench_kernels --batch 1 --heads 8 --head-dim 64 --window 128 --block 128 --warmup 2 --steps 5 \
-  --repeats 3 --out $OUT/results/bench_gpu_$CARD.jsonl"
-timeout 150 $BENCH --dtypes bfloat16 --lengths 1024 4096 16384 --matmul 8192
-timeout 60 $BENCH --dtypes float32 --lengths 1024 4096 --matmul 4096 --impls xla_dense sdpa_xla pallas_flash pallas_local
+BENCH="$PY -m lra.bench_kernels --batch 1 --heads 8 --head-dim 64 --window 128 --block 128 $STEPS \
+  --out $OUT/results/bench_gpu_$CARD.jsonl"
+timeout 150 $BENCH --dtypes bfloat16 --lengths $LENGTHS_BF16 --matmul $MATMUL
+timeout 60 $BENCH --dtypes float32 --lengths $LENGTHS_F32 --matmul $((MATMUL / 2)) --impls xla_dense sdpa_xla pallas_flash pallas_local
 echo "rows: $(wc -l < "$OUT/results/bench_gpu_$CARD.jsonl") in $OUT/results/bench_gpu_$CARD.jsonl"

@@ -6,6 +6,7 @@
 #      2000, on a smaller generated train set (the data size does not change the step). Its accuracy means
 #      nothing; its steps/s, compile time and peak memory are what it measures.
 # Usage: OUT=gpu_out scripts/gpu_listops.sh     (records land in $OUT/results/runs.jsonl)
+# The GPU image has no Hydra: make its wheels here with scripts/gpu_wheels.sh and carry them (see that script).
 set -uo pipefail
 OUT=${OUT:-gpu_out}
 PY=${PYTHON:-python3}

@@ -4,8 +4,6 @@ import sys
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
-from omegaconf import OmegaConf
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIGS = ROOT / "configs"
@@ -13,6 +11,11 @@ CONFIGS = ROOT / "configs"
 
 def compose_config(overrides=()) -> dict:
     """The resolved config dict that `python -m lra.train <overrides>` would run."""
+    # Imported here, not at the top: the kernel tests run on a GPU machine whose image has no Hydra
+    # (scripts/gpu_check.sh), and need none of it.
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
     with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
         cfg = compose("train", overrides=list(overrides), return_hydra_config=False)
     return OmegaConf.to_container(cfg, resolve=True)

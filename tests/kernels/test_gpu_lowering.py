@@ -5,6 +5,8 @@ that is where register layouts, shared-memory transforms and WGMMA operand shape
 so a kernel that would not lower is caught here, before a GPU is lent. Compiling the lowered module (Triton to
 PTX, Mosaic GPU to LLVM) and running it still need the GPU: ``scripts/gpu_check.sh``.
 """
+import contextlib
+import inspect
 import re
 
 import jax
@@ -20,9 +22,20 @@ TRITON = "__gpu$xla.gpu.triton"
 MOSAIC = "mosaic_gpu_v2"
 
 
+def _h100():
+    """Lower for an H100 (compute capability 9.0). JAX 0.11's Triton lowering asks the device for its compute
+    capability and, with no GPU, needs an abstract one; JAX 0.10 assumed 9.0 itself."""
+    sh = jax.sharding
+    if "abstract_device" not in inspect.signature(sh.AbstractMesh).parameters:
+        return contextlib.nullcontext()
+    device = sh.AbstractDevice(device_kind="NVIDIA H100 80GB HBM3", num_cores=132, platform="gpu")
+    return sh.use_abstract_mesh(sh.AbstractMesh((), (), abstract_device=device))
+
+
 def _custom_calls(fn, *args):
-    exported = export.export(jax.jit(fn), platforms=["cuda"],
-                             disabled_checks=[export.DisabledSafetyCheck.custom_call(TRITON)])(*args)
+    with _h100():
+        exported = export.export(jax.jit(fn), platforms=["cuda"],
+                                 disabled_checks=[export.DisabledSafetyCheck.custom_call(TRITON)])(*args)
     return re.findall(r"custom_call @([^(\s]+)\(", exported.mlir_module())
 
 

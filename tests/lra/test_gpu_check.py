@@ -1,0 +1,64 @@
+"""scripts/gpu_check.sh in its dry-run mode, in the environment of the GPU image.
+
+A GPU is lent for about 15 minutes at a time, so the script must not fail there on something a CPU could have
+shown: an import the image lacks (it has JAX, Flax, optax, pytest and hypothesis, but no Hydra, OmegaConf or
+wandb), a test that no longer collects, a benchmark flag that no longer parses. The dry run collects the same
+tests and times every impl once at a tiny size; here it runs with those three packages made unimportable.
+"""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+ABSENT_ON_GPU_IMAGE = ("hydra", "omegaconf", "wandb")
+
+
+@pytest.fixture
+def gpu_image_env(tmp_path):
+    """An environment in which the packages the GPU image lacks fail to import."""
+    stubs = tmp_path / "stubs"
+    stubs.mkdir()
+    for name in ABSENT_ON_GPU_IMAGE:
+        (stubs / f"{name}.py").write_text(f"raise ImportError('{name} is not on the GPU image')\n")
+    env = dict(os.environ, PYTHON=sys.executable, DRY_RUN="1", OUT=str(tmp_path / "out"), PYTHONPATH=str(stubs),
+               # Hydra's pytest plugin, installed here with Hydra, does not exist where Hydra is not installed.
+               PYTEST_ADDOPTS="-p no:hydra_pytest")
+    return env, tmp_path / "out"
+
+
+def test_dry_run_collects_the_gpu_tests_and_times_every_impl(gpu_image_env):
+    env, out = gpu_image_env
+    proc = subprocess.run(["bash", "scripts/gpu_check.sh"], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=600)
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 0, log
+    for name in ("kernel_tests.txt", "kernel_tests_mgpu.txt"):
+        text = (out / name).read_text()
+        assert "tests collected" in text and "error" not in text.lower(), text
+    rows = [json.loads(line) for line in (out / "results" / "bench_gpu_dryrun.jsonl").read_text().splitlines()]
+    timed = {(r["impl"], r["dtype"]) for r in rows if r["status"] == "ok" and r["impl"] != "matmul"}
+    for impl in ("xla_dense", "sdpa_xla", "pallas_flash", "pallas_local"):
+        assert {(impl, "bfloat16"), (impl, "float32")} <= timed, (impl, timed)
+    assert {r["dtype"] for r in rows if r["impl"] == "matmul"} == {"bfloat16", "float32"}
+    assert all(r["status"] == "ok" for r in rows), [r for r in rows if r["status"] != "ok"]
+
+
+def test_the_stubs_do_block_the_imports(gpu_image_env):
+    # The test above would prove nothing if the stubs did not shadow the installed packages.
+    env, _ = gpu_image_env
+    proc = subprocess.run([sys.executable, "-c", "import hydra"], env=env, capture_output=True, text=True)
+    assert proc.returncode != 0 and "not on the GPU image" in proc.stderr
+
+
+def test_missing_package_stops_the_script_at_once(gpu_image_env, tmp_path):
+    env, out = gpu_image_env
+    (Path(env["PYTHONPATH"]) / "hypothesis.py").write_text("raise ImportError('hypothesis is missing')\n")
+    proc = subprocess.run(["bash", "scripts/gpu_check.sh"], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 2
+    assert "carry it as a wheel" in proc.stdout
+    assert not (out / "kernel_tests.txt").exists()
