@@ -297,9 +297,15 @@ class _Static:
     has_valid: bool
     interpret: bool
     forward: str = "triton"  # which kernels run: "triton" (this module's) or "mosaic_gpu" (kernels.flash_mgpu)
+    num_warps: int = 4       # Triton compiler parameters of the three kernels (GPU only)
+    num_stages: int = 2
 
     def _key(self):
-        return (self.scale, self.rate, self.q_len, self.kv_len, self.has_valid, self.interpret, self.forward)
+        return (self.scale, self.rate, self.q_len, self.kv_len, self.has_valid, self.interpret, self.forward,
+                self.num_warps, self.num_stages)
+
+    def compiler_params(self):
+        return compiler_params(self.interpret, self.num_warps, self.num_stages)
 
     def __hash__(self):
         return id(self.plan) ^ hash(self._key())
@@ -364,7 +370,7 @@ def _forward(q, k, v, valid, seed, st: _Static):
                  pl.BlockSpec((None, None, bq), lambda b, h, i: (b, h, i))]
     out_shape = [jax.ShapeDtypeStruct(q.shape, q.dtype), jax.ShapeDtypeStruct((b, h, length), jnp.float32)]
     call = _pallas.call(kernel, grid=grid, in_specs=in_specs, out_specs=out_specs, out_shape=out_shape,
-                        interpret=st.interpret, compiler_params=compiler_params(st.interpret), name="flash_fwd")
+                        interpret=st.interpret, compiler_params=st.compiler_params(), name="flash_fwd")
     return call(q, k, v, valid, *_meta_arrays(plan, "q"), seed)
 
 
@@ -387,7 +393,7 @@ def _backward(q, k, v, out, lse, do, valid, seed, st: _Static):
         in_specs=[tile_q, _full((length, d)), _full((length, d)), tile_q, row_q, row_q, valid_spec,
                   *_meta_specs(plan, "q")],
         out_specs=tile_q, out_shape=jax.ShapeDtypeStruct(q.shape, q.dtype), interpret=st.interpret,
-        compiler_params=compiler_params(st.interpret), name="flash_dq",
+        compiler_params=st.compiler_params(), name="flash_dq",
     )(q, k, v, do, lse, delta, valid, *_meta_arrays(plan, "q"), seed)
     tile_k = pl.BlockSpec((None, None, bk, d), lambda b, h, j: (b, h, j, 0))
     dk, dv = _pallas.call(
@@ -395,7 +401,7 @@ def _backward(q, k, v, out, lse, do, valid, seed, st: _Static):
         in_specs=[_full((length, d)), tile_k, tile_k, _full((length, d)), _full((length,)), _full((length,)),
                   valid_spec, *_meta_specs(plan, "k")],
         out_specs=[tile_k, tile_k], out_shape=[jax.ShapeDtypeStruct(k.shape, k.dtype)] * 2,
-        interpret=st.interpret, compiler_params=compiler_params(st.interpret), name="flash_dkdv",
+        interpret=st.interpret, compiler_params=st.compiler_params(), name="flash_dkdv",
     )(q, k, v, do, lse, delta, valid, *_meta_arrays(plan, "k"), seed)
     return dq, dk, dv
 
@@ -468,7 +474,8 @@ def default_block(length: int, mask: masks_lib.Mask | None = None, minimum: int 
 
 def flash_attention(q, k, v, *, mask: masks_lib.Mask | None = None, kv_valid=None, scale: float | None = None,
                     block_q: int | None = None, block_k: int | None = None, dropout_rate: float = 0.0,
-                    dropout_rng=None, interpret: bool | None = None, pallas_backend: str | None = None):
+                    dropout_rng=None, interpret: bool | None = None, pallas_backend: str | None = None,
+                    num_warps: int | None = None, num_stages: int | None = None):
     """Softmax attention with the Pallas kernels: dense (``mask`` None or Full) or block-sparse (any other
     ``kernels.masks.Mask``; a Strided mask is first permuted so each stride class is contiguous, and its
     dropout bits then index the permuted order).
@@ -477,6 +484,9 @@ def flash_attention(q, k, v, *, mask: masks_lib.Mask | None = None, kv_valid=Non
     ``kernels.attention(..., impl="xla")`` with the same arguments. ``interpret`` defaults to True on CPU.
     ``pallas_backend`` ("triton" or "mosaic_gpu", default $LRA_PALLAS_GPU_BACKEND or "triton") picks the
     kernels (see ``gpu_backend``); in interpret mode the Mosaic GPU ones run in Pallas's GPU interpreter.
+    ``num_warps`` and ``num_stages`` (default 4 and 2) are the Triton kernels' compiler parameters, for tuning
+    on a GPU (``python -m lra.bench_kernels --num-warps 4 8 --num-stages 2 3``); the Mosaic GPU kernels have a
+    fixed layout (one warpgroup per program) and take neither.
     """
     b, length, h, d = q.shape
     if k.shape[1] != length or v.shape[1] != length:
@@ -486,7 +496,8 @@ def flash_attention(q, k, v, *, mask: masks_lib.Mask | None = None, kv_valid=Non
                          "impl='xla' for array masks")
     if isinstance(mask, masks_lib.Strided):
         return _strided(q, k, v, mask.stride, kv_valid=kv_valid, scale=scale, dropout_rate=dropout_rate,
-                        dropout_rng=dropout_rng, interpret=interpret, pallas_backend=pallas_backend)
+                        dropout_rng=dropout_rng, interpret=interpret, pallas_backend=pallas_backend,
+                        num_warps=num_warps, num_stages=num_stages)
     if interpret is None:
         interpret = jax.default_backend() == "cpu"
     scale = 1.0 / math.sqrt(d) if scale is None else float(scale)
@@ -500,6 +511,13 @@ def flash_attention(q, k, v, *, mask: masks_lib.Mask | None = None, kv_valid=Non
     for name, blk in (("block_q", bq), ("block_k", bk)):
         if blk < 1 or blk & (blk - 1):
             raise ValueError(f"{name} must be a power of two, got {blk}")
+    if forward == "mosaic_gpu" and (num_warps is not None or num_stages is not None):
+        raise ValueError("num_warps and num_stages are Triton compiler parameters; the Mosaic GPU kernels take "
+                         "none (leave them unset)")
+    if num_warps is not None and (num_warps < 1 or num_warps & (num_warps - 1)):
+        raise ValueError(f"num_warps must be a power of two, got {num_warps}")
+    if num_stages is not None and num_stages < 1:
+        raise ValueError(f"num_stages must be >= 1, got {num_stages}")
     if forward == "mosaic_gpu":
         from kernels import flash_mgpu
 
@@ -519,12 +537,13 @@ def flash_attention(q, k, v, *, mask: masks_lib.Mask | None = None, kv_valid=Non
         x = jnp.transpose(x, (0, 2, 1, 3))
         return jnp.pad(x, ((0, 0), (0, 0), (0, padded - length), (0, dp - d)))
 
-    st = _Static(plan, scale, rate, length, length, has_valid, bool(interpret), forward)
+    st = _Static(plan, scale, rate, length, length, has_valid, bool(interpret), forward,
+                 4 if num_warps is None else int(num_warps), 2 if num_stages is None else int(num_stages))
     out = _flash(prep(q), prep(k), prep(v), valid, seed, st)
     return jnp.transpose(out[:, :, :length, :d], (0, 2, 1, 3))
 
 
-def _strided(q, k, v, stride, *, kv_valid, scale, dropout_rate, dropout_rng, interpret, pallas_backend):
+def _strided(q, k, v, stride, *, kv_valid, scale, dropout_rate, dropout_rng, interpret, pallas_backend, **triton):
     from kernels.block_sparse import strided_permutation
 
     length = q.shape[1]
@@ -541,7 +560,7 @@ def _strided(q, k, v, stride, *, kv_valid, scale, dropout_rate, dropout_rng, int
     valid = None if kv_valid is None else jnp.asarray(kv_valid)[:, perm]
     out = flash_attention(q[:, perm], k[:, perm], v[:, perm], mask=masks_lib.BlockLocal(padded // stride),
                           kv_valid=valid, scale=scale, dropout_rate=dropout_rate, dropout_rng=dropout_rng,
-                          interpret=interpret, pallas_backend=pallas_backend)
+                          interpret=interpret, pallas_backend=pallas_backend, **triton)
     return out[:, inverse][:, :length]
 
 

@@ -1,6 +1,8 @@
 """Attention kernels timed alone: forward and forward+backward of one attention call, per implementation.
 
     python -m lra.bench_kernels [--lengths 1024 4096] [--dtypes float32 bfloat16] [--impls ...] [--out FILE]
+    python -m lra.bench_kernels --lengths 4096 --dtypes bfloat16 --impls pallas_flash \
+        --block 64 128 --num-warps 4 8 --num-stages 2 3          # a tuning sweep of the Triton kernels (GPU)
 
 Implementations (``--impls``; those that do not apply to the backend or dtype are skipped):
   xla_dense      ``kernels.attention(impl="xla")``: dense softmax attention in plain XLA
@@ -20,7 +22,9 @@ every backend. FLOPs count the matmuls of the allowed (visited) blocks: 4 B H L^
 2.5 times that for the backward (FlashAttention's convention, recomputation included). ``--matmul`` also times
 a square matmul in the same dtype, so TFLOP/s can be read as a fraction of what the card's matmul reaches.
 Rows are appended to ``--out`` (JSON lines) and printed as a table. On CPU the Pallas kernels run in interpret
-mode (compiled by XLA, not Python-slow).
+mode (compiled by XLA, not Python-slow). Several ``--block`` values time every block-sized impl at each; several
+``--num-warps`` / ``--num-stages`` values time the Triton kernels (``pallas_*``) at each combination, recorded in
+the row (the Mosaic GPU kernels take neither).
 """
 from __future__ import annotations
 
@@ -38,7 +42,7 @@ IMPLS = ("xla_dense", "sdpa_xla", "sdpa_cudnn", "pallas_flash", "pallas_local", 
          "mgpu_local")
 
 
-def _fn(impl: str, window: int, block: int):
+def _fn(impl: str, window: int, block: int, triton: dict | None = None):
     import jax
 
     import kernels
@@ -54,7 +58,7 @@ def _fn(impl: str, window: int, block: int):
         mask = masks.Local(window) if impl.endswith("local") else None
         backend = "mosaic_gpu" if impl.startswith("mgpu") else None  # pallas_*: the configured backend
         return lambda q, k, v: flash.flash_attention(q, k, v, mask=mask, block_q=block, block_k=block,
-                                                     pallas_backend=backend)
+                                                     pallas_backend=backend, **(triton or {}))
     if impl == "xla_local":
         return lambda q, k, v: block_sparse.block_sparse_attention(q, k, v, masks.Local(window), block=block)
     raise ValueError(f"unknown impl {impl!r}; valid: {', '.join(IMPLS)}")
@@ -95,7 +99,8 @@ def _memory(compiled) -> int | None:
 
 
 def measure(impl: str, length: int, dtype: str, *, batch: int, heads: int, head_dim: int, window: int, block: int,
-            warmup: int, steps: int, repeats: int) -> dict:
+            warmup: int, steps: int, repeats: int, num_warps: int | None = None,
+            num_stages: int | None = None) -> dict:
     import jax
     import jax.numpy as jnp
 
@@ -107,12 +112,15 @@ def measure(impl: str, length: int, dtype: str, *, batch: int, heads: int, head_
            "device": device_description(), "jax": jax.__version__,
            "pallas_backend": flash.backend() if impl.startswith("pallas") else
            flash.backend(pallas_backend="mosaic_gpu") if impl.startswith("mgpu") else None}
+    triton = {k: v for k, v in (("num_warps", num_warps), ("num_stages", num_stages)) if v is not None}
+    if impl.startswith("pallas"):
+        row.update(num_warps=num_warps, num_stages=num_stages)
     try:
         dt = jnp.dtype(dtype)
         keys = jax.random.split(jax.random.PRNGKey(0), 4)
         shape = (batch, length, heads, head_dim)
         q, k, v, cot = (jax.random.normal(key, shape, jnp.float32).astype(dt) for key in keys)
-        f = _fn(impl, window, block)
+        f = _fn(impl, window, block, triton)
         fwd = jax.jit(f)
         train = jax.jit(jax.grad(lambda q, k, v: (f(q, k, v).astype(jnp.float32) * cot.astype(jnp.float32)).sum(),
                                  argnums=(0, 1, 2)))
@@ -146,6 +154,14 @@ def matmul_rate(dtype: str, n: int) -> dict:
             "device": device_description(), "jax": jax.__version__, "status": "ok"}
 
 
+def _settings(impl: str, a) -> list[tuple[int, int | None, int | None]]:
+    """(block, num_warps, num_stages) combinations to time ``impl`` at: every block for the block-sized impls
+    (one for the others), every Triton setting for the Triton kernels (``pallas_*``)."""
+    blocks = a.block if impl.startswith(("pallas", "mgpu", "xla_local")) else a.block[:1]
+    triton = [(w, s) for w in a.num_warps for s in a.num_stages] if impl.startswith("pallas") else [(None, None)]
+    return [(b, w, s) for b in blocks for w, s in triton]
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m lra.bench_kernels", description=__doc__.splitlines()[0])
     p.add_argument("--lengths", type=int, nargs="+", default=[1024, 4096])
@@ -155,18 +171,23 @@ def main(argv=None) -> int:
     p.add_argument("--heads", type=int, default=4)
     p.add_argument("--head-dim", type=int, default=64)
     p.add_argument("--window", type=int, default=128, help="one-sided window of the Local mask")
-    p.add_argument("--block", type=int, default=128)
+    p.add_argument("--block", type=int, nargs="+", default=[128], help="block size(s) of the block-sized impls")
+    p.add_argument("--num-warps", type=int, nargs="+", default=[None], help="Triton num_warps value(s) (GPU)")
+    p.add_argument("--num-stages", type=int, nargs="+", default=[None], help="Triton num_stages value(s) (GPU)")
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--steps", type=int, default=2)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--matmul", type=int, default=0, help="also time an n x n matmul per dtype (0: skip)")
     p.add_argument("--out", default=None, help="JSONL file to append the rows to")
     a = p.parse_args(argv)
-    for name, value in (("--batch", a.batch), ("--heads", a.heads), ("--head-dim", a.head_dim), ("--block", a.block)):
+    stages = [n for n in a.num_stages if n is not None]
+    for name, value in (("--batch", a.batch), ("--heads", a.heads), ("--head-dim", a.head_dim),
+                        *(("--block", b) for b in a.block), *(("--num-stages", n) for n in stages)):
         if value < 1:
             p.error(f"{name} must be >= 1, got {value}")
-    if a.block & (a.block - 1):
-        p.error(f"--block must be a power of two, got {a.block}")
+    for name, values in (("--block", a.block), ("--num-warps", [w for w in a.num_warps if w is not None])):
+        if any(v < 1 or v & (v - 1) for v in values):
+            p.error(f"{name} must be a power of two, got {values}")
     import jax
 
     gpu = jax.default_backend() == "gpu"
@@ -190,16 +211,20 @@ def main(argv=None) -> int:
             for impl in impls:
                 if impl.startswith("mgpu") and dtype not in ("bfloat16", "float16"):
                     continue  # WGMMA operands are 16-bit
-                row = measure(impl, length, dtype, batch=a.batch, heads=a.heads, head_dim=a.head_dim,
-                              window=a.window, block=a.block, warmup=a.warmup, steps=a.steps, repeats=a.repeats)
-                emit(row)
-                if row["status"] == "ok":
-                    mem = row["memory_bytes"]
-                    print(f"{dtype:9s} L={length:6d} {impl:13s} fwd {row['fwd_ms']:9.2f} ms  fwd+bwd "
-                          f"{row['fwd_bwd_ms']:9.2f} ms  {row['tflops_fwd_bwd']:7.3f} TFLOP/s  "
-                          f"mem {mem / 2**20 if mem else math.nan:8.1f} MiB", flush=True)
-                else:
-                    print(f"{dtype:9s} L={length:6d} {impl:13s} {row['status']}: {row['error']}", flush=True)
+                for block, warps, stages in _settings(impl, a):
+                    row = measure(impl, length, dtype, batch=a.batch, heads=a.heads, head_dim=a.head_dim,
+                                  window=a.window, block=block, warmup=a.warmup, steps=a.steps, repeats=a.repeats,
+                                  num_warps=warps, num_stages=stages)
+                    emit(row)
+                    name = impl + "".join(f" {k}{v}" for k, v in (("b", row["block"]), ("w", warps), ("s", stages))
+                                          if v is not None and (len(a.block) > 1 or k != "b"))
+                    if row["status"] == "ok":
+                        mem = row["memory_bytes"]
+                        print(f"{dtype:9s} L={length:6d} {name:13s} fwd {row['fwd_ms']:9.2f} ms  fwd+bwd "
+                              f"{row['fwd_bwd_ms']:9.2f} ms  {row['tflops_fwd_bwd']:7.3f} TFLOP/s  "
+                              f"mem {mem / 2**20 if mem else math.nan:8.1f} MiB", flush=True)
+                    else:
+                        print(f"{dtype:9s} L={length:6d} {name:13s} {row['status']}: {row['error']}", flush=True)
     return 0
 
 

@@ -7,9 +7,11 @@
 #   2. timings of forward and forward+backward, bf16 and float32, lengths 1K-16K, head dim 64: our Pallas
 #      flash and block-sparse Local against jax.nn.dot_product_attention (XLA and cuDNN), our dense XLA path and
 #      the XLA block-sparse path of the sparse variants; plus the card's bf16/f32 matmul rate, so TFLOP/s can be
-#      read as a fraction of it.
-# Usage: OUT=gpu_out scripts/gpu_check.sh   -> $OUT/kernel_tests.txt, $OUT/results/bench_gpu_<card>.jsonl
-# Then copy $OUT/results/bench_gpu_<card>.jsonl into results/ and say in the README what it measured.
+#      read as a fraction of it;
+#   3. a tuning sweep at 4K bf16: the Triton flash kernels at blocks 64/128 x num_warps 4/8 x num_stages 2/3 and
+#      the Mosaic GPU ones at blocks 64/128, beside cuDNN, so the best setting is known after one GPU session.
+# Usage: OUT=gpu_out scripts/gpu_check.sh   -> $OUT/kernel_tests*.txt, $OUT/results/{bench,tune}_gpu_<card>.jsonl
+# Then copy the two JSONL files into results/ and say in the README what they measured.
 # DRY_RUN=1 runs the same steps on any machine in about a minute, no GPU needed (tests collected, not run; one
 # tiny timing per impl): it shows that everything the GPU run needs imports and starts. The GPU image has JAX,
 # Flax, optax, pytest and hypothesis but no Hydra or wandb, which none of these steps need
@@ -26,19 +28,19 @@ $PY -c "import jax, flax, optax, numpy, pytest, hypothesis, jax.experimental.pal
   exit 2
 }
 if [ "$DRY_RUN" = 1 ]; then
-  CARD=dryrun TESTS="--collect-only" LENGTHS_BF16="256" LENGTHS_F32="256" MATMUL=256
+  CARD=dryrun TESTS="--collect-only" LENGTHS_BF16="256" LENGTHS_F32="256" MATMUL=256 TUNE_LENGTH=256
   STEPS="--warmup 0 --steps 1 --repeats 1"
 else
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
   CARD=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1 | tr 'A-Z' 'a-z' | tr -cs 'a-z0-9' '_' | sed 's/_$//')
-  CARD=${CARD:-gpu} TESTS="" LENGTHS_BF16="1024 4096 16384" LENGTHS_F32="1024 4096" MATMUL=8192
+  CARD=${CARD:-gpu} TESTS="" LENGTHS_BF16="1024 4096 16384" LENGTHS_F32="1024 4096" MATMUL=8192 TUNE_LENGTH=4096
   STEPS="--warmup 2 --steps 5 --repeats 3"
 fi
 $PY -c "import jax; print('jax', jax.__version__, jax.devices())" | tee -a "$OUT/gpu.txt"
 
 echo "== kernel tests on the GPU (Triton, not interpret)"
 # Full-precision float32 in the XLA references (TF32 would fail the float32 tolerances).
-JAX_DEFAULT_MATMUL_PRECISION=highest timeout 180 $PY -m pytest -q -p no:cacheprovider -m "not slow" $TESTS \
+JAX_DEFAULT_MATMUL_PRECISION=highest timeout 150 $PY -m pytest -q -p no:cacheprovider -m "not slow" $TESTS \
   tests/kernels/test_flash.py tests/kernels/test_linear_pallas.py tests/models/attention/test_pallas_variants.py \
   2>&1 | tail -20 | tee "$OUT/kernel_tests.txt"
 echo "== Mosaic GPU kernel tests"
@@ -48,6 +50,10 @@ timeout 90 $PY -m pytest -q -p no:cacheprovider -m "slow or not slow" $TESTS tes
 echo "== timings"
 BENCH="$PY -m lra.bench_kernels --batch 1 --heads 8 --head-dim 64 --window 128 --block 128 $STEPS \
   --out $OUT/results/bench_gpu_$CARD.jsonl"
-timeout 150 $BENCH --dtypes bfloat16 --lengths $LENGTHS_BF16 --matmul $MATMUL
-timeout 60 $BENCH --dtypes float32 --lengths $LENGTHS_F32 --matmul $((MATMUL / 2)) --impls xla_dense sdpa_xla pallas_flash pallas_local
-echo "rows: $(wc -l < "$OUT/results/bench_gpu_$CARD.jsonl") in $OUT/results/bench_gpu_$CARD.jsonl"
+timeout 135 $BENCH --dtypes bfloat16 --lengths $LENGTHS_BF16 --matmul $MATMUL
+timeout 45 $BENCH --dtypes float32 --lengths $LENGTHS_F32 --matmul $((MATMUL / 2)) --impls xla_dense sdpa_xla pallas_flash pallas_local
+echo "== tuning sweep (bf16, L=$TUNE_LENGTH)"
+TUNE="$PY -m lra.bench_kernels --batch 1 --heads 8 --head-dim 64 --dtypes bfloat16 --lengths $TUNE_LENGTH $STEPS"
+timeout 60 $TUNE --impls sdpa_cudnn pallas_flash mgpu_flash --block 64 128 --num-warps 4 8 --num-stages 2 3 \
+  --out $OUT/results/tune_gpu_$CARD.jsonl
+for f in "$OUT"/results/*.jsonl; do echo "rows: $(wc -l < "$f") in $f"; done

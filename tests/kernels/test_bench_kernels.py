@@ -1,6 +1,8 @@
 """lra.bench_kernels: rows for every implementation, with the FLOP accounting of the visited blocks."""
 import json
 
+import pytest
+
 from lra import bench_kernels
 
 
@@ -42,3 +44,22 @@ def test_mosaic_gpu_impl_runs_where_forced():
                                 warmup=0, steps=1, repeats=1)
     assert row["status"] == "ok", row.get("error")
     assert row["pallas_backend"] == "interpret:mosaic_gpu" and row["block_fraction"] == 10 / 16
+
+
+def test_tuning_sweep_times_every_setting_once(tmp_path):
+    out = tmp_path / "s.jsonl"
+    assert bench_kernels.main(["--lengths", "64", "--impls", "xla_dense", "pallas_flash", "--heads", "1",
+                               "--head-dim", "16", "--block", "16", "32", "--num-warps", "4", "8", "--warmup", "0",
+                               "--steps", "1", "--repeats", "1", "--out", str(out)]) == 0
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["impl"] for r in rows] == ["xla_dense"] + ["pallas_flash"] * 4  # xla_dense has no block
+    assert [(r["block"], r["num_warps"], r["num_stages"]) for r in rows[1:]] == [
+        (16, 4, None), (16, 8, None), (32, 4, None), (32, 8, None)]
+    assert "num_warps" not in rows[0] and all(r["status"] == "ok" for r in rows)
+
+
+def test_bad_tuning_values_are_refused_before_any_work(capsys):
+    for args in (["--num-warps", "6"], ["--num-stages", "0"], ["--block", "16", "24"]):
+        with pytest.raises(SystemExit):
+            bench_kernels.main(["--lengths", "64", *args])
+        assert "must be" in capsys.readouterr().err

@@ -150,6 +150,20 @@ def test_rejects_array_masks_and_bad_blocks():
         flash.flash_attention(q, k, v, block_q=24)
 
 
+def test_triton_compiler_parameters_are_checked_and_leave_results_alone():
+    q, k, v, valid = inputs(48, 8, True)
+    ref = flash.flash_attention(q, k, v, mask=masks.Local(5), kv_valid=valid, block_q=16, block_k=16)
+    out = flash.flash_attention(q, k, v, mask=masks.Local(5), kv_valid=valid, block_q=16, block_k=16, num_warps=8,
+                                num_stages=3)
+    np.testing.assert_array_equal(np.asarray(out), np.asarray(ref))  # interpret mode: the same program
+    with pytest.raises(ValueError, match="num_warps must be a power of two"):
+        flash.flash_attention(q, k, v, num_warps=6)
+    with pytest.raises(ValueError, match="num_stages must be >= 1"):
+        flash.flash_attention(q, k, v, num_stages=0)
+    with pytest.raises(ValueError, match="Mosaic GPU kernels take none"):
+        flash.flash_attention(q, k, v, num_warps=8, pallas_backend="mosaic_gpu")
+
+
 # --------------------------------------------------------------------------- plans, exactly
 
 

@@ -32,11 +32,15 @@ def _h100():
     return sh.use_abstract_mesh(sh.AbstractMesh((), (), abstract_device=device))
 
 
-def _custom_calls(fn, *args):
+def _lowered(fn, *args) -> str:
     with _h100():
         exported = export.export(jax.jit(fn), platforms=["cuda"],
                                  disabled_checks=[export.DisabledSafetyCheck.custom_call(TRITON)])(*args)
-    return re.findall(r"custom_call @([^(\s]+)\(", exported.mlir_module())
+    return exported.mlir_module()
+
+
+def _custom_calls(fn, *args):
+    return re.findall(r"custom_call @([^(\s]+)\(", _lowered(fn, *args))
 
 
 def _args(length, dtype, d=64):
@@ -82,6 +86,19 @@ def test_flash_forward_and_backward_lower_for_cuda(case):
     calls = _custom_calls(jax.grad(loss, (0, 1, 2)), *_args(192, dtype))
     kernels = [c for c in calls if c in (TRITON, MOSAIC)]
     assert kernels == [TRITON if backend == "triton" else MOSAIC] * 3  # forward, dQ, dK/dV
+
+
+@pytest.mark.parametrize("triton", [{}, {"num_warps": 8, "num_stages": 3}])
+def test_triton_compiler_parameters_reach_every_kernel(triton):
+    def loss(q, k, v, valid):
+        out = flash.flash_attention(q, k, v, kv_valid=valid, block_q=64, block_k=64, interpret=False,
+                                    pallas_backend="triton", **triton)
+        return out.astype(jnp.float32).sum()
+
+    module = _lowered(jax.grad(loss, (0, 1, 2)), *_args(192, jnp.bfloat16))
+    found = re.findall(r'name = "(flash_\w+)", num_stages = (\d+) : i32, num_warps = (\d+) : i32', module)
+    warps, stages = triton.get("num_warps", 4), triton.get("num_stages", 2)  # the defaults
+    assert sorted(found) == [(name, str(stages), str(warps)) for name in ("flash_dkdv", "flash_dq", "flash_fwd")]
 
 
 def test_linear_attention_lowers_for_cuda():

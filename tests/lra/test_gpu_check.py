@@ -3,7 +3,8 @@
 A GPU is lent for about 15 minutes at a time, so the script must not fail there on something a CPU could have
 shown: an import the image lacks (it has JAX, Flax, optax, pytest and hypothesis, but no Hydra, OmegaConf or
 wandb), a test that no longer collects, a benchmark flag that no longer parses. The dry run collects the same
-tests and times every impl once at a tiny size; here it runs with those three packages made unimportable.
+tests and times every impl and every setting of the tuning sweep once at a tiny size; here it runs with those
+three packages made unimportable.
 """
 import json
 import os
@@ -45,6 +46,9 @@ def test_dry_run_collects_the_gpu_tests_and_times_every_impl(gpu_image_env):
         assert {(impl, "bfloat16"), (impl, "float32")} <= timed, (impl, timed)
     assert {r["dtype"] for r in rows if r["impl"] == "matmul"} == {"bfloat16", "float32"}
     assert all(r["status"] == "ok" for r in rows), [r for r in rows if r["status"] != "ok"]
+    tune = [json.loads(line) for line in (out / "results" / "tune_gpu_dryrun.jsonl").read_text().splitlines()]
+    settings = {(r["block"], r["num_warps"], r["num_stages"]) for r in tune if r["status"] == "ok"}
+    assert settings == {(b, w, s) for b in (64, 128) for w in (4, 8) for s in (2, 3)}, tune
 
 
 def test_the_stubs_do_block_the_imports(gpu_image_env):
