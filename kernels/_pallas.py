@@ -26,11 +26,13 @@ def _view(ref, spec: pl.BlockSpec, ids):
 
 
 def call(kernel: Callable, *, grid: tuple[int, ...], in_specs: Sequence[pl.BlockSpec], out_specs, out_shape,
-         interpret: bool, compiler_params=None, name: str | None = None):
+         interpret: bool, compiler_params=None, name: str | None = None, input_output_aliases=None):
     """``pl.pallas_call`` with the same arguments; in interpret mode the inputs stay in place (see above)."""
+    aliases = dict(input_output_aliases or {})
     if not interpret:
         return pl.pallas_call(kernel, grid=grid, in_specs=list(in_specs), out_specs=out_specs,
-                              out_shape=out_shape, compiler_params=compiler_params, name=name)
+                              out_shape=out_shape, compiler_params=compiler_params, name=name,
+                              input_output_aliases=aliases)
     specs = list(in_specs)
     if any(s.block_shape is None or s.index_map is None for s in specs):
         raise ValueError("kernels._pallas.call needs a block shape and an index map for every input")
@@ -41,4 +43,5 @@ def call(kernel: Callable, *, grid: tuple[int, ...], in_specs: Sequence[pl.Block
         return kernel(*views, *refs[len(specs):])
 
     return pl.pallas_call(in_place, grid=grid, in_specs=[pl.BlockSpec(memory_space=pl.ANY)] * len(specs),
-                          out_specs=out_specs, out_shape=out_shape, interpret=True, name=name)
+                          out_specs=out_specs, out_shape=out_shape, interpret=True, name=name,
+                          input_output_aliases=aliases)

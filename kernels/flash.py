@@ -240,8 +240,17 @@ def _dq_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, valid_ref, kidx_
 
 
 def _dkdv_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, valid_ref, qidx_ref, qcnt_ref, qpart_ref,
-                 emask_ref, seed_ref, dk_ref, dv_ref, *, scale, block_q, block_k, has_valid, has_mask, rate,
-                 num_heads, q_len, kv_len):
+                 emask_ref, seed_ref, *outs, scale, block_q, block_k, has_valid, has_mask, rate, num_heads, q_len,
+                 kv_len, atomic_dq=False):
+    """dK and dV of one key block over its visited query blocks; with ``atomic_dq`` it also adds each block's
+    share of dQ (dS K) into a float32 dQ accumulator with atomic adds (FlashAttention-2's backward: five
+    products per block pair instead of the seven of a separate dQ kernel, which recomputes S and dP)."""
+    if atomic_dq:
+        from jax.experimental.pallas import triton as pltriton  # its atomics also run in interpret mode
+
+        _, dk_ref, dv_ref, dq_ref = outs  # the first is the zero-filled accumulator's input, aliased to dq_ref
+    else:
+        dk_ref, dv_ref = outs
     b, h, j = pl.program_id(0), pl.program_id(1), pl.program_id(2)
     k0 = j * block_k
     k = k_ref[...]
@@ -276,6 +285,8 @@ def _dkdv_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, valid_ref, qid
         dv = dv + _dot(p_drop.astype(do.dtype), do, 0, 0)
         ds = p * (dp - delta[:, None])
         dk = dk + _dot(ds.astype(q.dtype), q, 0, 0)
+        if atomic_dq:
+            pltriton.atomic_add(dq_ref, (pl.ds(q0, block_q), slice(None)), _dot(ds.astype(k.dtype), k, 1, 0) * scale)
         return dk, dv
 
     zeros = jnp.zeros(k.shape, jnp.float32)
@@ -299,10 +310,11 @@ class _Static:
     forward: str = "triton"  # which kernels run: "triton" (this module's) or "mosaic_gpu" (kernels.flash_mgpu)
     num_warps: int = 4       # Triton compiler parameters of the three kernels (GPU only)
     num_stages: int = 2
+    atomic_dq: bool = False  # Triton backward: dQ by atomic adds in the dK/dV kernel instead of its own kernel
 
     def _key(self):
         return (self.scale, self.rate, self.q_len, self.kv_len, self.has_valid, self.interpret, self.forward,
-                self.num_warps, self.num_stages)
+                self.num_warps, self.num_stages, self.atomic_dq)
 
     def compiler_params(self):
         return compiler_params(self.interpret, self.num_warps, self.num_stages)
@@ -388,6 +400,20 @@ def _backward(q, k, v, out, lse, do, valid, seed, st: _Static):
     tile_q = pl.BlockSpec((None, None, bq, d), lambda b, h, i: (b, h, i, 0))
     row_q = pl.BlockSpec((None, None, bq), lambda b, h, i: (b, h, i))
     valid_spec = pl.BlockSpec((None, length), lambda b, h, i: (b, 0))
+    tile_k = pl.BlockSpec((None, None, bk, d), lambda b, h, j: (b, h, j, 0))
+    dkdv_in = [_full((length, d)), tile_k, tile_k, _full((length, d)), _full((length,)), _full((length,)),
+               valid_spec, *_meta_specs(plan, "k")]
+    dkdv_args = [q, k, v, do, lse, delta, valid, *_meta_arrays(plan, "k"), seed]
+    if st.atomic_dq:
+        n_in = len(dkdv_in)
+        dk, dv, dq = _pallas.call(
+            functools.partial(_dkdv_kernel, **kw, atomic_dq=True), grid=(b, h, length // bk),
+            in_specs=[*dkdv_in, _full((length, d))], out_specs=[tile_k, tile_k, _full((length, d))],
+            out_shape=[jax.ShapeDtypeStruct(k.shape, k.dtype)] * 2 + [jax.ShapeDtypeStruct(q.shape, jnp.float32)],
+            input_output_aliases={n_in: 2}, interpret=st.interpret, compiler_params=st.compiler_params(),
+            name="flash_dkdv_dq",
+        )(*dkdv_args, jnp.zeros(q.shape, jnp.float32))
+        return dq.astype(q.dtype), dk, dv
     dq = _pallas.call(
         functools.partial(_dq_kernel, **kw), grid=(b, h, length // bq),
         in_specs=[tile_q, _full((length, d)), _full((length, d)), tile_q, row_q, row_q, valid_spec,
@@ -395,14 +421,11 @@ def _backward(q, k, v, out, lse, do, valid, seed, st: _Static):
         out_specs=tile_q, out_shape=jax.ShapeDtypeStruct(q.shape, q.dtype), interpret=st.interpret,
         compiler_params=st.compiler_params(), name="flash_dq",
     )(q, k, v, do, lse, delta, valid, *_meta_arrays(plan, "q"), seed)
-    tile_k = pl.BlockSpec((None, None, bk, d), lambda b, h, j: (b, h, j, 0))
     dk, dv = _pallas.call(
-        functools.partial(_dkdv_kernel, **kw), grid=(b, h, length // bk),
-        in_specs=[_full((length, d)), tile_k, tile_k, _full((length, d)), _full((length,)), _full((length,)),
-                  valid_spec, *_meta_specs(plan, "k")],
+        functools.partial(_dkdv_kernel, **kw), grid=(b, h, length // bk), in_specs=dkdv_in,
         out_specs=[tile_k, tile_k], out_shape=[jax.ShapeDtypeStruct(k.shape, k.dtype)] * 2,
         interpret=st.interpret, compiler_params=st.compiler_params(), name="flash_dkdv",
-    )(q, k, v, do, lse, delta, valid, *_meta_arrays(plan, "k"), seed)
+    )(*dkdv_args)
     return dq, dk, dv
 
 
@@ -475,7 +498,7 @@ def default_block(length: int, mask: masks_lib.Mask | None = None, minimum: int 
 def flash_attention(q, k, v, *, mask: masks_lib.Mask | None = None, kv_valid=None, scale: float | None = None,
                     block_q: int | None = None, block_k: int | None = None, dropout_rate: float = 0.0,
                     dropout_rng=None, interpret: bool | None = None, pallas_backend: str | None = None,
-                    num_warps: int | None = None, num_stages: int | None = None):
+                    num_warps: int | None = None, num_stages: int | None = None, atomic_dq: bool = False):
     """Softmax attention with the Pallas kernels: dense (``mask`` None or Full) or block-sparse (any other
     ``kernels.masks.Mask``; a Strided mask is first permuted so each stride class is contiguous, and its
     dropout bits then index the permuted order).
@@ -486,7 +509,9 @@ def flash_attention(q, k, v, *, mask: masks_lib.Mask | None = None, kv_valid=Non
     kernels (see ``gpu_backend``); in interpret mode the Mosaic GPU ones run in Pallas's GPU interpreter.
     ``num_warps`` and ``num_stages`` (default 4 and 2) are the Triton kernels' compiler parameters, for tuning
     on a GPU (``python -m lra.bench_kernels --num-warps 4 8 --num-stages 2 3``); the Mosaic GPU kernels have a
-    fixed layout (one warpgroup per program) and take neither.
+    fixed layout (one warpgroup per program) and take neither. ``atomic_dq`` computes dQ inside the dK/dV kernel
+    with float32 atomic adds instead of in a kernel of its own (fewer products, not bitwise reproducible on a GPU;
+    Triton only).
     """
     b, length, h, d = q.shape
     if k.shape[1] != length or v.shape[1] != length:
@@ -497,7 +522,7 @@ def flash_attention(q, k, v, *, mask: masks_lib.Mask | None = None, kv_valid=Non
     if isinstance(mask, masks_lib.Strided):
         return _strided(q, k, v, mask.stride, kv_valid=kv_valid, scale=scale, dropout_rate=dropout_rate,
                         dropout_rng=dropout_rng, interpret=interpret, pallas_backend=pallas_backend,
-                        num_warps=num_warps, num_stages=num_stages)
+                        num_warps=num_warps, num_stages=num_stages, atomic_dq=atomic_dq)
     if interpret is None:
         interpret = jax.default_backend() == "cpu"
     scale = 1.0 / math.sqrt(d) if scale is None else float(scale)
@@ -511,9 +536,9 @@ def flash_attention(q, k, v, *, mask: masks_lib.Mask | None = None, kv_valid=Non
     for name, blk in (("block_q", bq), ("block_k", bk)):
         if blk < 1 or blk & (blk - 1):
             raise ValueError(f"{name} must be a power of two, got {blk}")
-    if forward == "mosaic_gpu" and (num_warps is not None or num_stages is not None):
-        raise ValueError("num_warps and num_stages are Triton compiler parameters; the Mosaic GPU kernels take "
-                         "none (leave them unset)")
+    if forward == "mosaic_gpu" and (num_warps is not None or num_stages is not None or atomic_dq):
+        raise ValueError("num_warps, num_stages and atomic_dq are settings of the Triton kernels; the Mosaic GPU "
+                         "kernels take none (leave them unset)")
     if num_warps is not None and (num_warps < 1 or num_warps & (num_warps - 1)):
         raise ValueError(f"num_warps must be a power of two, got {num_warps}")
     if num_stages is not None and num_stages < 1:
@@ -538,7 +563,8 @@ def flash_attention(q, k, v, *, mask: masks_lib.Mask | None = None, kv_valid=Non
         return jnp.pad(x, ((0, 0), (0, 0), (0, padded - length), (0, dp - d)))
 
     st = _Static(plan, scale, rate, length, length, has_valid, bool(interpret), forward,
-                 4 if num_warps is None else int(num_warps), 2 if num_stages is None else int(num_stages))
+                 4 if num_warps is None else int(num_warps), 2 if num_stages is None else int(num_stages),
+                 bool(atomic_dq))
     out = _flash(prep(q), prep(k), prep(v), valid, seed, st)
     return jnp.transpose(out[:, :, :length, :d], (0, 2, 1, 3))
 

@@ -2,7 +2,7 @@
 
     python -m lra.bench_kernels [--lengths 1024 4096] [--dtypes float32 bfloat16] [--impls ...] [--out FILE]
     python -m lra.bench_kernels --lengths 4096 --dtypes bfloat16 --impls pallas_flash \
-        --block 64 128 --num-warps 4 8 --num-stages 2 3          # a tuning sweep of the Triton kernels (GPU)
+        --block 64 128 --num-warps 4 8 --num-stages 2 3 --dq kernel atomic   # tuning the Triton kernels (GPU)
 
 Implementations (``--impls``; those that do not apply to the backend or dtype are skipped):
   xla_dense      ``kernels.attention(impl="xla")``: dense softmax attention in plain XLA
@@ -23,8 +23,9 @@ every backend. FLOPs count the matmuls of the allowed (visited) blocks: 4 B H L^
 a square matmul in the same dtype, so TFLOP/s can be read as a fraction of what the card's matmul reaches.
 Rows are appended to ``--out`` (JSON lines) and printed as a table. On CPU the Pallas kernels run in interpret
 mode (compiled by XLA, not Python-slow). Several ``--block`` values time every block-sized impl at each; several
-``--num-warps`` / ``--num-stages`` values time the Triton kernels (``pallas_*``) at each combination, recorded in
-the row (the Mosaic GPU kernels take neither).
+``--num-warps`` / ``--num-stages`` / ``--dq`` values time the Triton kernels (``pallas_*``) at each combination,
+recorded in the row (``--dq atomic``: dQ by atomic adds in the dK/dV kernel; the Mosaic GPU kernels take none of
+these).
 """
 from __future__ import annotations
 
@@ -100,7 +101,7 @@ def _memory(compiled) -> int | None:
 
 def measure(impl: str, length: int, dtype: str, *, batch: int, heads: int, head_dim: int, window: int, block: int,
             warmup: int, steps: int, repeats: int, num_warps: int | None = None,
-            num_stages: int | None = None) -> dict:
+            num_stages: int | None = None, dq: str = "kernel") -> dict:
     import jax
     import jax.numpy as jnp
 
@@ -113,8 +114,10 @@ def measure(impl: str, length: int, dtype: str, *, batch: int, heads: int, head_
            "pallas_backend": flash.backend() if impl.startswith("pallas") else
            flash.backend(pallas_backend="mosaic_gpu") if impl.startswith("mgpu") else None}
     triton = {k: v for k, v in (("num_warps", num_warps), ("num_stages", num_stages)) if v is not None}
+    if dq == "atomic":
+        triton["atomic_dq"] = True
     if impl.startswith("pallas"):
-        row.update(num_warps=num_warps, num_stages=num_stages)
+        row.update(num_warps=num_warps, num_stages=num_stages, dq=dq)
     try:
         dt = jnp.dtype(dtype)
         keys = jax.random.split(jax.random.PRNGKey(0), 4)
@@ -154,12 +157,13 @@ def matmul_rate(dtype: str, n: int) -> dict:
             "device": device_description(), "jax": jax.__version__, "status": "ok"}
 
 
-def _settings(impl: str, a) -> list[tuple[int, int | None, int | None]]:
-    """(block, num_warps, num_stages) combinations to time ``impl`` at: every block for the block-sized impls
-    (one for the others), every Triton setting for the Triton kernels (``pallas_*``)."""
+def _settings(impl: str, a) -> list[tuple[int, int | None, int | None, str]]:
+    """(block, num_warps, num_stages, dq) combinations to time ``impl`` at: every block for the block-sized
+    impls (one for the others), every Triton setting for the Triton kernels (``pallas_*``)."""
     blocks = a.block if impl.startswith(("pallas", "mgpu", "xla_local")) else a.block[:1]
-    triton = [(w, s) for w in a.num_warps for s in a.num_stages] if impl.startswith("pallas") else [(None, None)]
-    return [(b, w, s) for b in blocks for w, s in triton]
+    if not impl.startswith("pallas"):
+        return [(b, None, None, "kernel") for b in blocks]
+    return [(b, w, s, dq) for b in blocks for w in a.num_warps for s in a.num_stages for dq in a.dq]
 
 
 def main(argv=None) -> int:
@@ -174,6 +178,8 @@ def main(argv=None) -> int:
     p.add_argument("--block", type=int, nargs="+", default=[128], help="block size(s) of the block-sized impls")
     p.add_argument("--num-warps", type=int, nargs="+", default=[None], help="Triton num_warps value(s) (GPU)")
     p.add_argument("--num-stages", type=int, nargs="+", default=[None], help="Triton num_stages value(s) (GPU)")
+    p.add_argument("--dq", nargs="+", default=["kernel"], choices=("kernel", "atomic"),
+                   help="Triton backward: dQ in its own kernel, or by atomic adds in the dK/dV kernel")
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--steps", type=int, default=2)
     p.add_argument("--repeats", type=int, default=3)
@@ -211,13 +217,14 @@ def main(argv=None) -> int:
             for impl in impls:
                 if impl.startswith("mgpu") and dtype not in ("bfloat16", "float16"):
                     continue  # WGMMA operands are 16-bit
-                for block, warps, stages in _settings(impl, a):
+                for block, warps, stages, dq in _settings(impl, a):
                     row = measure(impl, length, dtype, batch=a.batch, heads=a.heads, head_dim=a.head_dim,
                                   window=a.window, block=block, warmup=a.warmup, steps=a.steps, repeats=a.repeats,
-                                  num_warps=warps, num_stages=stages)
+                                  num_warps=warps, num_stages=stages, dq=dq)
                     emit(row)
-                    name = impl + "".join(f" {k}{v}" for k, v in (("b", row["block"]), ("w", warps), ("s", stages))
-                                          if v is not None and (len(a.block) > 1 or k != "b"))
+                    tags = (("b", row["block"] if len(a.block) > 1 else None), ("w", warps), ("s", stages),
+                            ("dq:", "atomic" if dq == "atomic" else None))
+                    name = impl + "".join(f" {k}{v}" for k, v in tags if v is not None)
                     if row["status"] == "ok":
                         mem = row["memory_bytes"]
                         print(f"{dtype:9s} L={length:6d} {name:13s} fwd {row['fwd_ms']:9.2f} ms  fwd+bwd "

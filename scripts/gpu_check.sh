@@ -8,8 +8,9 @@
 #      flash and block-sparse Local against jax.nn.dot_product_attention (XLA and cuDNN), our dense XLA path and
 #      the XLA block-sparse path of the sparse variants; plus the card's bf16/f32 matmul rate, so TFLOP/s can be
 #      read as a fraction of it;
-#   3. a tuning sweep at 4K bf16: the Triton flash kernels at blocks 64/128 x num_warps 4/8 x num_stages 2/3 and
-#      the Mosaic GPU ones at blocks 64/128, beside cuDNN, so the best setting is known after one GPU session.
+#   3. a tuning sweep at 4K bf16: the Triton flash kernels at blocks 64/128 x num_warps 4/8 x num_stages 2/3 x
+#      dQ in its own kernel or by atomic adds, and the Mosaic GPU ones at blocks 64/128, beside cuDNN, so the
+#      best setting is known after one GPU session.
 # Usage: OUT=gpu_out scripts/gpu_check.sh   -> $OUT/kernel_tests*.txt, $OUT/results/{bench,tune}_gpu_<card>.jsonl
 # Then copy the two JSONL files into results/ and say in the README what they measured.
 # DRY_RUN=1 runs the same steps on any machine in about a minute, no GPU needed (tests collected, not run; one
@@ -40,11 +41,11 @@ $PY -c "import jax; print('jax', jax.__version__, jax.devices())" | tee -a "$OUT
 
 echo "== kernel tests on the GPU (Triton, not interpret)"
 # Full-precision float32 in the XLA references (TF32 would fail the float32 tolerances).
-JAX_DEFAULT_MATMUL_PRECISION=highest timeout 150 $PY -m pytest -q -p no:cacheprovider -m "not slow" $TESTS \
+JAX_DEFAULT_MATMUL_PRECISION=highest timeout 135 $PY -m pytest -q -p no:cacheprovider -m "not slow" $TESTS \
   tests/kernels/test_flash.py tests/kernels/test_linear_pallas.py tests/models/attention/test_pallas_variants.py \
   2>&1 | tail -20 | tee "$OUT/kernel_tests.txt"
 echo "== Mosaic GPU kernel tests"
-timeout 90 $PY -m pytest -q -p no:cacheprovider -m "slow or not slow" $TESTS tests/kernels/test_flash_mgpu.py \
+timeout 75 $PY -m pytest -q -p no:cacheprovider -m "slow or not slow" $TESTS tests/kernels/test_flash_mgpu.py \
   2>&1 | tail -30 | tee "$OUT/kernel_tests_mgpu.txt"
 
 echo "== timings"
@@ -54,6 +55,7 @@ timeout 135 $BENCH --dtypes bfloat16 --lengths $LENGTHS_BF16 --matmul $MATMUL
 timeout 45 $BENCH --dtypes float32 --lengths $LENGTHS_F32 --matmul $((MATMUL / 2)) --impls xla_dense sdpa_xla pallas_flash pallas_local
 echo "== tuning sweep (bf16, L=$TUNE_LENGTH)"
 TUNE="$PY -m lra.bench_kernels --batch 1 --heads 8 --head-dim 64 --dtypes bfloat16 --lengths $TUNE_LENGTH $STEPS"
-timeout 60 $TUNE --impls sdpa_cudnn pallas_flash mgpu_flash --block 64 128 --num-warps 4 8 --num-stages 2 3 \
+timeout 90 $TUNE --impls sdpa_cudnn pallas_flash mgpu_flash --block 64 128 --num-warps 4 8 --num-stages 2 3 \
+  --dq kernel atomic \
   --out $OUT/results/tune_gpu_$CARD.jsonl
 for f in "$OUT"/results/*.jsonl; do echo "rows: $(wc -l < "$f") in $f"; done

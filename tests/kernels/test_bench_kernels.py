@@ -49,17 +49,18 @@ def test_mosaic_gpu_impl_runs_where_forced():
 def test_tuning_sweep_times_every_setting_once(tmp_path):
     out = tmp_path / "s.jsonl"
     assert bench_kernels.main(["--lengths", "64", "--impls", "xla_dense", "pallas_flash", "--heads", "1",
-                               "--head-dim", "16", "--block", "16", "32", "--num-warps", "4", "8", "--warmup", "0",
-                               "--steps", "1", "--repeats", "1", "--out", str(out)]) == 0
+                               "--head-dim", "16", "--block", "16", "32", "--num-warps", "4", "8", "--dq", "kernel",
+                               "atomic", "--warmup", "0", "--steps", "1", "--repeats", "1", "--out", str(out)]) == 0
     rows = [json.loads(line) for line in out.read_text().splitlines()]
-    assert [r["impl"] for r in rows] == ["xla_dense"] + ["pallas_flash"] * 4  # xla_dense has no block
-    assert [(r["block"], r["num_warps"], r["num_stages"]) for r in rows[1:]] == [
-        (16, 4, None), (16, 8, None), (32, 4, None), (32, 8, None)]
+    assert [r["impl"] for r in rows] == ["xla_dense"] + ["pallas_flash"] * 8  # xla_dense has no block
+    assert [(r["block"], r["num_warps"], r["num_stages"], r["dq"]) for r in rows[1:]] == [
+        (b, w, None, dq) for b in (16, 32) for w in (4, 8) for dq in ("kernel", "atomic")]
     assert "num_warps" not in rows[0] and all(r["status"] == "ok" for r in rows)
 
 
 def test_bad_tuning_values_are_refused_before_any_work(capsys):
-    for args in (["--num-warps", "6"], ["--num-stages", "0"], ["--block", "16", "24"]):
+    for args, says in ((["--num-warps", "6"], "must be"), (["--num-stages", "0"], "must be"),
+                       (["--block", "16", "24"], "must be"), (["--dq", "both"], "invalid choice")):
         with pytest.raises(SystemExit):
             bench_kernels.main(["--lengths", "64", *args])
-        assert "must be" in capsys.readouterr().err
+        assert says in capsys.readouterr().err

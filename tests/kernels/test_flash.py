@@ -58,14 +58,15 @@ def inputs(length, d, pad, *, b=2, h=2, seed=0, dtype=jnp.float32):
 
 
 class TestFlashAttention:
-    def check(self, length, blocks, d, mask_name, pad):
+    def check(self, length, blocks, d, mask_name, pad, atomic_dq=False):
         mask = MASKS[mask_name]
         bq, bk = blocks
         q, k, v, valid = inputs(length, d, pad)
         cot = jnp.asarray(np.random.default_rng(1).standard_normal(q.shape), jnp.float32)
 
         def ours(q, k, v):
-            return flash.flash_attention(q, k, v, mask=mask, kv_valid=valid, block_q=bq, block_k=bk)
+            return flash.flash_attention(q, k, v, mask=mask, kv_valid=valid, block_q=bq, block_k=bk,
+                                         atomic_dq=atomic_dq)
 
         def ref(q, k, v):
             return kernels.attention(q, k, v, mask=mask, kv_valid=valid)
@@ -90,14 +91,23 @@ class TestFlashAttention:
     def test_product(self, case):
         self.check(*case)
 
+    @pytest.mark.parametrize("case", COVER, ids=_id)
+    def test_cover_with_atomic_dq(self, case):
+        # dQ accumulated by atomic adds inside the dK/dV kernel (FlashAttention-2's backward).
+        self.check(*case, atomic_dq=True)
 
-def test_dropout_drops_the_weights_the_xla_path_drops():
+
+@pytest.mark.parametrize("atomic_dq", [False, True])
+def test_dropout_drops_the_weights_the_xla_path_drops(atomic_dq):
     q, k, v, valid = inputs(40, 8, True)
     key = jax.random.PRNGKey(7)
     mask = masks.Local(5)
     cot = jnp.asarray(np.random.default_rng(2).standard_normal(q.shape), jnp.float32)
 
     def ours(q, k, v):
+        if atomic_dq:
+            return flash.flash_attention(q, k, v, mask=mask, kv_valid=valid, dropout_rate=0.25, dropout_rng=key,
+                                         atomic_dq=True)
         return kernels.attention(q, k, v, mask=mask, kv_valid=valid, impl="pallas", dropout_rate=0.25,
                                  dropout_rng=key)
 
@@ -160,8 +170,9 @@ def test_triton_compiler_parameters_are_checked_and_leave_results_alone():
         flash.flash_attention(q, k, v, num_warps=6)
     with pytest.raises(ValueError, match="num_stages must be >= 1"):
         flash.flash_attention(q, k, v, num_stages=0)
-    with pytest.raises(ValueError, match="Mosaic GPU kernels take none"):
-        flash.flash_attention(q, k, v, num_warps=8, pallas_backend="mosaic_gpu")
+    for setting in ({"num_warps": 8}, {"atomic_dq": True}):
+        with pytest.raises(ValueError, match="Mosaic GPU kernels take none"):
+            flash.flash_attention(q, k, v, pallas_backend="mosaic_gpu", **setting)
 
 
 # --------------------------------------------------------------------------- plans, exactly

@@ -101,6 +101,19 @@ def test_triton_compiler_parameters_reach_every_kernel(triton):
     assert sorted(found) == [(name, str(stages), str(warps)) for name in ("flash_dkdv", "flash_dq", "flash_fwd")]
 
 
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float32])
+def test_atomic_dq_backward_lowers_for_cuda(dtype):
+    # dQ by atomic adds inside the dK/dV kernel: two Triton kernels in all, the second with the atomics.
+    def loss(q, k, v, valid):
+        out = flash.flash_attention(q, k, v, mask=masks.Local(40), kv_valid=valid, block_q=64, block_k=64,
+                                    interpret=False, pallas_backend="triton", atomic_dq=True)
+        return out.astype(jnp.float32).sum()
+
+    module = _lowered(jax.grad(loss, (0, 1, 2)), *_args(192, dtype))
+    assert re.findall(r'name = "(flash_\w+)"', module) == ["flash_fwd", "flash_dkdv_dq"]
+    assert re.findall(r"custom_call @([^(\s]+)\(", module).count(TRITON) == 2
+
+
 def test_linear_attention_lowers_for_cuda():
     q, k, v, valid = _args(128, jnp.float32, d=32)
 

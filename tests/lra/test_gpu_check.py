@@ -47,8 +47,8 @@ def test_dry_run_collects_the_gpu_tests_and_times_every_impl(gpu_image_env):
     assert {r["dtype"] for r in rows if r["impl"] == "matmul"} == {"bfloat16", "float32"}
     assert all(r["status"] == "ok" for r in rows), [r for r in rows if r["status"] != "ok"]
     tune = [json.loads(line) for line in (out / "results" / "tune_gpu_dryrun.jsonl").read_text().splitlines()]
-    settings = {(r["block"], r["num_warps"], r["num_stages"]) for r in tune if r["status"] == "ok"}
-    assert settings == {(b, w, s) for b in (64, 128) for w in (4, 8) for s in (2, 3)}, tune
+    settings = {(r["block"], r["num_warps"], r["num_stages"], r["dq"]) for r in tune if r["status"] == "ok"}
+    assert settings == {(b, w, s, dq) for b in (64, 128) for w in (4, 8) for s in (2, 3) for dq in ("kernel", "atomic")}
 
 
 def test_the_stubs_do_block_the_imports(gpu_image_env):
