@@ -19,8 +19,10 @@ Lengths that are not a multiple of the block are padded in the wrapper (padded k
 queries are dropped); head dims are padded to a multiple of 16 with zeros, which changes no dot product.
 On CPU the kernels run with ``interpret=True`` (compiled by XLA, not a Python loop); on GPU they lower through
 Pallas's Triton backend (``backend()`` says which ran): scalar loops over the plan, dot products of [block, D]
-tiles. ``kernels.flash_mgpu`` has the same forward and backward for Mosaic GPU (the newer backend: TMA copies,
-WGMMA), selected with ``pallas_backend="mosaic_gpu"`` or $LRA_PALLAS_GPU_BACKEND.
+tiles, read from and written to the [B, L, H, D] arrays in place (a head's rows are a strided view; in interpret
+mode the wrapper transposes to [B, H, L, D] instead, see ``kernel_layout``). ``kernels.flash_mgpu`` has the same
+forward and backward for Mosaic GPU (the newer backend: TMA copies, WGMMA; [B, H, L, D]), selected with
+``pallas_backend="mosaic_gpu"`` or $LRA_PALLAS_GPU_BACKEND.
 """
 from __future__ import annotations
 
@@ -311,10 +313,11 @@ class _Static:
     num_warps: int = 4       # Triton compiler parameters of the three kernels (GPU only)
     num_stages: int = 2
     atomic_dq: bool = False  # Triton backward: dQ by atomic adds in the dK/dV kernel instead of its own kernel
+    layout: str = "BHLD"     # of q/k/v, out and the gradients (``kernel_layout``)
 
     def _key(self):
         return (self.scale, self.rate, self.q_len, self.kv_len, self.has_valid, self.interpret, self.forward,
-                self.num_warps, self.num_stages, self.atomic_dq)
+                self.num_warps, self.num_stages, self.atomic_dq, self.layout)
 
     def compiler_params(self):
         return compiler_params(self.interpret, self.num_warps, self.num_stages)
@@ -335,6 +338,22 @@ def _common_kwargs(st: _Static, num_heads: int):
 def _full(shape):
     """BlockSpec of a whole [B, H, ...] array's (b, h) slice."""
     return pl.BlockSpec((None, None, *shape), lambda b, h, i: (b, h) + (0,) * len(shape))
+
+
+def _tile(rows: int, d: int, layout: str):
+    """BlockSpec of rows [i * rows, (i + 1) * rows) of head h, batch b, of a q/k/v-shaped array in ``layout``."""
+    if layout == "BLHD":
+        return pl.BlockSpec((None, rows, None, d), lambda b, h, i: (b, i, h, 0))
+    return pl.BlockSpec((None, None, rows, d), lambda b, h, i: (b, h, i, 0))
+
+
+def kernel_layout(interpret: bool, backend: str) -> str:
+    """The layout of q/k/v (and of the output and gradients) that the kernels read and write. "BLHD", the model's
+    own, for the Triton kernels on GPU: a head's rows are a strided view, so no transposes run around the
+    kernels. "BHLD" (transposed in the wrapper) for Mosaic GPU, whose TMA tiles are taken from [B*H, L, D], and
+    in interpret mode, where strided slices cost more than the transposes (on the 2-core CPU, Local window 128
+    at 4K, forward+backward, two runs back to back: 102 and 112 ms in BHLD, 116 and 127 ms in BLHD)."""
+    return "BLHD" if backend == "triton" and not interpret else "BHLD"
 
 
 def _meta_specs(plan: Plan, major: str):
@@ -364,22 +383,29 @@ def _meta_arrays(plan: Plan, major: str):
     return [jnp.asarray(plan.qidx), jnp.asarray(plan.qcnt), jnp.asarray(plan.qpart), emask]
 
 
+def _dims(x, layout: str):
+    """(B, L, H, D) of a q/k/v-shaped array in ``layout``."""
+    b, one, two, d = x.shape
+    return (b, one, two, d) if layout == "BLHD" else (b, two, one, d)
+
+
 def _forward(q, k, v, valid, seed, st: _Static):
-    """q/k/v [B, H, L, D] (padded), valid int32 [B, L], seed uint32 [2] -> (out [B, H, L, D], lse f32 [B, H, L])."""
+    """q/k/v padded, in ``st.layout``, valid int32 [B, L], seed uint32 [2] -> (out in q's layout, lse f32
+    [B, H, L])."""
     if st.forward == "mosaic_gpu":
         from kernels import flash_mgpu
 
         return flash_mgpu.forward(q, k, v, valid, st.plan, scale=st.scale, has_valid=st.has_valid,
                                   interpret=st.interpret)
-    b, h, length, d = q.shape
+    b, length, h, d = _dims(q, st.layout)
     plan = st.plan
     bq = plan.block_q
     grid = (b, h, length // bq)
     kernel = functools.partial(_fwd_kernel, **_common_kwargs(st, h))
-    in_specs = [pl.BlockSpec((None, None, bq, d), lambda b, h, i: (b, h, i, 0)), _full((length, d)), _full((length, d)),
-                pl.BlockSpec((None, length), lambda b, h, i: (b, 0)), *_meta_specs(plan, "q")]
-    out_specs = [pl.BlockSpec((None, None, bq, d), lambda b, h, i: (b, h, i, 0)),
-                 pl.BlockSpec((None, None, bq), lambda b, h, i: (b, h, i))]
+    whole = _tile(length, d, st.layout)
+    in_specs = [_tile(bq, d, st.layout), whole, whole, pl.BlockSpec((None, length), lambda b, h, i: (b, 0)),
+                *_meta_specs(plan, "q")]
+    out_specs = [_tile(bq, d, st.layout), pl.BlockSpec((None, None, bq), lambda b, h, i: (b, h, i))]
     out_shape = [jax.ShapeDtypeStruct(q.shape, q.dtype), jax.ShapeDtypeStruct((b, h, length), jnp.float32)]
     call = _pallas.call(kernel, grid=grid, in_specs=in_specs, out_specs=out_specs, out_shape=out_shape,
                         interpret=st.interpret, compiler_params=st.compiler_params(), name="flash_fwd")
@@ -392,23 +418,23 @@ def _backward(q, k, v, out, lse, do, valid, seed, st: _Static):
 
         return flash_mgpu.backward(q, k, v, out, lse, do, valid, st.plan, scale=st.scale, has_valid=st.has_valid,
                                    interpret=st.interpret)
-    b, h, length, d = q.shape
+    b, length, h, d = _dims(q, st.layout)
     plan = st.plan
     bq, bk = plan.block_q, plan.block_k
-    delta = jnp.einsum("bhld,bhld->bhl", do.astype(jnp.float32), out.astype(jnp.float32))
+    delta = jnp.einsum("blhd,blhd->bhl" if st.layout == "BLHD" else "bhld,bhld->bhl", do.astype(jnp.float32),
+                       out.astype(jnp.float32))
     kw = _common_kwargs(st, h)
-    tile_q = pl.BlockSpec((None, None, bq, d), lambda b, h, i: (b, h, i, 0))
+    tile_q, tile_k, whole = (_tile(n, d, st.layout) for n in (bq, bk, length))
     row_q = pl.BlockSpec((None, None, bq), lambda b, h, i: (b, h, i))
     valid_spec = pl.BlockSpec((None, length), lambda b, h, i: (b, 0))
-    tile_k = pl.BlockSpec((None, None, bk, d), lambda b, h, j: (b, h, j, 0))
-    dkdv_in = [_full((length, d)), tile_k, tile_k, _full((length, d)), _full((length,)), _full((length,)),
-               valid_spec, *_meta_specs(plan, "k")]
+    dkdv_in = [whole, tile_k, tile_k, whole, _full((length,)), _full((length,)), valid_spec,
+               *_meta_specs(plan, "k")]
     dkdv_args = [q, k, v, do, lse, delta, valid, *_meta_arrays(plan, "k"), seed]
     if st.atomic_dq:
         n_in = len(dkdv_in)
         dk, dv, dq = _pallas.call(
             functools.partial(_dkdv_kernel, **kw, atomic_dq=True), grid=(b, h, length // bk),
-            in_specs=[*dkdv_in, _full((length, d))], out_specs=[tile_k, tile_k, _full((length, d))],
+            in_specs=[*dkdv_in, whole], out_specs=[tile_k, tile_k, whole],
             out_shape=[jax.ShapeDtypeStruct(k.shape, k.dtype)] * 2 + [jax.ShapeDtypeStruct(q.shape, jnp.float32)],
             input_output_aliases={n_in: 2}, interpret=st.interpret, compiler_params=st.compiler_params(),
             name="flash_dkdv_dq",
@@ -416,8 +442,7 @@ def _backward(q, k, v, out, lse, do, valid, seed, st: _Static):
         return dq.astype(q.dtype), dk, dv
     dq = _pallas.call(
         functools.partial(_dq_kernel, **kw), grid=(b, h, length // bq),
-        in_specs=[tile_q, _full((length, d)), _full((length, d)), tile_q, row_q, row_q, valid_spec,
-                  *_meta_specs(plan, "q")],
+        in_specs=[tile_q, whole, whole, tile_q, row_q, row_q, valid_spec, *_meta_specs(plan, "q")],
         out_specs=tile_q, out_shape=jax.ShapeDtypeStruct(q.shape, q.dtype), interpret=st.interpret,
         compiler_params=st.compiler_params(), name="flash_dq",
     )(q, k, v, do, lse, delta, valid, *_meta_arrays(plan, "q"), seed)
@@ -557,16 +582,19 @@ def flash_attention(q, k, v, *, mask: masks_lib.Mask | None = None, kv_valid=Non
     valid = jnp.pad(valid, ((0, 0), (0, padded - length)))
     seed = jax.random.bits(dropout_rng, (2,), jnp.uint32) if rate > 0 else jnp.zeros((2,), jnp.uint32)
     dp = max(16, 1 << (d - 1).bit_length())  # Triton tiles are powers of two
+    layout = kernel_layout(bool(interpret), forward)
 
     def prep(x):
-        x = jnp.transpose(x, (0, 2, 1, 3))
-        return jnp.pad(x, ((0, 0), (0, 0), (0, padded - length), (0, dp - d)))
+        x = jnp.pad(x, ((0, 0), (0, padded - length), (0, 0), (0, dp - d)))
+        return x if layout == "BLHD" else jnp.transpose(x, (0, 2, 1, 3))
 
     st = _Static(plan, scale, rate, length, length, has_valid, bool(interpret), forward,
                  4 if num_warps is None else int(num_warps), 2 if num_stages is None else int(num_stages),
-                 bool(atomic_dq))
+                 bool(atomic_dq), layout)
     out = _flash(prep(q), prep(k), prep(v), valid, seed, st)
-    return jnp.transpose(out[:, :, :length, :d], (0, 2, 1, 3))
+    if layout == "BHLD":
+        out = jnp.transpose(out, (0, 2, 1, 3))
+    return out[:, :length, :, :d]
 
 
 def _strided(q, k, v, stride, *, kv_valid, scale, dropout_rate, dropout_rng, interpret, pallas_backend, **triton):
@@ -591,4 +619,5 @@ def _strided(q, k, v, stride, *, kv_valid, scale, dropout_rate, dropout_rng, int
 
 
 __all__ = ["Plan", "plan_from_layout", "mask_plan", "flash_attention", "default_block", "backend", "gpu_backend",
+           "kernel_layout",
            "GPU_BACKENDS", "compiler_params"]

@@ -29,7 +29,7 @@ $PY -c "import jax, flax, optax, numpy, pytest, hypothesis, jax.experimental.pal
   exit 2
 }
 if [ "$DRY_RUN" = 1 ]; then
-  CARD=dryrun TESTS="--collect-only" LENGTHS_BF16="256" LENGTHS_F32="256" MATMUL=256 TUNE_LENGTH=256
+  CARD=dryrun TESTS="--collect-only" LENGTHS_BF16="128" LENGTHS_F32="128" MATMUL=128 TUNE_LENGTH=128
   STEPS="--warmup 0 --steps 1 --repeats 1"
 else
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"

@@ -92,6 +92,13 @@ class TestFlashAttention:
         self.check(*case)
 
     @pytest.mark.parametrize("case", COVER, ids=_id)
+    def test_cover_in_the_gpu_layout(self, case, monkeypatch):
+        # On GPU the Triton kernels read q/k/v in [B, L, H, D] through strided BlockSpecs; here, in interpret
+        # mode, they get [B, H, L, D] unless told otherwise.
+        monkeypatch.setattr(flash, "kernel_layout", lambda interpret, backend: "BLHD")
+        self.check(*case)
+
+    @pytest.mark.parametrize("case", COVER, ids=_id)
     def test_cover_with_atomic_dq(self, case):
         # dQ accumulated by atomic adds inside the dK/dV kernel (FlashAttention-2's backward).
         self.check(*case, atomic_dq=True)
@@ -158,6 +165,12 @@ def test_rejects_array_masks_and_bad_blocks():
         kernels.attention(q, k, v, mask=np.ones((32, 32), bool), impl="pallas")
     with pytest.raises(ValueError, match="power of two"):
         flash.flash_attention(q, k, v, block_q=24)
+
+
+def test_kernel_layout():
+    assert flash.kernel_layout(False, "triton") == "BLHD"  # GPU: no transposes around the kernels
+    assert flash.kernel_layout(True, "triton") == "BHLD"
+    assert flash.kernel_layout(False, "mosaic_gpu") == flash.kernel_layout(True, "mosaic_gpu") == "BHLD"
 
 
 def test_triton_compiler_parameters_are_checked_and_leave_results_alone():
