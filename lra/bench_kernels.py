@@ -166,6 +166,63 @@ def _settings(impl: str, a) -> list[tuple[int, int | None, int | None, str]]:
     return [(b, w, s, dq) for b in blocks for w in a.num_warps for s in a.num_stages for dq in a.dq]
 
 
+def _setting(row: dict) -> str:
+    parts = [f"block {row['block']}"] if row.get("block") else []
+    parts += [f"{k} {row[k]}" for k in ("num_warps", "num_stages") if row.get(k) is not None]
+    if row.get("dq") == "atomic":
+        parts.append("atomic dQ")
+    return ", ".join(parts) or "-"
+
+
+# The issue's targets: (label, impl, reference impl, dtype, length or None for the longest, least speedup).
+TARGETS = [
+    ("flash fwd+bwd vs cuDNN", "pallas_flash", "sdpa_cudnn", "bfloat16", 4096, 0.8),
+    ("flash fwd+bwd vs cuDNN (Mosaic GPU)", "mgpu_flash", "sdpa_cudnn", "bfloat16", 4096, 0.8),
+    ("block-sparse Local vs flash", "pallas_local", "pallas_flash", "bfloat16", 16384, 5.0),
+    ("block-sparse Local vs flash (Mosaic GPU)", "mgpu_local", "mgpu_flash", "bfloat16", 16384, 5.0),
+    ("block-sparse Local vs XLA dense (CPU target)", "pallas_local", "xla_dense", "float32", 4096, 4.0),
+]
+
+
+def report(rows: list[dict]) -> str:
+    """A Markdown report of timing rows (those of several files together): per dtype and length, the fastest
+    setting of each impl with its TFLOP/s as a fraction of the same dtype's matmul rate, then each of the issue's
+    targets that the rows can answer (speedup of forward+backward against the reference impl, met or not)."""
+    ok = [r for r in rows if r.get("status") == "ok"]
+    rate = {r["dtype"]: r["tflops"] for r in ok if r["impl"] == "matmul"}
+    best: dict[tuple, dict] = {}
+    for r in ok:
+        if r["impl"] == "matmul":
+            continue
+        key = (r["dtype"], r["length"], r["impl"])
+        if key not in best or r["fwd_bwd_ms"] < best[key]["fwd_bwd_ms"]:
+            best[key] = r
+    devices = sorted({r["device"] for r in ok})
+    lines = [f"Device: {', '.join(devices) or 'none'}; matmul rate: "
+             + (", ".join(f"{d} {t:.1f} TFLOP/s" for d, t in sorted(rate.items())) or "not measured"), "",
+             "| dtype | length | impl | fastest setting | fwd ms | fwd+bwd ms | TFLOP/s (fwd+bwd) | of matmul | "
+             "memory MiB |", "|---|---|---|---|---|---|---|---|---|"]
+    for (dtype, length, impl), r in sorted(best.items(), key=lambda kv: (kv[0][0], kv[0][1], IMPLS.index(kv[0][2]))):
+        frac = f"{r['tflops_fwd_bwd'] / rate[dtype]:.0%}" if rate.get(dtype) else "-"
+        mem = f"{r['memory_bytes'] / 2**20:.0f}" if r.get("memory_bytes") else "-"
+        lines.append(f"| {dtype} | {length} | {impl} | {_setting(r)} | {r['fwd_ms']:.3f} | {r['fwd_bwd_ms']:.3f} | "
+                     f"{r['tflops_fwd_bwd']:.2f} | {frac} | {mem} |")
+    lines += ["", "Targets (forward+backward time of the reference over that of the impl):"]
+    for label, impl, ref, dtype, length, least in TARGETS:
+        a, b = best.get((dtype, length, impl)), best.get((dtype, length, ref))
+        where = f"{dtype}, L={length}"
+        if a is None or b is None:
+            missing = " and ".join(x for x, row in ((impl, a), (ref, b)) if row is None)
+            lines.append(f"- {label} ({where}): not measured ({missing} missing)")
+            continue
+        speedup = b["fwd_bwd_ms"] / a["fwd_bwd_ms"]
+        verdict = "met" if speedup >= least else "NOT met"
+        lines.append(f"- {label} ({where}): {speedup:.2f}x, target >= {least}x: {verdict} "
+                     f"({impl} {a['fwd_bwd_ms']:.3f} ms with {_setting(a)}; {ref} {b['fwd_bwd_ms']:.3f} ms; "
+                     f"forward alone {b['fwd_ms'] / a['fwd_ms']:.2f}x)")
+    return "\n".join(lines) + "\n"
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m lra.bench_kernels", description=__doc__.splitlines()[0])
     p.add_argument("--lengths", type=int, nargs="+", default=[1024, 4096])
@@ -185,7 +242,17 @@ def main(argv=None) -> int:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--matmul", type=int, default=0, help="also time an n x n matmul per dtype (0: skip)")
     p.add_argument("--out", default=None, help="JSONL file to append the rows to")
+    p.add_argument("--report", nargs="+", metavar="JSONL", default=None,
+                   help="time nothing: print the Markdown report (fastest settings, targets) of these row files")
     a = p.parse_args(argv)
+    if a.report:
+        from lra.results import read_jsonl
+
+        missing = [f for f in a.report if not Path(f).is_file()]
+        if missing:
+            p.error(f"no such file: {', '.join(missing)} (python -m lra.bench_kernels ... --out FILE writes one)")
+        print(report([row for f in a.report for row in read_jsonl(f)]), end="")
+        return 0
     stages = [n for n in a.num_stages if n is not None]
     for name, value in (("--batch", a.batch), ("--heads", a.heads), ("--head-dim", a.head_dim),
                         *(("--block", b) for b in a.block), *(("--num-stages", n) for n in stages)):

@@ -11,7 +11,8 @@
 #   3. a tuning sweep at 4K bf16: the Triton flash kernels at blocks 64/128 x num_warps 4/8 x num_stages 2/3 x
 #      dQ in its own kernel or by atomic adds, and the Mosaic GPU ones at blocks 64/128, beside cuDNN, so the
 #      best setting is known after one GPU session.
-# Usage: OUT=gpu_out scripts/gpu_check.sh   -> $OUT/kernel_tests*.txt, $OUT/results/{bench,tune}_gpu_<card>.jsonl
+# Usage: OUT=gpu_out scripts/gpu_check.sh   -> $OUT/kernel_tests*.txt, $OUT/results/{bench,tune}_gpu_<card>.jsonl,
+#        $OUT/report.md (fastest setting per impl, TFLOP/s as a fraction of the matmul rate, the targets met or not)
 # Then copy the two JSONL files into results/ and say in the README what they measured.
 # DRY_RUN=1 runs the same steps on any machine in about a minute, no GPU needed (tests collected, not run; one
 # tiny timing per impl): it shows that everything the GPU run needs imports and starts. The GPU image has JAX,
@@ -59,3 +60,5 @@ timeout 90 $TUNE --impls sdpa_cudnn pallas_flash mgpu_flash --block 64 128 --num
   --dq kernel atomic \
   --out $OUT/results/tune_gpu_$CARD.jsonl
 for f in "$OUT"/results/*.jsonl; do echo "rows: $(wc -l < "$f") in $f"; done
+echo "== report"
+$PY -m lra.bench_kernels --report "$OUT"/results/*.jsonl | tee "$OUT/report.md"

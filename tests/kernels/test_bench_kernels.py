@@ -64,3 +64,42 @@ def test_bad_tuning_values_are_refused_before_any_work(capsys):
         with pytest.raises(SystemExit):
             bench_kernels.main(["--lengths", "64", *args])
         assert says in capsys.readouterr().err
+
+
+def _row(impl, ms, *, dtype="bfloat16", length=4096, fwd=None, **extra):
+    return {"impl": impl, "dtype": dtype, "length": length, "fwd_ms": fwd or ms / 3, "fwd_bwd_ms": ms,
+            "tflops_fwd_bwd": 100.0 / ms, "memory_bytes": 2**20, "device": "gpu: test card", "status": "ok",
+            "block": extra.pop("block", None), **extra}
+
+
+def test_report_takes_the_fastest_setting_and_judges_the_targets():
+    rows = [
+        {"impl": "matmul", "dtype": "bfloat16", "n": 8192, "tflops": 500.0, "device": "gpu: test card",
+         "status": "ok"},
+        _row("sdpa_cudnn", 1.0),
+        _row("pallas_flash", 1.6, block=128, num_warps=4, num_stages=2, dq="kernel"),
+        _row("pallas_flash", 1.2, block=128, num_warps=8, num_stages=3, dq="atomic"),   # the fastest: 0.83x
+        _row("pallas_flash", 9.0, block=64, num_warps=4, num_stages=2, dq="kernel"),
+        {"impl": "mgpu_flash", "dtype": "bfloat16", "length": 4096, "status": "error", "error": "boom"},
+        _row("pallas_flash", 40.0, length=16384, block=128),
+        _row("pallas_local", 10.0, length=16384, block=128),                              # 4x: short of 5x
+    ]
+    text = bench_kernels.report(rows)
+    fastest = "| bfloat16 | 4096 | pallas_flash | block 128, num_warps 8, num_stages 3, atomic dQ | 0.400 | 1.200 |"
+    assert fastest in text and text.count("| pallas_flash |") == 2  # one row per (dtype, length, impl)
+    assert "| 83.33 | 17% |" in text  # 100 / 1.2 TFLOP/s of the 500 the matmul reached
+    assert "flash fwd+bwd vs cuDNN (bfloat16, L=4096): 0.83x, target >= 0.8x: met" in text
+    assert "(Mosaic GPU) (bfloat16, L=4096): not measured (mgpu_flash missing)" in text  # error rows are not timings
+    assert "block-sparse Local vs flash (bfloat16, L=16384): 4.00x, target >= 5.0x: NOT met" in text
+    assert "CPU target) (float32, L=4096): not measured (pallas_local and xla_dense missing)" in text
+
+
+def test_report_from_the_command_line(tmp_path, capsys):
+    f = tmp_path / "rows.jsonl"
+    f.write_text("\n".join(json.dumps(r) for r in [
+        _row("xla_dense", 1400.0, dtype="float32"), _row("pallas_local", 115.0, dtype="float32", block=128)]) + "\n")
+    assert bench_kernels.main(["--report", str(f)]) == 0
+    assert "(CPU target) (float32, L=4096): 12.17x, target >= 4.0x: met" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        bench_kernels.main(["--report", str(tmp_path / "none.jsonl")])
+    assert "no such file" in capsys.readouterr().err

@@ -49,6 +49,8 @@ def test_dry_run_collects_the_gpu_tests_and_times_every_impl(gpu_image_env):
     tune = [json.loads(line) for line in (out / "results" / "tune_gpu_dryrun.jsonl").read_text().splitlines()]
     settings = {(r["block"], r["num_warps"], r["num_stages"], r["dq"]) for r in tune if r["status"] == "ok"}
     assert settings == {(b, w, s, dq) for b in (64, 128) for w in (4, 8) for s in (2, 3) for dq in ("kernel", "atomic")}
+    report = (out / "report.md").read_text()  # on CPU: no cuDNN, so the GPU targets are reported unmeasured
+    assert "| bfloat16 | 128 | pallas_flash |" in report and "vs cuDNN (bfloat16, L=4096): not measured" in report
 
 
 def test_the_stubs_do_block_the_imports(gpu_image_env):
