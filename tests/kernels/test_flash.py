@@ -95,6 +95,8 @@ class TestFlashAttention:
     def test_cover_in_the_gpu_layout(self, case, monkeypatch):
         # On GPU the Triton kernels read q/k/v in [B, L, H, D] through strided BlockSpecs; here, in interpret
         # mode, they get [B, H, L, D] unless told otherwise.
+        if jax.default_backend() != "cpu":
+            pytest.skip("on a GPU test_cover runs the Triton kernels in this layout already")
         monkeypatch.setattr(flash, "kernel_layout", lambda interpret, backend: "BLHD")
         self.check(*case)
 
@@ -178,7 +180,8 @@ def test_triton_compiler_parameters_are_checked_and_leave_results_alone():
     ref = flash.flash_attention(q, k, v, mask=masks.Local(5), kv_valid=valid, block_q=16, block_k=16)
     out = flash.flash_attention(q, k, v, mask=masks.Local(5), kv_valid=valid, block_q=16, block_k=16, num_warps=8,
                                 num_stages=3)
-    np.testing.assert_array_equal(np.asarray(out), np.asarray(ref))  # interpret mode: the same program
+    # The same numbers: exactly in interpret mode (the same program); on a GPU, warps may sum in another order.
+    np.testing.assert_allclose(np.asarray(out), np.asarray(ref), **(F32 if jax.default_backend() == "gpu" else {}))
     with pytest.raises(ValueError, match="num_warps must be a power of two"):
         flash.flash_attention(q, k, v, num_warps=6)
     with pytest.raises(ValueError, match="num_stages must be >= 1"):
