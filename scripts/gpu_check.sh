@@ -42,12 +42,13 @@ $PY -c "import jax; print('jax', jax.__version__, jax.devices())" | tee -a "$OUT
 
 echo "== kernel tests on the GPU (Triton, not interpret)"
 # Full-precision float32 in the XLA references (TF32 would fail the float32 tolerances).
-JAX_DEFAULT_MATMUL_PRECISION=highest timeout 150 $PY -m pytest -q -p no:cacheprovider -m "not slow" $TESTS \
+# -v into a log of its own: if a timeout stops pytest before its summary, the log still says which tests passed.
+JAX_DEFAULT_MATMUL_PRECISION=highest timeout 150 $PY -m pytest -v -p no:cacheprovider -m "not slow" $TESTS \
   tests/kernels/test_flash.py tests/kernels/test_linear_pallas.py tests/models/attention/test_pallas_variants.py \
-  2>&1 | tail -20 | tee "$OUT/kernel_tests.txt"
+  2>&1 | tee "$OUT/kernel_tests.log" | tail -20 | tee "$OUT/kernel_tests.txt"
 echo "== Mosaic GPU kernel tests"
-timeout 75 $PY -m pytest -q -p no:cacheprovider -m "slow or not slow" $TESTS tests/kernels/test_flash_mgpu.py \
-  2>&1 | tail -30 | tee "$OUT/kernel_tests_mgpu.txt"
+timeout 75 $PY -m pytest -v -p no:cacheprovider -m "slow or not slow" $TESTS tests/kernels/test_flash_mgpu.py \
+  2>&1 | tee "$OUT/kernel_tests_mgpu.log" | tail -30 | tee "$OUT/kernel_tests_mgpu.txt"
 
 echo "== timings"
 BENCH="$PY -m lra.bench_kernels --batch 1 --heads 8 --head-dim 64 --window 128 --block 128 $STEPS \
