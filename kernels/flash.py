@@ -7,7 +7,8 @@ Dense flash attention is the plan where every query block visits every key block
 grow with the number of allowed blocks, not with L x L. Nothing of size L x L is ever materialised: the
 forward keeps FlashAttention's online softmax (running maximum, running sum, rescaled accumulator) and stores
 the log-sum-exp per query; the backward recomputes the weights block by block (one kernel for dQ over the
-query-major plan, one for dK and dV over its transpose).
+query-major plan, one for dK and dV over its transpose; with ``atomic_dq`` the second also adds dQ up with
+atomic adds and the first is not run).
 
 Semantics are those of ``kernels.attention``: q [B, Lq, H, D], k/v [B, Lk, H, D] (Lq == Lk), ``kv_valid`` bool
 [B, Lk] marks real keys, a query with no allowed key returns zeros (and gets zero gradients), logits and
