@@ -13,6 +13,10 @@ Implementations (``--impls``; those that do not apply to the backend or dtype ar
   mgpu_flash     ``pallas_flash`` on the Mosaic GPU kernels (``kernels.flash_mgpu``; bf16/f16 only)
   mgpu_local     ``pallas_local`` on the Mosaic GPU kernels
   xla_local      the XLA path of the sparse variants (``kernels.block_sparse``: gathered key blocks)
+  jax_triton     JAX's own Pallas Triton flash attention (``jax.experimental.pallas.ops.gpu.attention.mha``, its
+                 default blocks; GPU only): a yardstick for what Pallas reaches on the card
+  jax_mgpu       JAX's own Mosaic GPU flash attention (``...ops.gpu.attention_mgpu.attention``, blocks 64 x 128
+                 forward, 64 backward; bf16/f16, GPU only)
 
 Each (implementation, length, dtype) is compiled once for the forward and once for the forward+backward (the
 gradient of sum(out * cotangent) with respect to q, k and v), run ``--warmup`` times, then timed as the median
@@ -39,7 +43,8 @@ from pathlib import Path
 
 from lra.results import device_description
 
-IMPLS = ("xla_dense", "sdpa_xla", "sdpa_cudnn", "pallas_flash", "pallas_local", "xla_local", "mgpu_flash",
+IMPLS = ("xla_dense", "sdpa_xla", "sdpa_cudnn", "jax_triton", "jax_mgpu", "pallas_flash", "pallas_local",
+         "xla_local", "mgpu_flash",
          "mgpu_local")
 
 
@@ -53,6 +58,17 @@ def _fn(impl: str, window: int, block: int, triton: dict | None = None):
         return lambda q, k, v: kernels.attention(q, k, v)
     if impl == "sdpa_xla":
         return lambda q, k, v: jax.nn.dot_product_attention(q, k, v, implementation="xla")
+    if impl == "jax_triton":
+        from jax.experimental.pallas.ops.gpu import attention as jax_attention
+
+        return lambda q, k, v: jax_attention.mha(q, k, v, None, sm_scale=q.shape[-1] ** -0.5,
+                                                 interpret=jax.default_backend() == "cpu")
+    if impl == "jax_mgpu":
+        from jax.experimental.pallas.ops.gpu import attention_mgpu
+
+        config = attention_mgpu.TuningConfig(block_q=64, block_kv=128, max_concurrent_steps=2, block_q_dkv=64,
+                                             block_kv_dkv=64, block_q_dq=64, block_kv_dq=64)
+        return lambda q, k, v: attention_mgpu.attention(q, k, v, config)
     if impl == "sdpa_cudnn":
         return lambda q, k, v: jax.nn.dot_product_attention(q, k, v, implementation="cudnn")
     if impl in ("pallas_flash", "pallas_local", "mgpu_flash", "mgpu_local"):
@@ -264,8 +280,9 @@ def main(argv=None) -> int:
     import jax
 
     gpu = jax.default_backend() == "gpu"
-    # cuDNN and the Mosaic GPU kernels need a GPU (the latter's CPU form is a simulator, not worth timing).
-    impls = [i for i in a.impls if gpu or not i.startswith(("sdpa_cudnn", "mgpu"))]
+    # cuDNN, the Mosaic GPU kernels and JAX's reference kernels need a GPU (on CPU the Pallas ones would run in a
+    # simulator or interpreter, not worth timing).
+    impls = [i for i in a.impls if gpu or not i.startswith(("sdpa_cudnn", "mgpu", "jax_"))]
     rows = []
     out = Path(a.out) if a.out else None
     if out:
@@ -282,7 +299,7 @@ def main(argv=None) -> int:
             emit(matmul_rate(dtype, a.matmul))
         for length in a.lengths:
             for impl in impls:
-                if impl.startswith("mgpu") and dtype not in ("bfloat16", "float16"):
+                if impl.startswith(("mgpu", "jax_mgpu")) and dtype not in ("bfloat16", "float16"):
                     continue  # WGMMA operands are 16-bit
                 for block, warps, stages, dq in _settings(impl, a):
                     row = measure(impl, length, dtype, batch=a.batch, heads=a.heads, head_dim=a.head_dim,

@@ -9,8 +9,9 @@
 #      the XLA block-sparse path of the sparse variants; plus the card's bf16/f32 matmul rate, so TFLOP/s can be
 #      read as a fraction of it;
 #   3. a tuning sweep at 4K bf16: the Triton flash kernels at blocks 64/128 x num_warps 4/8 x num_stages 2/3 x
-#      dQ in its own kernel or by atomic adds, and the Mosaic GPU ones at blocks 64/128, beside cuDNN, so the
-#      best setting is known after one GPU session.
+#      dQ in its own kernel or by atomic adds, and the Mosaic GPU ones at blocks 64/128, beside cuDNN and JAX's
+#      own Pallas flash attention (Triton and Mosaic GPU), so the best setting, and what Pallas reaches on the
+#      card, are known after one GPU session.
 # Usage: OUT=gpu_out scripts/gpu_check.sh   -> $OUT/kernel_tests*.txt, $OUT/results/{bench,tune}_gpu_<card>.jsonl,
 #        $OUT/report.md (fastest setting per impl, TFLOP/s as a fraction of the matmul rate, the targets met or not)
 # Then copy the two JSONL files into results/ and say in the README what they measured.
@@ -54,12 +55,12 @@ echo "== timings"
 BENCH="$PY -m lra.bench_kernels --batch 1 --heads 8 --head-dim 64 --window 128 --block 128 $STEPS \
   --out $OUT/results/bench_gpu_$CARD.jsonl"
 # The target's impls first at each length: a timeout at 16K loses the XLA rows, not theirs.
-timeout 135 $BENCH --dtypes bfloat16 --lengths $LENGTHS_BF16 --matmul $MATMUL \
+timeout 120 $BENCH --dtypes bfloat16 --lengths $LENGTHS_BF16 --matmul $MATMUL \
   --impls sdpa_cudnn pallas_flash pallas_local mgpu_flash mgpu_local xla_dense sdpa_xla xla_local
 timeout 45 $BENCH --dtypes float32 --lengths $LENGTHS_F32 --matmul $((MATMUL / 2)) --impls xla_dense sdpa_xla pallas_flash pallas_local
 echo "== tuning sweep (bf16, L=$TUNE_LENGTH)"
 TUNE="$PY -m lra.bench_kernels --batch 1 --heads 8 --head-dim 64 --dtypes bfloat16 --lengths $TUNE_LENGTH $STEPS"
-timeout 75 $TUNE --impls sdpa_cudnn mgpu_flash pallas_flash --block 64 128 --num-warps 4 8 --num-stages 2 3 \
+timeout 90 $TUNE --impls sdpa_cudnn jax_triton jax_mgpu mgpu_flash pallas_flash --block 64 128 --num-warps 4 8 --num-stages 2 3 \
   --dq kernel atomic \
   --out $OUT/results/tune_gpu_$CARD.jsonl
 for f in "$OUT"/results/*.jsonl; do echo "rows: $(wc -l < "$f") in $f"; done

@@ -103,3 +103,20 @@ def test_report_from_the_command_line(tmp_path, capsys):
     with pytest.raises(SystemExit):
         bench_kernels.main(["--report", str(tmp_path / "none.jsonl")])
     assert "no such file" in capsys.readouterr().err
+
+
+def test_jax_reference_kernels_are_wired():
+    # JAX's own Pallas Triton flash attention runs in interpret mode on CPU: the call and its gradient work.
+    # (Timed only on a GPU; the Mosaic GPU one needs CUDA even to trace.)
+    row = bench_kernels.measure("jax_triton", 128, "float32", batch=1, heads=2, head_dim=64, window=4, block=64,
+                                warmup=0, steps=1, repeats=1)
+    assert row["status"] == "ok", row.get("error")
+    assert row["pallas_backend"] is None and row["block_fraction"] == 1.0
+
+
+def test_gpu_only_impls_are_skipped_on_cpu(tmp_path):
+    out = tmp_path / "g.jsonl"
+    assert bench_kernels.main(["--lengths", "64", "--impls", "sdpa_cudnn", "jax_triton", "jax_mgpu", "xla_dense",
+                               "--heads", "1", "--head-dim", "16", "--warmup", "0", "--steps", "1", "--repeats", "1",
+                               "--out", str(out)]) == 0
+    assert [json.loads(line)["impl"] for line in out.read_text().splitlines()] == ["xla_dense"]
