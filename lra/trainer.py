@@ -367,7 +367,8 @@ def train(config: dict, run_dir: str | Path) -> dict:
                                    f"train loss {loss:.4f}")
                 window_start, window_compile = time.perf_counter(), steps.compile_seconds
             if term["stop"] and done < t["train_steps"]:
-                save("latest", done)
+                if ckpt.latest_step() != done:  # an evaluation at this step has saved it already
+                    save("latest", done)
                 progress.write(f"SIGTERM: checkpoint of step {done} saved in {ckpt.directory / 'latest'}; "
                                f"rerun the same command to resume")
                 raise Preempted(done, ckpt.directory / "latest")

@@ -3,6 +3,7 @@
 A run killed at any moment and restarted with the same command resumes from its latest readable checkpoint and
 ends with the metrics of an uninterrupted run (data order and dropout keys are functions of seed and step)."""
 import logging
+import os
 import signal
 import subprocess
 import time
@@ -97,6 +98,29 @@ def interrupted_run(paths, monkeypatch, config, at_step):
     with pytest.raises(Interrupt):
         trainer.train(config, paths["run"])
     monkeypatch.setattr(trainer.batching.TrainBatches, "batch", original)
+
+
+def test_sigterm_during_an_evaluation_step_that_saves(isolated, tmp_path, monkeypatch):
+    # SIGTERM arrives while the step that ends at an evaluation runs: that step's checkpoint is saved by the
+    # evaluation, and the preemption must not save it a second time (orbax refuses an existing step).
+    paths, _ = isolated
+    config = smoke(paths, "train.eval_every=10", "train.train_steps=30")
+    reference = trainer.train(config, tmp_path / "uninterrupted")
+    original = trainer.batching.TrainBatches.batch
+
+    def terminated(self, step):
+        if step == 19:  # the step that ends at 20, an evaluation
+            os.kill(os.getpid(), signal.SIGTERM)
+        return original(self, step)
+
+    monkeypatch.setattr(trainer.batching.TrainBatches, "batch", terminated)
+    with pytest.raises(trainer.Preempted) as stopped:
+        trainer.train(config, paths["run"])
+    assert stopped.value.code == 143 and stopped.value.step == 20
+    monkeypatch.setattr(trainer.batching.TrainBatches, "batch", original)
+    resumed = trainer.train(config, paths["run"])
+    for key in SAME:
+        assert resumed[key] == reference[key], key
 
 
 def corrupt(step_dir):
