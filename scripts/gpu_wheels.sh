@@ -2,7 +2,7 @@
 # Wheels of what the lent GPU machines' image lacks for lra.train (Hydra, OmegaConf and its ANTLR runtime, at
 # requirements.lock's versions), for scripts/gpu_listops.sh. scripts/gpu_check.sh needs none of them.
 # Run here (it needs PyPI), then name .whl in the run tool's `carry` and start the command there with
-#   python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site
+#   python3 -m pip install -q --no-index --no-deps --target .site .whl/*.whl && export PYTHONPATH=$PWD/.site
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}

@@ -86,18 +86,25 @@ class Interrupt(Exception):
     pass
 
 
-def interrupted_run(paths, monkeypatch, config, at_step):
+def _interrupt():
+    raise Interrupt()
+
+
+def interrupted_run(paths, monkeypatch, config, at_step, stop=_interrupt, expect=Interrupt):
+    """Train ``config`` until the batch of ``at_step`` is drawn, where ``stop()`` acts (by default it raises
+    Interrupt, a crash); the run must end with ``expect``, which is returned."""
     original = trainer.batching.TrainBatches.batch
 
     def dying(self, step):
         if step == at_step:
-            raise Interrupt()
+            stop()
         return original(self, step)
 
     monkeypatch.setattr(trainer.batching.TrainBatches, "batch", dying)
-    with pytest.raises(Interrupt):
+    with pytest.raises(expect) as raised:
         trainer.train(config, paths["run"])
     monkeypatch.setattr(trainer.batching.TrainBatches, "batch", original)
+    return raised.value
 
 
 def test_sigterm_during_an_evaluation_step_that_saves(isolated, tmp_path, monkeypatch):
@@ -106,18 +113,10 @@ def test_sigterm_during_an_evaluation_step_that_saves(isolated, tmp_path, monkey
     paths, _ = isolated
     config = smoke(paths, "train.eval_every=10", "train.train_steps=30")
     reference = trainer.train(config, tmp_path / "uninterrupted")
-    original = trainer.batching.TrainBatches.batch
-
-    def terminated(self, step):
-        if step == 19:  # the step that ends at 20, an evaluation
-            os.kill(os.getpid(), signal.SIGTERM)
-        return original(self, step)
-
-    monkeypatch.setattr(trainer.batching.TrainBatches, "batch", terminated)
-    with pytest.raises(trainer.Preempted) as stopped:
-        trainer.train(config, paths["run"])
-    assert stopped.value.code == 143 and stopped.value.step == 20
-    monkeypatch.setattr(trainer.batching.TrainBatches, "batch", original)
+    # Step 19 ends at 20, an evaluation.
+    stopped = interrupted_run(paths, monkeypatch, config, 19, stop=lambda: os.kill(os.getpid(), signal.SIGTERM),
+                              expect=trainer.Preempted)
+    assert stopped.code == 143 and stopped.step == 20
     resumed = trainer.train(config, paths["run"])
     for key in SAME:
         assert resumed[key] == reference[key], key
