@@ -1,24 +1,14 @@
 """scripts/bench_torch.py: the side-by-side JAX / PyTorch train-step benchmark (tiny shapes only)."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import sys
-from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "bench_torch.py"
+from tests._scripts import load_script
 
-
-def _load_script():
-    spec = importlib.util.spec_from_file_location("bench_torch", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-bench_torch = _load_script()
+bench_torch = load_script("bench_torch")
 
 
 def test_without_torch_exits_2_and_says_how_to_install(monkeypatch, capsys, tmp_path):
