@@ -44,8 +44,7 @@ from pathlib import Path
 from lra.results import device_description
 
 IMPLS = ("xla_dense", "sdpa_xla", "sdpa_cudnn", "jax_triton", "jax_mgpu", "pallas_flash", "pallas_local",
-         "xla_local", "mgpu_flash",
-         "mgpu_local")
+         "xla_local", "mgpu_flash", "mgpu_local")
 
 
 def _fn(impl: str, window: int, block: int, triton: dict | None = None):
