@@ -249,8 +249,7 @@ def _dkdv_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, valid_ref, qid
     share of dQ (dS K) into a float32 dQ accumulator with atomic adds (FlashAttention-2's backward: five
     products per block pair instead of the seven of a separate dQ kernel, which recomputes S and dP)."""
     if atomic_dq:
-        from jax.experimental.pallas import triton as pltriton  # its atomics also run in interpret mode
-
+        pltriton = _triton_module()  # its atomics also run in interpret mode
         _, dk_ref, dv_ref, dq_ref = outs  # the first is the zero-filled accumulator's input, aliased to dq_ref
     else:
         dk_ref, dv_ref = outs
@@ -506,9 +505,19 @@ def compiler_params(interpret: bool, num_warps: int = 4, num_stages: int = 2):
     default); None in interpret mode."""
     if interpret:
         return None
-    from jax.experimental.pallas import triton as pltriton
+    return _triton_module().CompilerParams(num_warps=num_warps, num_stages=num_stages)
 
-    return pltriton.CompilerParams(num_warps=num_warps, num_stages=num_stages)
+
+def _triton_module():
+    """``jax.experimental.pallas.triton``, or an error that says what to use where a JAX no longer has it
+    (JAX 0.11 deprecated the Triton backend; 0.12 still has it)."""
+    try:
+        from jax.experimental.pallas import triton as pltriton
+    except ImportError as e:
+        raise ImportError(f"JAX {jax.__version__} has no Pallas Triton backend ({e}); run the Mosaic GPU kernels "
+                          "instead: LRA_PALLAS_GPU_BACKEND=mosaic_gpu (or pallas_backend='mosaic_gpu'), or "
+                          "impl=xla") from e
+    return pltriton
 
 
 def default_block(length: int, mask: masks_lib.Mask | None = None, minimum: int = 16) -> int:

@@ -85,8 +85,10 @@ def _layout(x, layout, interpret: bool):
     return x if interpret else plgpu.layout_cast(x, layout)
 
 
-# JAX 0.10's plgpu.load takes the index as a required argument; JAX 0.11 deprecates passing it.
-_LOAD_NEEDS_INDEX = inspect.signature(plgpu.load).parameters["idx"].default is inspect.Parameter.empty
+# JAX 0.10's plgpu.load takes the index as a required argument; JAX 0.11 deprecates passing it and JAX 0.12
+# has no such parameter.
+_LOAD_IDX = inspect.signature(plgpu.load).parameters.get("idx")
+_LOAD_NEEDS_INDEX = _LOAD_IDX is not None and _LOAD_IDX.default is inspect.Parameter.empty
 
 
 def _load(ref, layout, interpret: bool):

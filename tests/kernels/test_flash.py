@@ -7,6 +7,7 @@ tolerances. The full product is marked slow; a cover of it (every value of every
 against the dense mask, on hypothesis-generated masks too.
 """
 import itertools
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -189,6 +190,18 @@ def test_triton_compiler_parameters_are_checked_and_leave_results_alone():
     for setting in ({"num_warps": 8}, {"atomic_dq": True}):
         with pytest.raises(ValueError, match="Mosaic GPU kernels take none"):
             flash.flash_attention(q, k, v, pallas_backend="mosaic_gpu", **setting)
+
+
+def test_a_jax_without_the_triton_backend_names_mosaic_gpu(monkeypatch):
+    """JAX deprecated Pallas's Triton backend (0.11) and will remove it: then the kernels that need it (GPU
+    compiler parameters, atomic dQ) say which backend to use instead of failing on an import."""
+    monkeypatch.setitem(sys.modules, "jax.experimental.pallas.triton", None)  # makes the import raise
+    with pytest.raises(ImportError, match="LRA_PALLAS_GPU_BACKEND=mosaic_gpu"):
+        flash.compiler_params(interpret=False)
+    q, k, v, _ = inputs(32, 8, False)
+    with pytest.raises(ImportError, match="no Pallas Triton backend"):
+        jax.grad(lambda q: flash.flash_attention(q, k, v, block_q=16, block_k=16, atomic_dq=True).sum())(q)
+    assert flash.compiler_params(interpret=True) is None  # interpret mode never needed it
 
 
 # --------------------------------------------------------------------------- plans, exactly
