@@ -195,7 +195,10 @@ def test_triton_compiler_parameters_are_checked_and_leave_results_alone():
 def test_a_jax_without_the_triton_backend_names_mosaic_gpu(monkeypatch):
     """JAX deprecated Pallas's Triton backend (0.11) and will remove it: then the kernels that need it (GPU
     compiler parameters, atomic dQ) say which backend to use instead of failing on an import."""
+    from jax.experimental import pallas
+
     monkeypatch.setitem(sys.modules, "jax.experimental.pallas.triton", None)  # makes the import raise
+    monkeypatch.delattr(pallas, "triton", raising=False)  # once imported, `from pallas import triton` reads this
     with pytest.raises(ImportError, match="LRA_PALLAS_GPU_BACKEND=mosaic_gpu"):
         flash.compiler_params(interpret=False)
     q, k, v, _ = inputs(32, 8, False)
