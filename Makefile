@@ -30,8 +30,11 @@ demo: setup ## ListOps generated, three variants trained (cpu profile, ~25 min o
 	$(BIN)/python -m lra.plot --results $(DEMO)
 	$(BIN)/python -m lra.results --results $(DEMO)
 
+# pytest-xdist workers for `make test`: 2 fits CI's 2 cores (15 min serial, under 11 min with 2 workers there).
+# A bigger machine can take more (each worker is one JAX process); TEST_WORKERS=0 runs in one process.
+TEST_WORKERS ?= 2
 test: setup ## the test suite: tiny shapes and the smoke profile, no GPU, no network
-	$(BIN)/python -m pytest -m "not slow" -q
+	$(BIN)/python -m pytest -m "not slow" -q -n $(TEST_WORKERS)
 
 test-slow: setup ## the slow tests too (real cpu-profile training)
 	$(BIN)/python -m pytest -q
