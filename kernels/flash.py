@@ -314,6 +314,11 @@ class _Static:
     num_stages: int = 2
     atomic_dq: bool = False  # Triton backward: dQ by atomic adds in the dK/dV kernel instead of its own kernel
     layout: str = "BHLD"     # of q/k/v, out and the gradients (``kernel_layout``)
+    plan_bwd: Plan | None = None  # the backward kernels' plan when their blocks differ from the forward's
+
+    @property
+    def backward_plan(self) -> Plan:
+        return self.plan if self.plan_bwd is None else self.plan_bwd
 
     def _key(self):
         return (self.scale, self.rate, self.q_len, self.kv_len, self.has_valid, self.interpret, self.forward,
@@ -323,15 +328,16 @@ class _Static:
         return compiler_params(self.interpret, self.num_warps, self.num_stages)
 
     def __hash__(self):
-        return id(self.plan) ^ hash(self._key())
+        return id(self.plan) ^ id(self.plan_bwd) ^ hash(self._key())
 
     def __eq__(self, other):
-        return isinstance(other, _Static) and self.plan is other.plan and self._key() == other._key()
+        return (isinstance(other, _Static) and self.plan is other.plan and self.plan_bwd is other.plan_bwd
+                and self._key() == other._key())
 
 
-def _common_kwargs(st: _Static, num_heads: int):
-    return dict(scale=st.scale, block_q=st.plan.block_q, block_k=st.plan.block_k, has_valid=st.has_valid,
-                has_mask=st.plan.emask is not None, rate=st.rate, num_heads=num_heads, q_len=st.q_len,
+def _common_kwargs(st: _Static, num_heads: int, plan: Plan):
+    return dict(scale=st.scale, block_q=plan.block_q, block_k=plan.block_k, has_valid=st.has_valid,
+                has_mask=plan.emask is not None, rate=st.rate, num_heads=num_heads, q_len=st.q_len,
                 kv_len=st.kv_len)
 
 
@@ -401,7 +407,7 @@ def _forward(q, k, v, valid, seed, st: _Static):
     plan = st.plan
     bq = plan.block_q
     grid = (b, h, length // bq)
-    kernel = functools.partial(_fwd_kernel, **_common_kwargs(st, h))
+    kernel = functools.partial(_fwd_kernel, **_common_kwargs(st, h, plan))
     whole = _tile(length, d, st.layout)
     in_specs = [_tile(bq, d, st.layout), whole, whole, pl.BlockSpec((None, length), lambda b, h, i: (b, 0)),
                 *_meta_specs(plan, "q")]
@@ -416,14 +422,14 @@ def _backward(q, k, v, out, lse, do, valid, seed, st: _Static):
     if st.forward == "mosaic_gpu":
         from kernels import flash_mgpu
 
-        return flash_mgpu.backward(q, k, v, out, lse, do, valid, st.plan, scale=st.scale, has_valid=st.has_valid,
-                                   interpret=st.interpret)
+        return flash_mgpu.backward(q, k, v, out, lse, do, valid, st.backward_plan, scale=st.scale,
+                                   has_valid=st.has_valid, interpret=st.interpret)
     b, length, h, d = _dims(q, st.layout)
-    plan = st.plan
+    plan = st.backward_plan
     bq, bk = plan.block_q, plan.block_k
     delta = jnp.einsum("blhd,blhd->bhl" if st.layout == "BLHD" else "bhld,bhld->bhl", do.astype(jnp.float32),
                        out.astype(jnp.float32))
-    kw = _common_kwargs(st, h)
+    kw = _common_kwargs(st, h, plan)
     tile_q, tile_k, whole = (_tile(n, d, st.layout) for n in (bq, bk, length))
     row_q = pl.BlockSpec((None, None, bq), lambda b, h, i: (b, h, i))
     valid_spec = pl.BlockSpec((None, length), lambda b, h, i: (b, 0))
@@ -533,7 +539,8 @@ def default_block(length: int, mask: masks_lib.Mask | None = None, minimum: int 
 def flash_attention(q, k, v, *, mask: masks_lib.Mask | None = None, kv_valid=None, scale: float | None = None,
                     block_q: int | None = None, block_k: int | None = None, dropout_rate: float = 0.0,
                     dropout_rng=None, interpret: bool | None = None, pallas_backend: str | None = None,
-                    num_warps: int | None = None, num_stages: int | None = None, atomic_dq: bool = False):
+                    num_warps: int | None = None, num_stages: int | None = None, atomic_dq: bool = False,
+                    block_q_bwd: int | None = None, block_k_bwd: int | None = None):
     """Softmax attention with the Pallas kernels: dense (``mask`` None or Full) or block-sparse (any other
     ``kernels.masks.Mask``; a Strided mask is first permuted so each stride class is contiguous, and its
     dropout bits then index the permuted order).
@@ -546,7 +553,9 @@ def flash_attention(q, k, v, *, mask: masks_lib.Mask | None = None, kv_valid=Non
     on a GPU (``python -m lra.bench_kernels --num-warps 4 8 --num-stages 2 3``); the Mosaic GPU kernels have a
     fixed layout (one warpgroup per program) and take neither. ``atomic_dq`` computes dQ inside the dK/dV kernel
     with float32 atomic adds instead of in a kernel of its own (fewer products, not bitwise reproducible on a GPU;
-    Triton only).
+    Triton only). ``block_q_bwd`` / ``block_k_bwd`` (default: the forward's blocks) are the backward kernels'
+    blocks: its tiles hold more float32 state per pair than the forward's (scores, probabilities and their
+    gradients), so smaller blocks can avoid register spills on a GPU.
     """
     b, length, h, d = q.shape
     if k.shape[1] != length or v.shape[1] != length:
@@ -557,7 +566,8 @@ def flash_attention(q, k, v, *, mask: masks_lib.Mask | None = None, kv_valid=Non
     if isinstance(mask, masks_lib.Strided):
         return _strided(q, k, v, mask.stride, kv_valid=kv_valid, scale=scale, dropout_rate=dropout_rate,
                         dropout_rng=dropout_rng, interpret=interpret, pallas_backend=pallas_backend,
-                        num_warps=num_warps, num_stages=num_stages, atomic_dq=atomic_dq)
+                        num_warps=num_warps, num_stages=num_stages, atomic_dq=atomic_dq, block_q_bwd=block_q_bwd,
+                        block_k_bwd=block_k_bwd)
     if interpret is None:
         interpret = jax.default_backend() == "cpu"
     scale = 1.0 / math.sqrt(d) if scale is None else float(scale)
@@ -568,7 +578,8 @@ def flash_attention(q, k, v, *, mask: masks_lib.Mask | None = None, kv_valid=Non
     smallest = 64 if forward == "mosaic_gpu" else 16  # WGMMA tiles: 64 rows
     bq = block_q or default_block(length, mask, smallest)
     bk = block_k or default_block(length, mask, smallest)
-    for name, blk in (("block_q", bq), ("block_k", bk)):
+    bqb, bkb = block_q_bwd or bq, block_k_bwd or bk
+    for name, blk in (("block_q", bq), ("block_k", bk), ("block_q_bwd", bqb), ("block_k_bwd", bkb)):
         if blk < 1 or blk & (blk - 1):
             raise ValueError(f"{name} must be a power of two, got {blk}")
     if forward == "mosaic_gpu" and (num_warps is not None or num_stages is not None or atomic_dq):
@@ -581,12 +592,14 @@ def flash_attention(q, k, v, *, mask: masks_lib.Mask | None = None, kv_valid=Non
     if forward == "mosaic_gpu":
         from kernels import flash_mgpu
 
-        reason = flash_mgpu.supported(q.dtype, bq, bk, rate, d)
+        reason = flash_mgpu.supported(q.dtype, bq, bk, rate, d) or flash_mgpu.supported(q.dtype, bqb, bkb, rate, d)
         if reason:
             raise ValueError(f"{reason}; or use the Triton kernels: pallas_backend='triton' (or unset "
                              "$LRA_PALLAS_GPU_BACKEND)")
-    padded = -(-length // math.lcm(bq, bk)) * math.lcm(bq, bk)
+    multiple = math.lcm(bq, bk, bqb, bkb)
+    padded = -(-length // multiple) * multiple
     plan = mask_plan(mask, length, padded, bq, bk)
+    plan_bwd = None if (bqb, bkb) == (bq, bk) else mask_plan(mask, length, padded, bqb, bkb)
     has_valid = kv_valid is not None or padded != length
     valid = jnp.ones((b, length), jnp.int32) if kv_valid is None else jnp.asarray(kv_valid, bool).astype(jnp.int32)
     valid = jnp.pad(valid, ((0, 0), (0, padded - length)))
@@ -600,7 +613,7 @@ def flash_attention(q, k, v, *, mask: masks_lib.Mask | None = None, kv_valid=Non
 
     st = _Static(plan, scale, rate, length, length, has_valid, bool(interpret), forward,
                  4 if num_warps is None else int(num_warps), 2 if num_stages is None else int(num_stages),
-                 bool(atomic_dq), layout)
+                 bool(atomic_dq), layout, plan_bwd)
     out = _flash(prep(q), prep(k), prep(v), valid, seed, st)
     if layout == "BHLD":
         out = jnp.transpose(out, (0, 2, 1, 3))

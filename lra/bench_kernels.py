@@ -47,7 +47,7 @@ IMPLS = ("xla_dense", "sdpa_xla", "sdpa_cudnn", "jax_triton", "jax_mgpu", "palla
          "xla_local", "mgpu_flash", "mgpu_local")
 
 
-def _fn(impl: str, window: int, block: int, triton: dict | None = None):
+def _fn(impl: str, window: int, block: int, triton: dict | None = None, bwd_block: int | None = None):
     import jax
 
     import kernels
@@ -74,6 +74,7 @@ def _fn(impl: str, window: int, block: int, triton: dict | None = None):
         mask = masks.Local(window) if impl.endswith("local") else None
         backend = "mosaic_gpu" if impl.startswith("mgpu") else None  # pallas_*: the configured backend
         return lambda q, k, v: flash.flash_attention(q, k, v, mask=mask, block_q=block, block_k=block,
+                                                     block_q_bwd=bwd_block, block_k_bwd=bwd_block,
                                                      pallas_backend=backend, **(triton or {}))
     if impl == "xla_local":
         return lambda q, k, v: block_sparse.block_sparse_attention(q, k, v, masks.Local(window), block=block)
@@ -106,6 +107,19 @@ def _time(fn, args, warmup: int, steps: int, repeats: int) -> float:
     return statistics.median(runs)
 
 
+def dispatch_floor(shape: tuple, dtype: str, warmup: int, steps: int, repeats: int) -> dict:
+    """Per-call time of a jitted program that does next to nothing with the same three arguments: below about
+    twice this, a row's time is the cost of launching it from Python, not of its kernels."""
+    import jax
+    import jax.numpy as jnp
+
+    args = [jnp.zeros(shape, dtype) for _ in range(3)]
+    f = jax.jit(lambda q, k, v: q[:1, :1] + k[:1, :1] + v[:1, :1]).lower(*args).compile()
+    sec = _time(f, args, warmup, steps, repeats)
+    return {"impl": "dispatch", "dtype": dtype, "ms": 1e3 * sec, "device": device_description(),
+            "jax": jax.__version__, "status": "ok"}
+
+
 def _memory(compiled) -> int | None:
     try:
         m = compiled.memory_analysis()
@@ -116,7 +130,12 @@ def _memory(compiled) -> int | None:
 
 def measure(impl: str, length: int, dtype: str, *, batch: int, heads: int, head_dim: int, window: int, block: int,
             warmup: int, steps: int, repeats: int, num_warps: int | None = None,
-            num_stages: int | None = None, dq: str = "kernel") -> dict:
+            num_stages: int | None = None, dq: str = "kernel", bwd_block: int | None = None,
+            f32_precision: str = "highest", forward_times: dict | None = None) -> dict:
+    """One row: the forward and forward+backward times of ``impl``. ``forward_times`` (a dict kept across
+    calls) reuses the forward's time for settings that change only the backward (``dq``, ``bwd_block``).
+    float32 products run at ``f32_precision`` in every impl ("highest": full float32, what the Pallas kernels
+    do; "default": TF32 on a GPU's tensor cores in the XLA and cuDNN paths)."""
     import jax
     import jax.numpy as jnp
 
@@ -125,6 +144,8 @@ def measure(impl: str, length: int, dtype: str, *, batch: int, heads: int, head_
     row = {"impl": impl, "length": length, "dtype": dtype, "batch": batch, "heads": heads, "head_dim": head_dim,
            "window": window if "local" in impl else None,
            "block": block if impl.startswith(("pallas", "mgpu", "xla_local")) else None,
+           "bwd_block": bwd_block if impl.startswith(("pallas", "mgpu")) and bwd_block not in (None, block) else None,
+           "matmul_precision": f32_precision if dtype == "float32" else "default",
            "device": device_description(), "jax": jax.__version__,
            "pallas_backend": flash.backend() if impl.startswith("pallas") else
            flash.backend(pallas_backend="mosaic_gpu") if impl.startswith("mgpu") else None}
@@ -138,17 +159,23 @@ def measure(impl: str, length: int, dtype: str, *, batch: int, heads: int, head_
         keys = jax.random.split(jax.random.PRNGKey(0), 4)
         shape = (batch, length, heads, head_dim)
         q, k, v, cot = (jax.random.normal(key, shape, jnp.float32).astype(dt) for key in keys)
-        f = _fn(impl, window, block, triton)
-        fwd = jax.jit(f)
-        train = jax.jit(jax.grad(lambda q, k, v: (f(q, k, v).astype(jnp.float32) * cot.astype(jnp.float32)).sum(),
+        f = _fn(impl, window, block, triton, bwd_block)
+        # The cotangent is an argument, not a constant folded into the program.
+        train = jax.jit(jax.grad(lambda q, k, v, cot: (f(q, k, v).astype(jnp.float32) * cot.astype(jnp.float32)).sum(),
                                  argnums=(0, 1, 2)))
-        t0 = time.perf_counter()
-        fwd_c = fwd.lower(q, k, v).compile()
-        train_c = train.lower(q, k, v).compile()
-        row["compile_s"] = round(time.perf_counter() - t0, 3)
+        fwd_key = (impl, length, dtype, batch, heads, head_dim, window, block, num_warps, num_stages, f32_precision)
+        cached = (forward_times or {}).get(fwd_key)
+        precision = f32_precision if dtype == "float32" else "default"
+        with jax.default_matmul_precision(None if precision == "default" else precision):
+            t0 = time.perf_counter()
+            fwd_c = None if cached else jax.jit(f).lower(q, k, v).compile()
+            train_c = train.lower(q, k, v, cot).compile()
+            row["compile_s"] = round(time.perf_counter() - t0, 3)
         row["memory_bytes"] = _memory(train_c)
-        row["fwd_ms"] = 1e3 * _time(fwd_c, (q, k, v), warmup, steps, repeats)
-        row["fwd_bwd_ms"] = 1e3 * _time(train_c, (q, k, v), warmup, steps, repeats)
+        row["fwd_ms"] = cached or 1e3 * _time(fwd_c, (q, k, v), warmup, steps, repeats)
+        if forward_times is not None:
+            forward_times[fwd_key] = row["fwd_ms"]
+        row["fwd_bwd_ms"] = 1e3 * _time(train_c, (q, k, v, cot), warmup, steps, repeats)
         frac = _fraction(impl, length, window, block)
         flops = 4.0 * batch * heads * length * length * head_dim * frac
         row.update(block_fraction=round(frac, 5), flops_fwd=flops,
@@ -161,28 +188,35 @@ def measure(impl: str, length: int, dtype: str, *, batch: int, heads: int, head_
     return row
 
 
-def matmul_rate(dtype: str, n: int) -> dict:
+def matmul_rate(dtype: str, n: int, f32_precision: str = "highest") -> dict:
     import jax
     import jax.numpy as jnp
 
+    precision = f32_precision if dtype == "float32" else "default"
     a = jax.random.normal(jax.random.PRNGKey(0), (n, n), jnp.float32).astype(dtype)
-    f = jax.jit(lambda a: a @ a).lower(a).compile()
+    with jax.default_matmul_precision(None if precision == "default" else precision):
+        f = jax.jit(lambda a: a @ a).lower(a).compile()
     sec = _time(f, (a,), 2, 5, 3)
     return {"impl": "matmul", "dtype": dtype, "n": n, "ms": 1e3 * sec, "tflops": 2 * n**3 / sec / 1e12,
-            "device": device_description(), "jax": jax.__version__, "status": "ok"}
+            "matmul_precision": precision, "device": device_description(), "jax": jax.__version__, "status": "ok"}
 
 
-def _settings(impl: str, a) -> list[tuple[int, int | None, int | None, str]]:
-    """(block, num_warps, num_stages, dq) combinations to time ``impl`` at: every block for the block-sized
-    impls (one for the others), every Triton setting for the Triton kernels (``pallas_*``)."""
+def _settings(impl: str, a) -> list[tuple[int, int | None, int | None, str, int | None]]:
+    """(block, num_warps, num_stages, dq, backward block) combinations to time ``impl`` at: every block for the
+    block-sized impls (one for the others), every backward block for our Pallas kernels, every Triton setting
+    for the Triton kernels (``pallas_*``)."""
     blocks = a.block if impl.startswith(("pallas", "mgpu", "xla_local")) else a.block[:1]
+    bwd = a.bwd_block if impl.startswith(("pallas", "mgpu")) else [None]
     if not impl.startswith("pallas"):
-        return [(b, None, None, "kernel") for b in blocks]
-    return [(b, w, s, dq) for b in blocks for w in a.num_warps for s in a.num_stages for dq in a.dq]
+        return [(b, None, None, "kernel", bb) for b in blocks for bb in bwd]
+    return [(b, w, s, dq, bb) for b in blocks for w in a.num_warps for s in a.num_stages for bb in bwd
+            for dq in a.dq]
 
 
 def _setting(row: dict) -> str:
     parts = [f"block {row['block']}"] if row.get("block") else []
+    if row.get("bwd_block"):
+        parts.append(f"backward block {row['bwd_block']}")
     parts += [f"{k} {row[k]}" for k in ("num_warps", "num_stages") if row.get(k) is not None]
     if row.get("dq") == "atomic":
         parts.append("atomic dQ")
@@ -205,23 +239,28 @@ def report(rows: list[dict]) -> str:
     targets that the rows can answer (speedup of forward+backward against the reference impl, met or not)."""
     ok = [r for r in rows if r.get("status") == "ok"]
     rate = {r["dtype"]: r["tflops"] for r in ok if r["impl"] == "matmul"}
+    floor = {r["dtype"]: r["ms"] for r in ok if r["impl"] == "dispatch"}
     best: dict[tuple, dict] = {}
     for r in ok:
-        if r["impl"] == "matmul":
+        if r["impl"] in ("matmul", "dispatch"):
             continue
         key = (r["dtype"], r["length"], r["impl"])
         if key not in best or r["fwd_bwd_ms"] < best[key]["fwd_bwd_ms"]:
             best[key] = r
     devices = sorted({r["device"] for r in ok})
     lines = [f"Device: {', '.join(devices) or 'none'}; matmul rate: "
-             + (", ".join(f"{d} {t:.1f} TFLOP/s" for d, t in sorted(rate.items())) or "not measured"), "",
+             + (", ".join(f"{d} {t:.1f} TFLOP/s" for d, t in sorted(rate.items())) or "not measured")
+             + "; per-call dispatch floor: "
+             + (", ".join(f"{d} {t:.3f} ms" for d, t in sorted(floor.items())) or "not measured")
+             + " (a time marked * is under twice the floor: launch-bound, not a kernel time)", "",
              "| dtype | length | impl | fastest setting | fwd ms | fwd+bwd ms | TFLOP/s (fwd+bwd) | of matmul | "
              "memory MiB |", "|---|---|---|---|---|---|---|---|---|"]
     for (dtype, length, impl), r in sorted(best.items(), key=lambda kv: (kv[0][0], kv[0][1], IMPLS.index(kv[0][2]))):
         frac = f"{r['tflops_fwd_bwd'] / rate[dtype]:.0%}" if rate.get(dtype) else "-"
         mem = f"{r['memory_bytes'] / 2**20:.0f}" if r.get("memory_bytes") else "-"
-        lines.append(f"| {dtype} | {length} | {impl} | {_setting(r)} | {r['fwd_ms']:.3f} | {r['fwd_bwd_ms']:.3f} | "
-                     f"{r['tflops_fwd_bwd']:.2f} | {frac} | {mem} |")
+        star = "*" if floor.get(dtype) and r["fwd_ms"] < 2 * floor[dtype] else ""
+        lines.append(f"| {dtype} | {length} | {impl} | {_setting(r)} | {r['fwd_ms']:.3f}{star} | "
+                     f"{r['fwd_bwd_ms']:.3f} | {r['tflops_fwd_bwd']:.2f} | {frac} | {mem} |")
     lines += ["", "Targets (forward+backward time of the reference over that of the impl):"]
     for label, impl, ref, dtype, length, least in TARGETS:
         a, b = best.get((dtype, length, impl)), best.get((dtype, length, ref))
@@ -250,6 +289,13 @@ def main(argv=None) -> int:
     p.add_argument("--block", type=int, nargs="+", default=[128], help="block size(s) of the block-sized impls")
     p.add_argument("--num-warps", type=int, nargs="+", default=[None], help="Triton num_warps value(s) (GPU)")
     p.add_argument("--num-stages", type=int, nargs="+", default=[None], help="Triton num_stages value(s) (GPU)")
+    p.add_argument("--bwd-block", type=int, nargs="+", default=[None],
+                   help="backward block size(s) of our Pallas kernels (default: the forward's --block)")
+    p.add_argument("--f32-precision", default="highest", choices=("highest", "default"),
+                   help="float32 products in every impl: full float32 (as the Pallas kernels), or the backend's "
+                        "default (TF32 on a GPU's tensor cores)")
+    p.add_argument("--dispatch", action="store_true",
+                   help="also time a trivial jitted call per dtype: the per-call launch floor")
     p.add_argument("--dq", nargs="+", default=["kernel"], choices=("kernel", "atomic"),
                    help="Triton backward: dQ in its own kernel, or by atomic adds in the dK/dV kernel")
     p.add_argument("--warmup", type=int, default=1)
@@ -273,7 +319,8 @@ def main(argv=None) -> int:
                         *(("--block", b) for b in a.block), *(("--num-stages", n) for n in stages)):
         if value < 1:
             p.error(f"{name} must be >= 1, got {value}")
-    for name, values in (("--block", a.block), ("--num-warps", [w for w in a.num_warps if w is not None])):
+    for name, values in (("--block", a.block), ("--num-warps", [w for w in a.num_warps if w is not None]),
+                         ("--bwd-block", [b for b in a.bwd_block if b is not None])):
         if any(v < 1 or v & (v - 1) for v in values):
             p.error(f"{name} must be a power of two, got {values}")
     import jax
@@ -293,20 +340,24 @@ def main(argv=None) -> int:
             with open(out, "a", encoding="utf-8") as f:
                 f.write(json.dumps(row, sort_keys=True) + "\n")
 
+    forward_times: dict = {}
     for dtype in a.dtypes:
         if a.matmul:
-            emit(matmul_rate(dtype, a.matmul))
+            emit(matmul_rate(dtype, a.matmul, a.f32_precision))
+        if a.dispatch:
+            emit(dispatch_floor((a.batch, min(a.lengths), a.heads, a.head_dim), dtype, a.warmup, a.steps, a.repeats))
         for length in a.lengths:
             for impl in impls:
                 if impl.startswith(("mgpu", "jax_mgpu")) and dtype not in ("bfloat16", "float16"):
                     continue  # WGMMA operands are 16-bit
-                for block, warps, stages, dq in _settings(impl, a):
+                for block, warps, stages, dq, bwd in _settings(impl, a):
                     row = measure(impl, length, dtype, batch=a.batch, heads=a.heads, head_dim=a.head_dim,
                                   window=a.window, block=block, warmup=a.warmup, steps=a.steps, repeats=a.repeats,
-                                  num_warps=warps, num_stages=stages, dq=dq)
+                                  num_warps=warps, num_stages=stages, dq=dq, bwd_block=bwd,
+                                  f32_precision=a.f32_precision, forward_times=forward_times)
                     emit(row)
-                    tags = (("b", row["block"] if len(a.block) > 1 else None), ("w", warps), ("s", stages),
-                            ("dq:", "atomic" if dq == "atomic" else None))
+                    tags = (("b", row["block"] if len(a.block) > 1 else None), ("bb", row.get("bwd_block")),
+                            ("w", warps), ("s", stages), ("dq:", "atomic" if dq == "atomic" else None))
                     name = impl + "".join(f" {k}{v}" for k, v in tags if v is not None)
                     if row["status"] == "ok":
                         mem = row["memory_bytes"]

@@ -42,6 +42,18 @@ official files carry more columns; the loader uses columns 0, 1 and 3). For easy
 the folder name ``curv_baseline`` (the official release's) when ``curv_contour_length_6`` is absent. Reading
 PNGs needs Pillow; writing them does not.
 
+The train/val/test split is LRA's (``split_of``), so on the official release the members of each split are
+those LRA trained and evaluated on, and our files are split by the same rule. LRA's tfds builder
+(lra_benchmarks/data/pathfinder.py) stores a folder as the tfds split "easy" (contour length 6, folder
+``curv_baseline``), "intermediate" (9) or "hard" (14), one example per metadata line with the key
+``<column 0>_<column 1>_<n>``, n counting the lines of each metadata file from 1 (e.g.
+``imgs/0_sample_0.png_1``); tensorflow-datasets stores a split sorted by ``int(md5(split name + key), 16)``;
+LRA reads ``hard[:80%]``, ``hard[80%:90%]``, ``hard[90%:]`` (tfds rounds each boundary to
+``int(round(pct * N / 100))``, N counting every entry) and only then drops empty images. Here likewise:
+entries whose image is unreadable leave a gap in their split and move no other image. The hashing and the
+rounding were checked against tensorflow-datasets 4.9.10 itself (core/hashing.py, core/splits.py; the Beam
+writer keeps the same global order); no split of the real release has been compared with a tfds build.
+
 Generate the LRA sizes with::
 
     python -m lra.data.pathfinder --out data --resolution 32 --difficulty hard --num 200000 --seed 0
@@ -77,12 +89,15 @@ log = logging.getLogger(__name__)
 DIFFICULTIES = {"easy": 6, "medium": 9, "hard": 14}
 RESOLUTIONS = (32, 64, 128, 256)
 SPLITS = ("train", "val", "test")
-SPLIT_FRACTIONS = (0.8, 0.1, 0.1)
-SPLIT_SEED = 0  # the fixed permutation that assigns examples to train/val/test
+# LRA's split, as its tfds builder and input pipeline make it (see split_of): the tfds split name of each
+# contour length (lra_benchmarks/data/pathfinder.py: easy = curv_baseline, intermediate = curv_contour_length_9,
+# hard = curv_contour_length_14), and the percent slices LRA reads of it (f"{level}[:80%]", "[80%:90%]", "[90%:]").
+TFDS_SPLITS = {6: "easy", 9: "intermediate", 14: "hard"}
+SPLIT_PERCENTS = {"train": (None, 80.0), "val": (80.0, 90.0), "test": (90.0, None)}
 DEFAULTS = {"num": 200_000, "seed": 0, "per_folder": 1000}
 GENERATOR_VERSION = 1
 CACHE_NAME = "decoded-cache.npz"
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2  # 2: also the tfds keys of all metadata entries and the entry of each image
 PROVENANCE_NAME = "generator.json"
 
 
@@ -723,24 +738,30 @@ def _natural_key(text: str) -> tuple:
     return tuple(int(part) if part.isdigit() else part for part in re.split(r"(\d+)", text))
 
 
-def read_metadata(folder: str | os.PathLike) -> list[tuple[str, str, int]]:
-    """(image folder, file name, label) of every line of ``folder/metadata/*.npy``, sorted by (folder, file).
-
-    A metadata file is a text file of space-separated lines ``imgs/<k> sample_<i>.png <unused> <label> ...``
-    (columns 0, 1 and 3 are used; a binary NumPy string array with the same columns is accepted too). Empty
-    lines are skipped; a line with fewer than 4 columns or a label other than 0/1 raises ValueError naming
-    the file and its 1-based line number."""
+def _metadata_entries(folder: str | os.PathLike) -> list[tuple[str, str, int, str]]:
+    """(image folder, file name, label, tfds key) of every metadata entry, sorted by (folder, file); see
+    read_metadata. The key is the one LRA's tfds builder gives the entry (see tfds_key): columns 0 and 1 and
+    the 1-based number of the line in its metadata file."""
     meta_dir = Path(folder) / "metadata"
     if not meta_dir.is_dir():
         raise FileNotFoundError(f"Pathfinder metadata folder not found: {meta_dir}")
-    rows: list[tuple[str, str, int]] = []
+    rows: list[tuple[str, str, int, str]] = []
     for path in sorted(meta_dir.glob("*.npy"), key=lambda q: _natural_key(q.name)):
         data = path.read_bytes()
         if data.startswith(_NPY_MAGIC):
             table = np.load(io.BytesIO(data), allow_pickle=False)
             lines = [" ".join(str(c) for c in np.atleast_1d(row)) for row in np.atleast_2d(table)]
         else:
-            lines = data.decode("utf-8", errors="replace").splitlines()
+            # LRA's builder: text.split('\n')[:-1], i.e. lines counted at '\n' only, and a last line without a
+            # final '\n' is not an example of its data set; it is left out here too.
+            lines = data.decode("utf-8", errors="replace").split("\n")
+            last = lines.pop()
+            if last.strip():
+                log.warning(
+                    "%s: the last line has no final newline; LRA's tfds builder drops it, and so does this loader: %r",
+                    path,
+                    last[:120],
+                )
         for lineno, line in enumerate(lines, start=1):
             cols = line.split()
             if not cols:
@@ -765,9 +786,20 @@ def read_metadata(folder: str | os.PathLike) -> list[tuple[str, str, int]]:
                 label = int(value)
             if label not in (0, 1):
                 raise bad(f"label {label} is not 0 or 1")
-            rows.append((cols[0], cols[1], label))
+            rows.append((cols[0], cols[1], label, tfds_key(cols[0], cols[1], lineno)))
     rows.sort(key=lambda r: (_natural_key(r[0]), _natural_key(r[1])))
     return rows
+
+
+def read_metadata(folder: str | os.PathLike) -> list[tuple[str, str, int]]:
+    """(image folder, file name, label) of every line of ``folder/metadata/*.npy``, sorted by (folder, file).
+
+    A metadata file is a text file of space-separated lines ``imgs/<k> sample_<i>.png <unused> <label> ...``
+    (columns 0, 1 and 3 are used; a binary NumPy string array with the same columns is accepted too). Lines end
+    at '\\n' (as in LRA's builder, a last line without one is dropped, with a warning). Empty lines are skipped;
+    a line with fewer than 4 columns or a label other than 0/1 raises ValueError naming the file and its
+    1-based line number."""
+    return [row[:3] for row in _metadata_entries(folder)]
 
 
 def _fingerprint(folder: Path, resolution: int) -> str:
@@ -779,16 +811,18 @@ def _fingerprint(folder: Path, resolution: int) -> str:
     return h.hexdigest()
 
 
-def _decode_all(folder: Path, resolution: int) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """Decode every image the metadata lists: uint8 images [N, res, res], uint8 labels [N] of the readable
-    ones in (folder, file) order, and the paths (relative to folder) of the skipped ones."""
-    rows = read_metadata(folder)
+def _decode_all(folder: Path, resolution: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, list[str]]:
+    """Decode every image the metadata lists: uint8 images [M, res, res] and uint8 labels [M] of the M
+    readable ones in (folder, file) order, int32 [M] their entries (indices into the N metadata entries in
+    (folder, file) order), bytes [N] the tfds keys of all N entries, and the paths (relative to folder) of
+    the skipped ones."""
+    rows = _metadata_entries(folder)
     images = np.zeros((len(rows), resolution, resolution), dtype=np.uint8)
     keep = np.zeros(len(rows), dtype=bool)
     skipped: list[str] = []
     reasons: list[str] = []
     t0 = time.monotonic()
-    for j, (sub, name, _) in enumerate(rows):
+    for j, (sub, name, _, _) in enumerate(rows):
         rel = f"{sub}/{name}"
         try:
             pixels = read_png(folder / sub / name)
@@ -803,6 +837,7 @@ def _decode_all(folder: Path, resolution: int) -> tuple[np.ndarray, np.ndarray, 
         images[j] = pixels
         keep[j] = True
     labels = np.fromiter((r[2] for r in rows), dtype=np.uint8, count=len(rows))
+    keys = np.array([r[3].encode("utf-8") for r in rows], dtype=bytes)
     if skipped:
         log.warning(
             "skipped %d unreadable Pathfinder image(s) of %d in %s, e.g. %s",
@@ -817,28 +852,26 @@ def _decode_all(folder: Path, resolution: int) -> tuple[np.ndarray, np.ndarray, 
             f"no readable {resolution}x{resolution} Pathfinder images in {folder} "
             f"({len(rows)} listed){': ' + '; '.join(reasons[:3]) if reasons else ''}"
         )
-    return images[keep], labels[keep], skipped
+    return images[keep], labels[keep], np.flatnonzero(keep).astype(np.int32), keys, skipped
 
 
-def read_release(folder: str | os.PathLike, resolution: int = 32) -> tuple[np.ndarray, np.ndarray]:
-    """uint8 images [N, res, res] and int32 labels [N] of every readable image of a release folder (the
-    ``curv_contour_length_*`` level), in (folder, file) order. Unreadable images are skipped and counted in
-    one log warning. The decoded arrays are cached in ``folder/decoded-cache.npz`` (written atomically) and
-    reused while the metadata files are unchanged; a read-only folder is decoded every time."""
-    folder = Path(folder)
+def _read_release(folder: Path, resolution: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """read_release's arrays plus int32 [M] the entry of each image and bytes [N] the tfds keys of all
+    metadata entries (unreadable images included), from the cache when it is current."""
     cache = folder / CACHE_NAME
     fingerprint = _fingerprint(folder, resolution)
     if cache.is_file():
         try:
             with np.load(cache, allow_pickle=False) as z:
                 if str(z["fingerprint"]) == fingerprint:
-                    images, labels, n_skipped = z["images"], z["labels"], int(z["skipped"])
+                    images, labels, entry, keys = z["images"], z["labels"], z["entry"], z["keys"]
+                    n_skipped = int(z["skipped"])
                     if n_skipped:
                         log.info("%s: %d unreadable image(s) were skipped when the cache was built", folder, n_skipped)
-                    return images, labels.astype(np.int32)
+                    return images, labels.astype(np.int32), entry, keys
         except (OSError, KeyError, ValueError) as e:
             log.warning("ignoring unreadable Pathfinder cache %s (%s)", cache, e)
-    images, labels, skipped = _decode_all(folder, resolution)
+    images, labels, entry, keys, skipped = _decode_all(folder, resolution)
     try:
         fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{CACHE_NAME}.", suffix=".tmp")
         try:
@@ -847,6 +880,8 @@ def read_release(folder: str | os.PathLike, resolution: int = 32) -> tuple[np.nd
                     f,
                     images=images,
                     labels=labels,
+                    entry=entry,
+                    keys=keys,
                     fingerprint=np.array(fingerprint),
                     skipped=np.array(len(skipped)),
                     skipped_files=np.array(skipped, dtype=str),
@@ -861,19 +896,92 @@ def read_release(folder: str | os.PathLike, resolution: int = 32) -> tuple[np.nd
             raise
     except OSError as e:
         log.warning("could not write the Pathfinder cache %s (%s); decoding again next time", cache, e)
-    return images, labels.astype(np.int32)
+    return images, labels.astype(np.int32), entry, keys
 
 
-def split_indices(num: int, split: str) -> np.ndarray:
-    """Sorted indices of ``split`` among ``num`` examples: a fixed seeded permutation cut 80/10/10."""
+def read_release(folder: str | os.PathLike, resolution: int = 32) -> tuple[np.ndarray, np.ndarray]:
+    """uint8 images [N, res, res] and int32 labels [N] of every readable image of a release folder (the
+    ``curv_contour_length_*`` level), in (folder, file) order. Unreadable images are skipped and counted in
+    one log warning. The decoded arrays (and the tfds keys of the metadata entries, for split_of) are cached
+    in ``folder/decoded-cache.npz`` (written atomically) and reused while the metadata files are unchanged; a
+    read-only folder is decoded every time."""
+    images, labels, _, _ = _read_release(Path(folder), resolution)
+    return images, labels
+
+
+# --------------------------------------------------------------------------- LRA's split
+
+
+def tfds_split_name(difficulty: str | int) -> str:
+    """The split of LRA's tfds builder that holds a difficulty: "easy" (contour length 6, folder
+    curv_baseline), "intermediate" (9) or "hard" (14); it salts tfds's hash (tfds_order). Other contour
+    lengths have no LRA split and raise ValueError (as contour_length_of does)."""
+    return TFDS_SPLITS[contour_length_of(difficulty)]
+
+
+def tfds_key(image_folder: str, file_name: str, line_number: int) -> str:
+    """The key LRA's tfds builder gives a metadata line: ``'_'.join([cols[0], cols[1], str(example_id)])``
+    where example_id counts the lines of one metadata file from 1, e.g. ``imgs/0_sample_0.png_1``."""
+    return f"{image_folder}_{file_name}_{line_number}"
+
+
+def _key_bytes(key: str | bytes) -> bytes:
+    # tensorflow_datasets.core.hashing._to_bytes of a str key: '\\' -> '/', then UTF-8.
+    if isinstance(key, bytes):
+        key = key.decode("utf-8")
+    return key.replace("\\", "/").encode("utf-8")
+
+
+def tfds_order(keys: Sequence[str | bytes], tfds_split: str) -> np.ndarray:
+    """int64 [N]: the indices of ``keys`` in the order tensorflow-datasets stores the examples of split
+    ``tfds_split``: by ``int(md5(tfds_split + key).hexdigest(), 16)``, smallest first (the 128-bit hash read
+    big-endian, so comparing the two 64-bit halves gives the same order). Two equal keys raise ValueError,
+    as tfds's writer does."""
+    salted = hashlib.md5(tfds_split.encode("utf-8"))
+    digests = bytearray()
+    for key in keys:
+        h = salted.copy()
+        h.update(_key_bytes(key))
+        digests += h.digest()
+    words = np.frombuffer(bytes(digests), dtype=">u8").reshape(-1, 2)
+    order = np.lexsort((words[:, 1], words[:, 0]))
+    ordered = words[order]
+    same = np.flatnonzero((ordered[1:] == ordered[:-1]).all(axis=1))
+    if same.size:
+        i, j = order[same[0]], order[same[0] + 1]
+        raise ValueError(f"two Pathfinder metadata entries share the tfds key {keys[i]!r} (entries {i} and {j})")
+    return order.astype(np.int64)
+
+
+def tfds_slice_bounds(num: int) -> dict[str, tuple[int, int]]:
+    """{split: (start, stop)} of LRA's percent slices ``[:80%]``, ``[80%:90%]``, ``[90%:]`` of ``num``
+    examples, with tfds's default "closest" rounding: ``int(round(pct * num / 100.0))`` (Python's round,
+    halves to even), e.g. 25 -> 20, 2, 3."""
+
+    def to_abs(pct: float | None, default: int) -> int:
+        return default if pct is None else int(round(pct * num / 100.0))
+
+    return {s: (to_abs(lo, 0), to_abs(hi, num)) for s, (lo, hi) in SPLIT_PERCENTS.items()}
+
+
+def split_of(keys: Sequence[str | bytes], tfds_split: str = "hard") -> np.ndarray:
+    """int8 [N]: the split of each metadata entry (0 train, 1 val, 2 test, as in SPLITS), LRA's way: the
+    entries of all metadata files (unreadable images included) in tfds's order of their keys (tfds_order)
+    cut at tfds's percent slices (tfds_slice_bounds). LRA drops empty images only after this cut, so an
+    unreadable image leaves a gap in its split and moves no other image."""
+    out = np.empty(len(keys), dtype=np.int8)
+    order = tfds_order(keys, tfds_split)
+    for code, split in enumerate(SPLITS):
+        lo, hi = tfds_slice_bounds(len(keys))[split]
+        out[order[lo:hi]] = code
+    return out
+
+
+def split_indices(keys: Sequence[str | bytes], split: str, tfds_split: str = "hard") -> np.ndarray:
+    """Sorted indices (into ``keys``) of the metadata entries in ``split`` (see split_of)."""
     if split not in SPLITS:
         raise ValueError(f"unknown Pathfinder split {split!r}; valid splits: {', '.join(SPLITS)}")
-    perm = np.random.default_rng(SPLIT_SEED).permutation(num)
-    n_train = num * 8 // 10
-    n_val = num // 10
-    bounds = {"train": (0, n_train), "val": (n_train, n_train + n_val), "test": (n_train + n_val, num)}
-    lo, hi = bounds[split]
-    return np.sort(perm[lo:hi])
+    return np.flatnonzero(split_of(keys, tfds_split) == SPLITS.index(split))
 
 
 # --------------------------------------------------------------------------- loader entry points
@@ -916,8 +1024,9 @@ def load(
 
     Reads ``data_dir/pathfinder{res}/curv_contour_length_{n}/`` (our generated release or the official one).
     With ``generate`` (ensure_generated keyword arguments, e.g. {"num": 2000, "seed": 0}) the data set is
-    generated once into ``data_dir/pathfinder{res}/generated-.../`` and read from there. Splits are 80/10/10
-    of all readable images (split_indices)."""
+    generated once into ``data_dir/pathfinder{res}/generated-.../`` and read from there. The split is LRA's
+    (split_of): 80/10/10 of all metadata entries in tfds's order of their keys, then unreadable images dropped;
+    images come in (folder, file) order."""
     if split not in SPLITS:
         raise ValueError(f"unknown Pathfinder split {split!r}; valid splits: {', '.join(SPLITS)}")
     if generate is not None:
@@ -925,8 +1034,8 @@ def load(
     else:
         check_available(data_dir=data_dir, resolution=resolution, difficulty=difficulty)
         folder = release_dir(data_dir, resolution, difficulty)
-    images, labels = read_release(folder, resolution)
-    sel = split_indices(labels.size, split)
+    images, labels, entry, keys = _read_release(Path(folder), resolution)
+    sel = np.flatnonzero(split_of(keys, tfds_split_name(difficulty))[entry] == SPLITS.index(split))
     n = sel.size
     return {
         "inputs": images[sel].reshape(n, resolution * resolution).astype(np.int32),

@@ -1,5 +1,6 @@
 """Tests of the Pathfinder generator, its PNG release writer, the release loader and the CLI (tiny sizes)."""
 
+import hashlib
 import logging
 import os
 import struct
@@ -273,17 +274,6 @@ def test_png_round_trip_and_foreign_pngs(tmp_path):
 # --------------------------------------------------------------------------- loader
 
 
-def test_split_indices_80_10_10():
-    parts = {s: PF.split_indices(1000, s) for s in ("train", "val", "test")}
-    assert [len(parts[s]) for s in ("train", "val", "test")] == [800, 100, 100]
-    assert np.array_equal(np.sort(np.concatenate(list(parts.values()))), np.arange(1000))
-    assert np.array_equal(PF.split_indices(1000, "val"), parts["val"])  # deterministic
-    assert not np.array_equal(parts["val"], np.arange(800, 900))  # a shuffle, not the last files
-    assert [len(PF.split_indices(11, s)) for s in ("train", "val", "test")] == [8, 1, 2]
-    with pytest.raises(ValueError, match="split"):
-        PF.split_indices(10, "dev")
-
-
 def test_loader_reads_generated_release(release, release_arrays, monkeypatch):
     images, labels = release_arrays
     out = {s: PF.load(s, data_dir=release, resolution=RES, difficulty="hard") for s in ("train", "val", "test")}
@@ -298,6 +288,14 @@ def test_loader_reads_generated_release(release, release_arrays, monkeypatch):
     )
     want = sorted((im.reshape(-1).tobytes(), int(t)) for im, t in zip(images, labels))
     assert got == want
+    # Our generated files get LRA's split too: the members of each split are those of the rule, by hand.
+    rows = read_metadata_by_hand(contour_folder(release))
+    keys = [f"{sub}_{name}_{i % PER_FOLDER + 1}" for i, (sub, name, _) in enumerate(rows)]  # line numbers
+    key_of = {im.tobytes(): key for im, key in zip(images, keys)}
+    assert len(key_of) == NUM
+    want_keys = expected_members("hard", keys, (480, 540))
+    for split, arrays in out.items():
+        assert sorted(key_of[row.astype(np.uint8).tobytes()] for row in arrays["inputs"]) == want_keys[split]
     # The decoded images are cached; the cache is reused while the metadata is unchanged.
     folder = contour_folder(release)
     assert (folder / PF.CACHE_NAME).is_file()
@@ -348,7 +346,11 @@ def test_loader_reads_hand_built_official_layout(tmp_path, caplog):
     assert len(expected) == 21
     with caplog.at_level(logging.INFO, logger="lra.data.pathfinder"):
         out = {s: PF.load(s, data_dir=tmp_path) for s in ("train", "val", "test")}
-    assert [len(out[s]["targets"]) for s in ("train", "val", "test")] == [16, 2, 3]
+    # LRA's split of the 22 entries is 18/2/2 (round(17.6), round(19.8)); the empty imgs/1/sample_4.png, key
+    # imgs/1_sample_4.png_5, is the 14th in tfds's order of "hard", so train loses it and nothing else moves.
+    keys = [f"imgs/{k}_sample_{i}.png_{i + 1}" for k in (0, 1) for i in range(11)]
+    assert sorted(keys, key=lambda key: tfds_hash("hard", key)).index("imgs/1_sample_4.png_5") == 13
+    assert [len(out[s]["targets"]) for s in ("train", "val", "test")] == [17, 2, 2]
     got = sorted(
         (row.astype(np.uint8).tobytes(), int(t)) for a in out.values() for row, t in zip(a["inputs"], a["targets"])
     )
@@ -411,6 +413,158 @@ def test_load_generates_once_into_a_named_cache_folder(tmp_path, monkeypatch):
     monkeypatch.setattr(PF, "generate_release", no_second_generation)
     assert np.array_equal(PF.load("train", data_dir=tmp_path, generate=gen)["inputs"], arrays["inputs"])
     assert len(PF.load("test", data_dir=tmp_path, generate=gen)["targets"]) == 4
+
+
+# --------------------------------------------------------------------------- LRA's split
+
+
+def tfds_hash(tfds_split: str, key: str) -> int:
+    """tensorflow_datasets.core.hashing.Hasher(tfds_split).hash_key(key), written out: md5 of the salt, then the key."""
+    return int(hashlib.md5(tfds_split.encode() + key.encode()).hexdigest(), 16)
+
+
+# Two metadata files in the official style (extra columns), 1.npy not in file order: LRA's keys count the lines
+# of each file from 1, so they name the line, not the sample number.
+KEYED_LINES = {
+    0: [0, 1, 2, 3, 4, 5],
+    1: [3, 0, 6, 1, 2, 4, 5],
+}
+KEYED_KEYS = [
+    "imgs/0_sample_0.png_1", "imgs/0_sample_1.png_2", "imgs/0_sample_2.png_3", "imgs/0_sample_3.png_4",
+    "imgs/0_sample_4.png_5", "imgs/0_sample_5.png_6",
+    "imgs/1_sample_3.png_1", "imgs/1_sample_0.png_2", "imgs/1_sample_6.png_3", "imgs/1_sample_1.png_4",
+    "imgs/1_sample_2.png_5", "imgs/1_sample_4.png_6", "imgs/1_sample_5.png_7",
+]
+KEYED_BOUNDS = (10, 12)  # 13 entries: round(80 * 13 / 100) = round(10.4) = 10, round(11.7) = 12
+
+
+def write_keyed_release(folder: Path, empty: tuple[str, ...] = ()) -> dict[int, str]:
+    """The KEYED_LINES release: image (k, i) is filled with the value 1 + 20 k + i; the images whose keys are
+    in ``empty`` are empty files. Returns {pixel value: key}."""
+    value_to_key = {}
+    (folder / "metadata").mkdir(parents=True)
+    for k, samples in KEYED_LINES.items():
+        (folder / "imgs" / str(k)).mkdir(parents=True)
+        lines = []
+        for n, i in enumerate(samples, start=1):
+            key = f"imgs/{k}_sample_{i}.png_{n}"
+            value = 1 + 20 * k + i
+            path = folder / "imgs" / str(k) / f"sample_{i}.png"
+            path.write_bytes(b"" if key in empty else PF.encode_png(np.full((RES, RES), value, np.uint8)))
+            value_to_key[value] = key
+            lines.append(f"imgs/{k} sample_{i}.png {i} {(i + k) % 2} 2.5 14 4 5 1.5 3 1\n")
+        (folder / "metadata" / f"{k}.npy").write_text("".join(lines))
+    assert sorted(value_to_key.values()) == sorted(KEYED_KEYS)
+    return value_to_key
+
+
+def loaded_keys(data_dir: Path, difficulty: str, value_to_key: dict[int, str]) -> dict[str, list[str]]:
+    out = {}
+    for split in PF.SPLITS:
+        inputs = PF.load(split, data_dir=data_dir, difficulty=difficulty)["inputs"]
+        assert all((row == row[0]).all() for row in inputs)
+        out[split] = sorted(value_to_key[int(row[0])] for row in inputs)
+    return out
+
+
+def expected_members(tfds_split: str, keys=KEYED_KEYS, bounds=KEYED_BOUNDS) -> dict[str, list[str]]:
+    order = sorted(keys, key=lambda key: tfds_hash(tfds_split, key))
+    a, b = bounds
+    return {"train": sorted(order[:a]), "val": sorted(order[a:b]), "test": sorted(order[b:])}
+
+
+@pytest.mark.parametrize(
+    "difficulty, level, tfds_split",
+    [("hard", "curv_contour_length_14", "hard"), ("medium", "curv_contour_length_9", "intermediate"),
+     ("easy", "curv_baseline", "easy")],
+)
+def test_split_is_lras_by_hand(tmp_path, difficulty, level, tfds_split):
+    value_to_key = write_keyed_release(tmp_path / f"pathfinder{RES}" / level)
+    assert PF.tfds_split_name(difficulty) == tfds_split
+    want = expected_members(tfds_split)
+    assert [len(want[s]) for s in PF.SPLITS] == [10, 2, 1]
+    assert loaded_keys(tmp_path, difficulty, value_to_key) == want
+    # The salt matters: the other levels' orders of the same keys differ.
+    others = {s for s in ("easy", "intermediate", "hard") if s != tfds_split}
+    assert all(expected_members(s) != want for s in others)
+
+
+@pytest.mark.parametrize("position", [0, 10, 12])  # the first entry of train, of val, of test in tfds's order
+def test_unreadable_image_is_dropped_after_splitting(tmp_path, position):
+    order = sorted(KEYED_KEYS, key=lambda key: tfds_hash("hard", key))
+    gone = order[position]
+    value_to_key = write_keyed_release(tmp_path / f"pathfinder{RES}" / "curv_contour_length_14", empty=(gone,))
+    got = loaded_keys(tmp_path, "hard", value_to_key)
+    want = expected_members("hard")
+    for split in PF.SPLITS:  # only the split the empty image falls in loses it; nothing moves
+        assert got[split] == [key for key in want[split] if key != gone], split
+    assert sum(len(v) for v in got.values()) == 12
+
+
+@pytest.mark.parametrize(
+    "num, sizes",
+    [
+        (1, (1, 0, 0)),
+        (5, (4, 0, 1)),  # 90% of 5 = 4.5 rounds to the even 4 (Python's round)
+        (10, (8, 1, 1)),
+        (15, (12, 2, 1)),  # 13.5 -> 14
+        (25, (20, 2, 3)),  # 22.5 -> 22
+        (199_999, (159_999, 20_000, 20_000)),  # 159999.2 -> 159999, 179999.1 -> 179999
+        (200_000, (160_000, 20_000, 20_000)),
+    ],
+)
+def test_slice_bounds_use_tfds_closest_rounding(num, sizes):
+    # tfds 4.9.10, splits._pct_to_abs_closest: int(round(boundary * num_examples / 100.0)).
+    a, b = round(80.0 * num / 100.0), round(90.0 * num / 100.0)
+    assert (a, b - a, num - b) == sizes
+    bounds = PF.tfds_slice_bounds(num)
+    assert bounds == {"train": (0, a), "val": (a, b), "test": (b, num)}
+
+
+def test_split_indices_are_disjoint_and_cover_all_entries():
+    keys = [f"imgs/{k}_sample_{i}.png_{i + 1}" for k in range(3) for i in range(333)]
+    parts = {s: PF.split_indices(keys, s, "hard") for s in PF.SPLITS}
+    assert [len(parts[s]) for s in PF.SPLITS] == [799, 100, 100]  # 999: round(799.2), round(899.1)
+    assert np.array_equal(np.sort(np.concatenate(list(parts.values()))), np.arange(len(keys)))
+    order = sorted(range(len(keys)), key=lambda j: tfds_hash("hard", keys[j]))
+    assert parts["val"].tolist() == sorted(order[799:899])
+    assert np.array_equal(PF.tfds_order(keys, "hard"), order)
+    assert np.array_equal(PF.tfds_order([k.encode() for k in keys], "hard"), order)  # keys as stored in the cache
+    assert not np.array_equal(PF.split_indices(keys, "val", "easy"), parts["val"])  # salted by the level
+    with pytest.raises(ValueError, match="split"):
+        PF.split_indices(keys, "dev")
+    with pytest.raises(ValueError, match="share the tfds key"):
+        PF.tfds_order([*keys, keys[5]], "hard")
+    with pytest.raises(ValueError):
+        PF.tfds_split_name(7)
+
+
+def test_metadata_line_without_final_newline_is_dropped_like_lras_builder(tmp_path, caplog):
+    folder = tmp_path / f"pathfinder{RES}" / "curv_contour_length_14"
+    write_keyed_release(folder)
+    meta = folder / "metadata" / "1.npy"
+    meta.write_text(meta.read_text().rstrip("\n"))  # LRA's text.split('\n')[:-1] drops "imgs/1 sample_5.png"
+    with caplog.at_level(logging.WARNING, logger="lra.data.pathfinder"):
+        rows = PF.read_metadata(folder)
+    assert len(rows) == 12 and ("imgs/1", "sample_5.png", 0) not in rows
+    assert "no final newline" in caplog.text
+
+
+@pytest.mark.slow
+def test_order_and_bounds_match_tensorflow_datasets():
+    tfds = pytest.importorskip("tensorflow_datasets")
+    from tensorflow_datasets.core import hashing
+
+    keys = [f"imgs/{k}_sample_{i}.png_{i + 1}" for k in range(20) for i in range(1000)]
+    for level in ("easy", "intermediate", "hard"):
+        hasher = hashing.Hasher(level)
+        assert PF.tfds_order(keys, level).tolist() == sorted(range(len(keys)), key=lambda j: hasher.hash_key(keys[j]))
+    for num in (1, 5, 10, 15, 25, 999, 19_999, 199_999, 200_000):
+        info = {"hard": tfds.core.SplitInfo(name="hard", shard_lengths=[num], num_bytes=0)}
+        for split, spec in zip(PF.SPLITS, ("hard[:80%]", "hard[80%:90%]", "hard[90%:]")):
+            (instr,) = tfds.core.ReadInstruction.from_spec(spec).to_absolute(info)
+            want = (instr.from_ or 0, num if instr.to is None else instr.to)
+            assert PF.tfds_slice_bounds(num)[split] == want, (num, spec)
 
 
 # --------------------------------------------------------------------------- CLI

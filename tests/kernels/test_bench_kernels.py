@@ -120,3 +120,45 @@ def test_gpu_only_impls_are_skipped_on_cpu(tmp_path):
                                "--heads", "1", "--head-dim", "16", "--warmup", "0", "--steps", "1", "--repeats", "1",
                                "--out", str(out)]) == 0
     assert [json.loads(line)["impl"] for line in out.read_text().splitlines()] == ["xla_dense"]
+
+
+def test_backward_blocks_reuse_the_forward_timing(tmp_path):
+    out = tmp_path / "bb.jsonl"
+    assert bench_kernels.main(["--lengths", "64", "--impls", "pallas_flash", "--heads", "1", "--head-dim", "16",
+                               "--block", "32", "--bwd-block", "16", "32", "--dq", "kernel", "atomic", "--warmup",
+                               "0", "--steps", "1", "--repeats", "1", "--out", str(out)]) == 0
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert all(r["status"] == "ok" for r in rows), rows
+    # a backward block equal to the forward's is the default and recorded as None
+    assert [(r["bwd_block"], r["dq"]) for r in rows] == [(16, "kernel"), (16, "atomic"), (None, "kernel"),
+                                                          (None, "atomic")]
+    assert len({r["fwd_ms"] for r in rows}) == 1  # the forward is the same program: timed once
+    assert len({r["fwd_bwd_ms"] for r in rows}) == 4
+    assert "backward block 16" in bench_kernels.report(rows)
+
+
+def test_float32_precision_is_the_same_in_every_impl_and_recorded(tmp_path):
+    out = tmp_path / "p.jsonl"
+    assert bench_kernels.main(["--lengths", "32", "--impls", "xla_dense", "--dtypes", "float32", "bfloat16",
+                               "--heads", "1", "--head-dim", "16", "--matmul", "32", "--warmup", "0", "--steps", "1",
+                               "--repeats", "1", "--out", str(out)]) == 0
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [(r["impl"], r["dtype"], r["matmul_precision"]) for r in rows] == [
+        ("matmul", "float32", "highest"), ("xla_dense", "float32", "highest"),
+        ("matmul", "bfloat16", "default"), ("xla_dense", "bfloat16", "default")]
+    with pytest.raises(SystemExit):
+        bench_kernels.main(["--f32-precision", "tf32"])
+
+
+def test_dispatch_floor_marks_launch_bound_rows(tmp_path):
+    out = tmp_path / "d.jsonl"
+    assert bench_kernels.main(["--lengths", "32", "--impls", "xla_dense", "--heads", "1", "--head-dim", "16",
+                               "--dispatch", "--warmup", "0", "--steps", "2", "--repeats", "1",
+                               "--out", str(out)]) == 0
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["impl"] for r in rows] == ["dispatch", "xla_dense"] and rows[0]["ms"] > 0
+    floor = {"impl": "dispatch", "dtype": "bfloat16", "ms": 0.05, "device": "gpu: test card", "status": "ok"}
+    text = bench_kernels.report([floor, _row("sdpa_cudnn", 0.3, length=1024, fwd=0.08),
+                                 _row("sdpa_cudnn", 1.0, fwd=0.3)])
+    assert "dispatch floor: bfloat16 0.050 ms" in text
+    assert "| 1024 | sdpa_cudnn | - | 0.080* |" in text and "| 4096 | sdpa_cudnn | - | 0.300 |" in text

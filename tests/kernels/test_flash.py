@@ -59,7 +59,7 @@ def inputs(length, d, pad, *, b=2, h=2, seed=0, dtype=jnp.float32):
 
 
 class TestFlashAttention:
-    def check(self, length, blocks, d, mask_name, pad, atomic_dq=False):
+    def check(self, length, blocks, d, mask_name, pad, atomic_dq=False, bwd_blocks=(None, None)):
         mask = MASKS[mask_name]
         bq, bk = blocks
         q, k, v, valid = inputs(length, d, pad)
@@ -67,7 +67,7 @@ class TestFlashAttention:
 
         def ours(q, k, v):
             return flash.flash_attention(q, k, v, mask=mask, kv_valid=valid, block_q=bq, block_k=bk,
-                                         atomic_dq=atomic_dq)
+                                         atomic_dq=atomic_dq, block_q_bwd=bwd_blocks[0], block_k_bwd=bwd_blocks[1])
 
         def ref(q, k, v):
             return kernels.attention(q, k, v, mask=mask, kv_valid=valid)
@@ -105,6 +105,13 @@ class TestFlashAttention:
     def test_cover_with_atomic_dq(self, case):
         # dQ accumulated by atomic adds inside the dK/dV kernel (FlashAttention-2's backward).
         self.check(*case, atomic_dq=True)
+
+    @pytest.mark.parametrize("bwd_blocks, atomic_dq", [((16, 16), False), ((32, 16), False), ((16, 32), True)])
+    @pytest.mark.parametrize("mask_name", ["bigbird8", "global2|local2", "strided4"])
+    def test_backward_with_blocks_of_its_own(self, mask_name, bwd_blocks, atomic_dq):
+        # The backward kernels walk a plan of other blocks than the forward's (32 x 32 here); length 40 pads
+        # to a multiple of all of them.
+        self.check(40, (32, 32), 20, mask_name, True, atomic_dq=atomic_dq, bwd_blocks=bwd_blocks)
 
 
 @pytest.mark.parametrize("atomic_dq", [False, True])
@@ -296,3 +303,22 @@ def test_default_block_follows_a_local_window():
     assert flash.default_block(4096, masks.Local(3)) == 16  # Triton's smallest dot
     assert flash.default_block(4096, masks.Local(32), minimum=64) == 64  # Mosaic GPU's WGMMA tiles
     assert flash.default_block(4096, masks.BlockLocal(32)) == 128
+
+
+def test_backward_kernels_run_on_their_own_blocks():
+    # Correct gradients alone would not show which blocks the backward used: read the grids off the jaxpr.
+    q = jnp.ones((1, 40, 2, 20))
+
+    def grids(**blocks):
+        def loss(q):
+            return flash.flash_attention(q, q, q, mask=masks.Local(3), block_q=32, block_k=32, **blocks).sum()
+
+        return {e.params["name"]: tuple(e.params["grid_mapping"].grid)
+                for e in jax.make_jaxpr(jax.grad(loss))(q).jaxpr.eqns if e.primitive.name == "pallas_call"}
+
+    # length 40 pads to 64: 2 blocks of 32, 4 of 16; grids are (batch, heads, blocks)
+    assert grids() == {"flash_fwd": (1, 2, 2), "flash_dq": (1, 2, 2), "flash_dkdv": (1, 2, 2)}
+    assert grids(block_q_bwd=16) == {"flash_fwd": (1, 2, 2), "flash_dq": (1, 2, 4), "flash_dkdv": (1, 2, 2)}
+    assert grids(block_k_bwd=16) == {"flash_fwd": (1, 2, 2), "flash_dq": (1, 2, 2), "flash_dkdv": (1, 2, 4)}
+    with pytest.raises(ValueError, match="block_k_bwd must be a power of two"):
+        flash.flash_attention(q, q, q, block_k_bwd=24)

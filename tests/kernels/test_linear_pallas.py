@@ -1,4 +1,5 @@
-"""The chunked Pallas linear attention (interpret mode) equals the XLA path, forward and gradients."""
+"""The chunked Pallas linear attention equals the XLA path, forward and gradients (interpret mode on CPU, the
+compiled Triton kernels on a GPU)."""
 import itertools
 
 import jax
@@ -63,8 +64,8 @@ class TestMatchesXLA:
         cot = jnp.asarray(np.random.default_rng(1).standard_normal((*q.shape[:3], v.shape[-1])), jnp.float32)
 
         ours, ours_grads = value_and_grads(
-            lambda q, k, v: linear_attention_pallas(q, k, v, feature_map=feature_map, kv_valid=valid, chunk=CHUNK,
-                                                    interpret=True), q, k, v, cot)
+            lambda q, k, v: linear_attention_pallas(q, k, v, feature_map=feature_map, kv_valid=valid, chunk=CHUNK),
+            q, k, v, cot)  # interpret mode on CPU, the compiled Triton kernels on a GPU
         ref, ref_grads = value_and_grads(
             lambda q, k, v: kernels.linear_attention(q, k, v, feature_map=feature_map, kv_valid=valid, impl="xla"),
             q, k, v, cot)

@@ -47,8 +47,12 @@ def test_dry_run_collects_the_gpu_tests_and_times_every_impl(gpu_image_env):
     assert {r["dtype"] for r in rows if r["impl"] == "matmul"} == {"bfloat16", "float32"}
     assert all(r["status"] == "ok" for r in rows), [r for r in rows if r["status"] != "ok"]
     tune = [json.loads(line) for line in (out / "results" / "tune_gpu_dryrun.jsonl").read_text().splitlines()]
-    settings = {(r["block"], r["num_warps"], r["num_stages"], r["dq"]) for r in tune if r["status"] == "ok"}
-    assert settings == {(b, w, s, dq) for b in (64, 128) for w in (4, 8) for s in (2, 3) for dq in ("kernel", "atomic")}
+    settings = {(r["block"], r["bwd_block"], r["num_warps"], r["num_stages"], r["dq"])
+                for r in tune if r["status"] == "ok" and r["impl"] == "pallas_flash"}
+    blocks = {(128, 64), (128, 32), (128, None), (64, None), (64, 32), (64, 128)}  # None: the forward's block
+    assert settings == {(b, bb, None, None, "kernel") for b, bb in blocks} | {
+        (128, 64, w, s, dq) for w in (4, 8) for s in (2, 3) for dq in ("kernel", "atomic")}
+    assert {r["impl"] for r in rows if r["status"] == "ok"} >= {"dispatch", "matmul"}
     report = (out / "report.md").read_text()  # on CPU: no cuDNN, so the GPU targets are reported unmeasured
     assert "| bfloat16 | 128 | pallas_flash |" in report and "vs cuDNN (bfloat16, L=4096): not measured" in report
 
