@@ -477,6 +477,9 @@ def _flash_bwd(st, res, do):
 
 
 _flash.defvjp(_flash_fwd, _flash_bwd)
+# Called outside jit (tests, notebooks), a pallas_call is traced and compiled again at every call; under this
+# jit, keyed by the static settings (whose plans mask_plan caches), it compiles once per shape and setting.
+_flash_jit = jax.jit(_flash, static_argnums=(5,))
 
 
 # --------------------------------------------------------------------------- public entry point
@@ -614,7 +617,7 @@ def flash_attention(q, k, v, *, mask: masks_lib.Mask | None = None, kv_valid=Non
     st = _Static(plan, scale, rate, length, length, has_valid, bool(interpret), forward,
                  4 if num_warps is None else int(num_warps), 2 if num_stages is None else int(num_stages),
                  bool(atomic_dq), layout, plan_bwd)
-    out = _flash(prep(q), prep(k), prep(v), valid, seed, st)
+    out = _flash_jit(prep(q), prep(k), prep(v), valid, seed, st)
     if layout == "BHLD":
         out = jnp.transpose(out, (0, 2, 1, 3))
     return out[:, :length, :, :d]

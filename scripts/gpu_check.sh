@@ -13,8 +13,8 @@
 #      attention: blocks 64/128 x backward blocks 32/64/128, then num_warps 4/8 x num_stages 2/3 x dQ in its own
 #      kernel or by atomic adds (the forward is timed once per forward setting);
 #   4. last, in processes of their own (they have never been compiled for a GPU: a crash or hang there cannot
-#      take the Triton rows with it): the Mosaic GPU kernels' tests, then their timings (blocks 64 and 128)
-#      beside JAX's own Mosaic GPU flash attention.
+#      take the Triton rows with it): the Mosaic GPU kernels' tests, then their timings (blocks 64, and 128 with
+#      a backward of 64) beside JAX's own Mosaic GPU flash attention.
 # Usage: OUT=gpu_out scripts/gpu_check.sh   -> $OUT/kernel_tests*.txt, $OUT/results/{bench,tune}_gpu_<card>.jsonl,
 #        $OUT/report.md (fastest setting per impl, TFLOP/s as a fraction of the matmul rate, the targets met or not)
 # Then copy the two JSONL files into results/ and say in the README what they measured.
@@ -69,7 +69,7 @@ echo "== Mosaic GPU kernel tests"
 timeout 50 $PY -m pytest -v -p no:cacheprovider -m "slow or not slow" $TESTS $WORKERS tests/kernels/test_flash_mgpu.py \
   2>&1 | tee "$OUT/kernel_tests_mgpu.log" | tail -30 | tee "$OUT/kernel_tests_mgpu.txt"
 echo "== timings (Mosaic GPU)"
-timeout 45 $BENCH --dtypes bfloat16 --lengths $LENGTHS_BF16 --block 128 64 --impls mgpu_flash mgpu_local
+timeout 45 $BENCH --dtypes bfloat16 --lengths $LENGTHS_BF16 --block 64 128 --bwd-block 64 --impls mgpu_flash mgpu_local
 timeout 20 $TUNE --impls jax_mgpu
 for f in "$OUT"/results/*.jsonl; do echo "rows: $(wc -l < "$f") in $f"; done
 echo "== report"

@@ -137,3 +137,20 @@ def test_plan_bias_marks_exactly_the_masked_pairs_of_partial_blocks():
             want = np.where(dense[i * 16:(i + 1) * 16, j * 16:(j + 1) * 16].T, 0.0, flash_mgpu.NEG)
             np.testing.assert_array_equal(bias_k[j, n], want.astype(np.float32))
     assert flash_mgpu.plan_bias(flash.mask_plan(None, 32, 32, 16, 16)) is None
+
+
+def test_mosaic_backward_with_blocks_of_its_own():
+    # Forward blocks of 128, backward blocks of 64 (flash_attention's block_q_bwd / block_k_bwd).
+    q, k, v, valid = _inputs(192, 64, True)
+    mask = masks.Global(4) | masks.Local(10)
+    w = jnp.asarray(np.random.default_rng(1).standard_normal(q.shape), jnp.float32)
+
+    def loss(fn):
+        return lambda q, k, v: jnp.sum(fn(q, k, v).astype(jnp.float32) * w)
+
+    ours = jax.grad(loss(lambda q, k, v: flash.flash_attention(
+        q, k, v, mask=mask, kv_valid=valid, block_q=128, block_k=128, block_q_bwd=64, block_k_bwd=64,
+        pallas_backend="mosaic_gpu")), (0, 1, 2))(q, k, v)
+    ref = jax.grad(loss(lambda q, k, v: _reference(q, k, v, mask, valid)), (0, 1, 2))(q, k, v)
+    for name, a, b in zip("qkv", ours, ref, strict=True):
+        np.testing.assert_allclose(np.asarray(a, np.float32), np.asarray(b, np.float32), **BF16, err_msg=f"d{name}")
