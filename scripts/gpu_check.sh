@@ -20,7 +20,7 @@
 # Then copy the two JSONL files into results/ and say in the README what they measured.
 # DRY_RUN=1 runs the same steps on any machine in about a minute, no GPU needed (tests collected, not run; one
 # tiny timing per impl): it shows that everything the GPU run needs imports and starts. The GPU image has JAX,
-# Flax, optax, pytest and hypothesis but no Hydra or wandb, which none of these steps need
+# Flax, optax, pytest, pytest-xdist and hypothesis but no Hydra or wandb, which none of these steps need
 # (tests/lra/test_gpu_check.py runs the dry run without them).
 set -uo pipefail
 OUT=${OUT:-gpu_out}
@@ -29,7 +29,7 @@ DRY_RUN=${DRY_RUN:-0}
 mkdir -p "$OUT/results"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 XLA_PYTHON_CLIENT_PREALLOCATE=false
 # Fail in seconds, not after the timeouts below, when the Python there lacks a package the steps import.
-$PY -c "import jax, flax, optax, numpy, pytest, hypothesis, jax.experimental.pallas.triton" || {
+$PY -c "import jax, flax, optax, numpy, pytest, xdist, hypothesis, jax.experimental.pallas.triton" || {
   echo "gpu_check: a package is missing in $PY (see the error above); carry it as a wheel (the device README)"
   exit 2
 }
