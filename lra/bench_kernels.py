@@ -107,6 +107,17 @@ def _time(fn, args, warmup: int, steps: int, repeats: int) -> float:
     return statistics.median(runs)
 
 
+def _precision(dtype: str, f32_precision: str) -> str:
+    """The matmul precision a row of ``dtype`` runs at: ``f32_precision`` for float32, the default otherwise."""
+    return f32_precision if dtype == "float32" else "default"
+
+
+def _precision_scope(precision: str):
+    import jax
+
+    return jax.default_matmul_precision(None if precision == "default" else precision)
+
+
 def dispatch_floor(shape: tuple, dtype: str, warmup: int, steps: int, repeats: int) -> dict:
     """Per-call time of a jitted program that does next to nothing with the same three arguments: below about
     twice this, a row's time is the cost of launching it from Python, not of its kernels."""
@@ -145,7 +156,7 @@ def measure(impl: str, length: int, dtype: str, *, batch: int, heads: int, head_
            "window": window if "local" in impl else None,
            "block": block if impl.startswith(("pallas", "mgpu", "xla_local")) else None,
            "bwd_block": bwd_block if impl.startswith(("pallas", "mgpu")) and bwd_block not in (None, block) else None,
-           "matmul_precision": f32_precision if dtype == "float32" else "default",
+           "matmul_precision": _precision(dtype, f32_precision),
            "device": device_description(), "jax": jax.__version__,
            "pallas_backend": flash.backend() if impl.startswith("pallas") else
            flash.backend(pallas_backend="mosaic_gpu") if impl.startswith("mgpu") else None}
@@ -165,8 +176,7 @@ def measure(impl: str, length: int, dtype: str, *, batch: int, heads: int, head_
                                  argnums=(0, 1, 2)))
         fwd_key = (impl, length, dtype, batch, heads, head_dim, window, block, num_warps, num_stages, f32_precision)
         cached = (forward_times or {}).get(fwd_key)
-        precision = f32_precision if dtype == "float32" else "default"
-        with jax.default_matmul_precision(None if precision == "default" else precision):
+        with _precision_scope(row["matmul_precision"]):
             t0 = time.perf_counter()
             fwd_c = None if cached else jax.jit(f).lower(q, k, v).compile()
             train_c = train.lower(q, k, v, cot).compile()
@@ -192,9 +202,9 @@ def matmul_rate(dtype: str, n: int, f32_precision: str = "highest") -> dict:
     import jax
     import jax.numpy as jnp
 
-    precision = f32_precision if dtype == "float32" else "default"
+    precision = _precision(dtype, f32_precision)
     a = jax.random.normal(jax.random.PRNGKey(0), (n, n), jnp.float32).astype(dtype)
-    with jax.default_matmul_precision(None if precision == "default" else precision):
+    with _precision_scope(precision):
         f = jax.jit(lambda a: a @ a).lower(a).compile()
     sec = _time(f, (a,), 2, 5, 3)
     return {"impl": "matmul", "dtype": dtype, "n": n, "ms": 1e3 * sec, "tflops": 2 * n**3 / sec / 1e12,

@@ -8,6 +8,8 @@
   without a manifest is never read (an interrupted preparation leaves nothing a loader would use).
 - Downloads with a timeout, size and SHA-256 checks, and a clear message naming the manual route when offline.
 - Byte tokenisation shared by Text and Retrieval: token = byte + 1, padding 0 (vocabulary 257).
+- tensorflow-datasets' stored order of a split (``tfds_order``), which LRA's slices of Image and Pathfinder
+  follow.
 """
 
 from __future__ import annotations
@@ -254,3 +256,35 @@ def prepare_main(argv, *, task: str, title: str, archive: str, fetch_and_prepare
         return 1
     report(out, read_manifest(out))
     return 0
+
+
+# --------------------------------------------------------------------------- tensorflow-datasets' order
+
+
+def _tfds_key_bytes(key: str | bytes) -> bytes:
+    # tensorflow_datasets.core.hashing._to_bytes of a str key: '\\' -> '/', then UTF-8.
+    if isinstance(key, bytes):
+        key = key.decode("utf-8")
+    return key.replace("\\", "/").encode("utf-8")
+
+
+def tfds_order(keys, salt: str, *, what: str = "examples") -> np.ndarray:
+    """int64 [N]: the indices of ``keys`` in the order tensorflow-datasets stores the examples of the split
+    named ``salt``: by ``int(md5(salt + key).hexdigest(), 16)``, smallest first (the 128-bit hash read
+    big-endian, so comparing its two 64-bit halves gives the same order). The same for every writer, Beam's
+    too (tfds 4.9.10: core/hashing.py, core/writer.py). Two equal keys raise ValueError naming ``what``, as
+    tfds's writer refuses them."""
+    salted = hashlib.md5(salt.encode("utf-8"))
+    digests = bytearray()
+    for key in keys:
+        h = salted.copy()
+        h.update(_tfds_key_bytes(key))
+        digests += h.digest()
+    words = np.frombuffer(bytes(digests), dtype=">u8").reshape(-1, 2)
+    order = np.lexsort((words[:, 1], words[:, 0]))
+    ordered = words[order]
+    same = np.flatnonzero((ordered[1:] == ordered[:-1]).all(axis=1))
+    if same.size:
+        i, j = order[same[0]], order[same[0] + 1]
+        raise ValueError(f"two {what} share the tfds key {keys[i]!r} (entries {i} and {j})")
+    return order.astype(np.int64)

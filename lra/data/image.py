@@ -121,14 +121,7 @@ def tfds_order(num: int, split: str) -> np.ndarray:
     """int64 [num]: the order in which tensorflow-datasets stores the ``num`` images of ``split`` ("train" or
     "test"): the image of key i (its index in the official file order) sorts by
     ``int(md5(split.encode() + str(i).encode()).hexdigest(), 16)``, smallest first."""
-    salted = hashlib.md5(split.encode("utf-8"))
-
-    def key(i: int) -> int:
-        h = salted.copy()
-        h.update(str(i).encode("utf-8"))
-        return int(h.hexdigest(), 16)
-
-    return np.asarray(sorted(range(num), key=key), dtype=np.int64)
+    return C.tfds_order([str(i) for i in range(num)], split)
 
 
 # --------------------------------------------------------------------------- preparation

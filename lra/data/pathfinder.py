@@ -925,32 +925,10 @@ def tfds_key(image_folder: str, file_name: str, line_number: int) -> str:
     return f"{image_folder}_{file_name}_{line_number}"
 
 
-def _key_bytes(key: str | bytes) -> bytes:
-    # tensorflow_datasets.core.hashing._to_bytes of a str key: '\\' -> '/', then UTF-8.
-    if isinstance(key, bytes):
-        key = key.decode("utf-8")
-    return key.replace("\\", "/").encode("utf-8")
-
-
 def tfds_order(keys: Sequence[str | bytes], tfds_split: str) -> np.ndarray:
-    """int64 [N]: the indices of ``keys`` in the order tensorflow-datasets stores the examples of split
-    ``tfds_split``: by ``int(md5(tfds_split + key).hexdigest(), 16)``, smallest first (the 128-bit hash read
-    big-endian, so comparing the two 64-bit halves gives the same order). Two equal keys raise ValueError,
-    as tfds's writer does."""
-    salted = hashlib.md5(tfds_split.encode("utf-8"))
-    digests = bytearray()
-    for key in keys:
-        h = salted.copy()
-        h.update(_key_bytes(key))
-        digests += h.digest()
-    words = np.frombuffer(bytes(digests), dtype=">u8").reshape(-1, 2)
-    order = np.lexsort((words[:, 1], words[:, 0]))
-    ordered = words[order]
-    same = np.flatnonzero((ordered[1:] == ordered[:-1]).all(axis=1))
-    if same.size:
-        i, j = order[same[0]], order[same[0] + 1]
-        raise ValueError(f"two Pathfinder metadata entries share the tfds key {keys[i]!r} (entries {i} and {j})")
-    return order.astype(np.int64)
+    """int64 [N]: the indices of the metadata entries' ``keys`` in tfds's stored order of split ``tfds_split``
+    (``_common.tfds_order``); two entries with one key raise ValueError, as tfds's writer does."""
+    return _common.tfds_order(keys, tfds_split, what="Pathfinder metadata entries")
 
 
 def tfds_slice_bounds(num: int) -> dict[str, tuple[int, int]]:
@@ -971,8 +949,9 @@ def split_of(keys: Sequence[str | bytes], tfds_split: str = "hard") -> np.ndarra
     unreadable image leaves a gap in its split and moves no other image."""
     out = np.empty(len(keys), dtype=np.int8)
     order = tfds_order(keys, tfds_split)
+    bounds = tfds_slice_bounds(len(keys))
     for code, split in enumerate(SPLITS):
-        lo, hi = tfds_slice_bounds(len(keys))[split]
+        lo, hi = bounds[split]
         out[order[lo:hi]] = code
     return out
 
