@@ -7,19 +7,23 @@ and head:
     num_i = fq_i S          den_i = fq_i . z          out_i = num_i / den_i  (0 where den_i == 0)
 
 Forward, two kernels on [batch*heads, length, features] arrays:
-  1. key state: one program per (batch, head) walks the key chunks in a loop and accumulates S and z;
+  1. key state: one program per (batch, head, split) walks its run of key chunks in a loop and accumulates a
+     partial S and z; the partials of a (batch, head) are added up in XLA ([splits, F, Dv], tiny);
   2. readout: one program per (batch, head, query chunk) computes out for its chunk from S and z.
 Backward, two kernels (g = d_out, d_num_i = g_i / den_i, d_den_i = -(g_i . out_i) / den_i):
-  1. query grads: one program per (batch, head) walks the query chunks, writes d_fq_i = d_num_i S^T + d_den_i z
-     and accumulates dS = sum_i fq_i^T d_num_i, dz = sum_i d_den_i fq_i;
+  1. query grads: one program per (batch, head, split) walks its run of query chunks, writes
+     d_fq_i = d_num_i S^T + d_den_i z and accumulates partial dS = sum_i fq_i^T d_num_i, dz = sum_i d_den_i fq_i,
+     added up in XLA as in the forward;
   2. key grads: one program per (batch, head, key chunk) computes d_fk_j = v_j dS^T + dz and d_v_j = fk_j dS.
 
-The reductions over chunks (S, z, dS, dz) run as a loop inside one program rather than over a grid axis, since
+The reductions over chunks (S, z, dS, dz) run as a loop inside a program rather than over a grid axis, since
 Pallas GPU grids run their programs in parallel (an output block revisited along a grid axis is only safe on
-TPU). Lengths are padded to a multiple of the chunk with zero feature rows (they add nothing to S, z, and give
-den = 0, hence zero output and zero gradient); F and Dv are padded with zero columns to a power of two >= 16,
-as Triton wants power-of-two tensors and matmul dims >= 16. Everything is float32; the output is cast to
-v.dtype.
+TPU). ``splits`` cuts each sequence into that many runs of chunks reduced by programs of their own
+("split-K"): with one program per (batch, head), a benchmark shape such as 1 x 8 heads would occupy 8 of a
+GPU's 132 multiprocessors. Lengths are padded to a multiple of chunk x splits with zero feature rows (they add
+nothing to S, z, and give den = 0, hence zero output and zero gradient); F and Dv are padded with zero columns
+to a power of two >= 16, as Triton wants power-of-two tensors and matmul dims >= 16. Everything is float32; the
+output is cast to v.dtype.
 
 Tested on CPU in interpret mode only. Not verified on GPU: that the kernels lower and compile with Triton or
 Mosaic GPU (the block shapes, in-kernel ``pl.ds`` loads/stores, transposed ``dot_general`` and float32
@@ -58,7 +62,8 @@ def _safe_inverse(den):
 
 # ---------------------------------------------------------------------------------------------------- kernels
 def _key_state_kernel(fk_ref, v_ref, s_ref, z_ref, *, chunk: int, n_chunks: int):
-    """fk [Lk, F], v [Lk, Dv] of one (batch, head) -> S [F, Dv], z [1, F], summed chunk by chunk."""
+    """fk [run, F], v [run, Dv] of one (batch, head, split) -> its partial S [F, Dv], z [1, F], summed chunk by
+    chunk."""
     def body(c, carry):
         s, z = carry
         rows = pl.ds(pl.multiple_of(c * chunk, chunk), chunk)
@@ -83,7 +88,8 @@ def _readout_kernel(fq_ref, s_ref, z_ref, out_ref):
 
 
 def _query_grad_kernel(fq_ref, g_ref, s_ref, z_ref, dfq_ref, ds_ref, dz_ref, *, chunk: int, n_chunks: int):
-    """One (batch, head): d_fq [Lq, F] chunk by chunk, and dS [F, Dv], dz [1, F] summed over the query chunks."""
+    """One (batch, head, split): d_fq [run, F] chunk by chunk, and partial dS [F, Dv], dz [1, F] summed over its
+    query chunks."""
     s = s_ref[...]
     z = z_ref[...]
 
@@ -121,8 +127,13 @@ def _per_head(shape):
 
 
 def _per_chunk(chunk: int, width: int):
-    """BlockSpec of rows [c*chunk, (c+1)*chunk) of one (batch, head), for grids (batch*heads, chunks)."""
+    """BlockSpec of rows [c*chunk, (c+1)*chunk) of one (batch, head), for grids (batch*heads, chunks or splits)."""
     return pl.BlockSpec((None, chunk, width), lambda bh, c: (bh, c, 0))
+
+
+def _per_split(shape):
+    """BlockSpec of one [*shape] partial sum per (batch, head, split) of a [batch*heads, splits, *shape] array."""
+    return pl.BlockSpec((None, None, *shape), lambda bh, g: (bh, g) + (0,) * len(shape))
 
 
 def _f32(*shape):
@@ -135,15 +146,17 @@ def _params(interpret):
     return compiler_params(interpret)
 
 
-def _key_state(fk, v, chunk, interpret):
+def _key_state(fk, v, chunk, splits, interpret):
     bh, lk, f = fk.shape
     dv = v.shape[-1]
-    kernel = functools.partial(_key_state_kernel, chunk=chunk, n_chunks=lk // chunk)
-    return _pallas.call(
-        kernel, out_shape=(_f32(bh, f, dv), _f32(bh, 1, f)), grid=(bh,),
-        in_specs=[_per_head((lk, f)), _per_head((lk, dv))],
-        out_specs=(_per_head((f, dv)), _per_head((1, f))),
+    run = lk // splits
+    kernel = functools.partial(_key_state_kernel, chunk=chunk, n_chunks=run // chunk)
+    s, z = _pallas.call(
+        kernel, out_shape=(_f32(bh, splits, f, dv), _f32(bh, splits, 1, f)), grid=(bh, splits),
+        in_specs=[_per_chunk(run, f), _per_chunk(run, dv)],
+        out_specs=(_per_split((f, dv)), _per_split((1, f))),
         interpret=interpret, compiler_params=_params(interpret), name="linear_attention_key_state")(fk, v)
+    return s.sum(axis=1), z.sum(axis=1)
 
 
 def _readout(fq, s, z, chunk, interpret):
@@ -156,15 +169,17 @@ def _readout(fq, s, z, chunk, interpret):
         interpret=interpret, compiler_params=_params(interpret), name="linear_attention_readout")(fq, s, z)
 
 
-def _query_grads(fq, g, s, z, chunk, interpret):
+def _query_grads(fq, g, s, z, chunk, splits, interpret):
     bh, lq, f = fq.shape
     dv = s.shape[-1]
-    kernel = functools.partial(_query_grad_kernel, chunk=chunk, n_chunks=lq // chunk)
-    return _pallas.call(
-        kernel, out_shape=(_f32(bh, lq, f), _f32(bh, f, dv), _f32(bh, 1, f)), grid=(bh,),
-        in_specs=[_per_head((lq, f)), _per_head((lq, dv)), _per_head((f, dv)), _per_head((1, f))],
-        out_specs=(_per_head((lq, f)), _per_head((f, dv)), _per_head((1, f))),
+    run = lq // splits
+    kernel = functools.partial(_query_grad_kernel, chunk=chunk, n_chunks=run // chunk)
+    d_fq, ds, dz = _pallas.call(
+        kernel, out_shape=(_f32(bh, lq, f), _f32(bh, splits, f, dv), _f32(bh, splits, 1, f)), grid=(bh, splits),
+        in_specs=[_per_chunk(run, f), _per_chunk(run, dv), _per_head((f, dv)), _per_head((1, f))],
+        out_specs=(_per_chunk(run, f), _per_split((f, dv)), _per_split((1, f))),
         interpret=interpret, compiler_params=_params(interpret), name="linear_attention_query_grads")(fq, g, s, z)
+    return d_fq, ds.sum(axis=1), dz.sum(axis=1)
 
 
 def _key_grads(fk, v, ds, dz, chunk, interpret):
@@ -178,20 +193,20 @@ def _key_grads(fk, v, ds, dz, chunk, interpret):
 
 
 # ---------------------------------------------------------------------------------------------- custom VJP
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5))
-def _chunked_linear(fq, fk, v, q_chunk, k_chunk, interpret):
-    """fq [BH, Lq, F], fk [BH, Lk, F], v [BH, Lk, Dv] (float32, lengths multiples of their chunks)."""
-    return _chunked_linear_fwd(fq, fk, v, q_chunk, k_chunk, interpret)[0]
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5, 6, 7))
+def _chunked_linear(fq, fk, v, q_chunk, k_chunk, q_splits, k_splits, interpret):
+    """fq [BH, Lq, F], fk [BH, Lk, F], v [BH, Lk, Dv] (float32, lengths multiples of chunk x splits)."""
+    return _chunked_linear_fwd(fq, fk, v, q_chunk, k_chunk, q_splits, k_splits, interpret)[0]
 
 
-def _chunked_linear_fwd(fq, fk, v, q_chunk, k_chunk, interpret):
-    s, z = _key_state(fk, v, k_chunk, interpret)
+def _chunked_linear_fwd(fq, fk, v, q_chunk, k_chunk, q_splits, k_splits, interpret):
+    s, z = _key_state(fk, v, k_chunk, k_splits, interpret)
     return _readout(fq, s, z, q_chunk, interpret), (fq, fk, v, s, z)
 
 
-def _chunked_linear_bwd(q_chunk, k_chunk, interpret, residuals, g):
+def _chunked_linear_bwd(q_chunk, k_chunk, q_splits, k_splits, interpret, residuals, g):
     fq, fk, v, s, z = residuals
-    d_fq, ds, dz = _query_grads(fq, g, s, z, q_chunk, interpret)
+    d_fq, ds, dz = _query_grads(fq, g, s, z, q_chunk, q_splits, interpret)
     d_fk, d_v = _key_grads(fk, v, ds, dz, k_chunk, interpret)
     return d_fq, d_fk, d_v
 
@@ -209,6 +224,19 @@ def _chunk_for(length: int, chunk: int) -> int:
     return min(chunk, max(_MIN_DIM, pl.next_power_of_2(length)))
 
 
+# About twice the multiprocessors of an H100/H200 (132): programs per reduction when ``splits`` is None.
+_TARGET_PROGRAMS = 256
+
+
+def _splits_for(requested: int | None, batch_heads: int, n_chunks: int, interpret: bool) -> int:
+    """Programs per (batch, head) for a reduction over ``n_chunks`` chunks: the requested number (at most one
+    per chunk), or by default 1 in interpret mode (one CPU runs the programs one after another anyway) and
+    enough for about _TARGET_PROGRAMS programs in all elsewhere."""
+    if requested is None:
+        requested = 1 if interpret else -(-_TARGET_PROGRAMS // batch_heads)
+    return max(1, min(requested, n_chunks))
+
+
 def _to_heads_major(x, length: int, width: int):
     """[B, L, H, W] -> [B*H, length, width], zero-padded at the end of the length and width axes."""
     b, n, h, w = x.shape
@@ -216,18 +244,22 @@ def _to_heads_major(x, length: int, width: int):
     return jnp.pad(x, ((0, 0), (0, length - n), (0, width - w)))
 
 
-def linear_attention_pallas(q, k, v, *, feature_map, kv_valid=None, chunk: int = 128, interpret: bool | None = None):
+def linear_attention_pallas(q, k, v, *, feature_map, kv_valid=None, chunk: int = 128, splits: int | None = None,
+                            interpret: bool | None = None):
     """Normalised non-causal linear attention through the chunked Pallas kernels; equals
     ``kernels.linear_attention(q, k, v, feature_map=feature_map, kv_valid=kv_valid, impl="xla")``.
 
     q [B, Lq, H, D], k [B, Lk, H, D], v [B, Lk, H, Dv] -> [B, Lq, H, Dv] in v.dtype.
     feature_map: callable applied (in plain jnp, differentiated by JAX) to q and k; kv_valid: bool [B, Lk],
     False keys get f(k) = 0. A query whose normaliser is zero gets zeros. chunk: rows per kernel step, a power of
-    two (>= 16 for GPU); shorter sequences use a smaller one. interpret: run the kernels in the Pallas
-    interpreter; None means True on CPU, False elsewhere.
+    two (>= 16 for GPU); shorter sequences use a smaller one. splits: programs per (batch, head) that share each
+    reduction over the sequence (at most one per chunk); None: 1 in interpret mode, else about 256 programs in
+    all. interpret: run the kernels in the Pallas interpreter; None means True on CPU, False elsewhere.
     """
     if chunk < 1 or chunk & (chunk - 1):
         raise ValueError(f"chunk must be a positive power of two, got {chunk}")
+    if splits is not None and (not isinstance(splits, int) or splits < 1):
+        raise ValueError(f"splits must be a positive integer or None, got {splits!r}")
     if interpret is None:
         interpret = jax.default_backend() == "cpu"
     b, lq, h, _ = q.shape
@@ -245,8 +277,12 @@ def linear_attention_pallas(q, k, v, *, feature_map, kv_valid=None, chunk: int =
         fk = jnp.where(jnp.asarray(kv_valid, bool)[:, :, None, None], fk, 0.0)
     features, dv = _padded_dim(fq.shape[-1]), _padded_dim(v.shape[-1])
     q_chunk, k_chunk = _chunk_for(lq, chunk), _chunk_for(lk, chunk)
-    lq_pad, lk_pad = q_chunk * math.ceil(lq / q_chunk), k_chunk * math.ceil(lk / k_chunk)
+    q_splits = _splits_for(splits, b * h, math.ceil(lq / q_chunk), bool(interpret))
+    k_splits = _splits_for(splits, b * h, math.ceil(lk / k_chunk), bool(interpret))
+    lq_pad = q_chunk * q_splits * math.ceil(lq / (q_chunk * q_splits))
+    lk_pad = k_chunk * k_splits * math.ceil(lk / (k_chunk * k_splits))
     out = _chunked_linear(_to_heads_major(fq, lq_pad, features), _to_heads_major(fk, lk_pad, features),
-                          _to_heads_major(v.astype(jnp.float32), lk_pad, dv), q_chunk, k_chunk, bool(interpret))
+                          _to_heads_major(v.astype(jnp.float32), lk_pad, dv), q_chunk, k_chunk, q_splits, k_splits,
+                          bool(interpret))
     out = out[:, :lq, :v.shape[-1]].reshape(b, h, lq, v.shape[-1])
     return jnp.transpose(out, (0, 2, 1, 3)).astype(v.dtype)

@@ -13,6 +13,8 @@ Implementations (``--impls``; those that do not apply to the backend or dtype ar
   mgpu_flash     ``pallas_flash`` on the Mosaic GPU kernels (``kernels.flash_mgpu``; bf16/f16 only)
   mgpu_local     ``pallas_local`` on the Mosaic GPU kernels
   xla_local      the XLA path of the sparse variants (``kernels.block_sparse``: gathered key blocks)
+  xla_linear     ``kernels.linear_attention(impl="xla")`` with elu(x)+1 features (Linear Transformer): O(L)
+  pallas_linear  the same through the chunked Pallas kernels (``kernels.linear_pallas``; chunk = ``--block``)
   jax_triton     JAX's own Pallas Triton flash attention (``jax.experimental.pallas.ops.gpu.attention.mha``, its
                  default blocks; GPU only): a yardstick for what Pallas reaches on the card
   jax_mgpu       JAX's own Mosaic GPU flash attention (``...ops.gpu.attention_mgpu.attention``, blocks 64 x 128
@@ -23,7 +25,10 @@ gradient of sum(out * cotangent) with respect to q, k and v), run ``--warmup`` t
 of ``--repeats`` runs of ``--steps`` calls (``block_until_ready`` after each run). Memory is the compiler's
 ``memory_analysis()`` of the forward+backward program (temporaries + arguments + outputs), the same number on
 every backend. FLOPs count the matmuls of the allowed (visited) blocks: 4 B H L^2 D x fraction for the forward,
-2.5 times that for the backward (FlashAttention's convention, recomputation included). ``--matmul`` also times
+2.5 times that for the backward (FlashAttention's convention, recomputation included); for linear attention
+4 B H L D^2 (features = head dim), and again 2.5 times that for the backward, which is exactly what the Pallas
+kernels compute. Linear attention computes in float32 whatever the dtype of q, k and v, so its rows use the
+float32 matmul precision. ``--matmul`` also times
 a square matmul in the same dtype, so TFLOP/s can be read as a fraction of what the card's matmul reaches.
 Rows are appended to ``--out`` (JSON lines) and printed as a table. On CPU the Pallas kernels run in interpret
 mode (compiled by XLA, not Python-slow). Several ``--block`` values time every block-sized impl at each; several
@@ -44,7 +49,11 @@ from pathlib import Path
 from lra.results import device_description
 
 IMPLS = ("xla_dense", "sdpa_xla", "sdpa_cudnn", "jax_triton", "jax_mgpu", "pallas_flash", "pallas_local",
-         "xla_local", "mgpu_flash", "mgpu_local")
+         "xla_local", "mgpu_flash", "mgpu_local", "xla_linear", "pallas_linear")
+BLOCK_SIZED = ("pallas_flash", "pallas_local", "mgpu_flash", "mgpu_local", "xla_local", "pallas_linear")
+BWD_BLOCKED = ("pallas_flash", "pallas_local", "mgpu_flash", "mgpu_local")   # our flash kernels
+TRITON_TUNED = ("pallas_flash", "pallas_local")                             # num_warps, num_stages, dQ
+LINEAR = ("xla_linear", "pallas_linear")
 
 
 def _fn(impl: str, window: int, block: int, triton: dict | None = None, bwd_block: int | None = None):
@@ -78,6 +87,13 @@ def _fn(impl: str, window: int, block: int, triton: dict | None = None, bwd_bloc
                                                      pallas_backend=backend, **(triton or {}))
     if impl == "xla_local":
         return lambda q, k, v: block_sparse.block_sparse_attention(q, k, v, masks.Local(window), block=block)
+    if impl == "xla_linear":
+        return lambda q, k, v: kernels.linear_attention(q, k, v, feature_map="elu1", impl="xla")
+    if impl == "pallas_linear":
+        from kernels.linear_pallas import linear_attention_pallas
+
+        return lambda q, k, v: linear_attention_pallas(q, k, v, feature_map=kernels.FEATURE_MAPS["elu1"],
+                                                       chunk=block)
     raise ValueError(f"unknown impl {impl!r}; valid: {', '.join(IMPLS)}")
 
 
@@ -107,9 +123,17 @@ def _time(fn, args, warmup: int, steps: int, repeats: int) -> float:
     return statistics.median(runs)
 
 
-def _precision(dtype: str, f32_precision: str) -> str:
-    """The matmul precision a row of ``dtype`` runs at: ``f32_precision`` for float32, the default otherwise."""
-    return f32_precision if dtype == "float32" else "default"
+def _precision(dtype: str, f32_precision: str, impl: str | None = None) -> str:
+    """The matmul precision a row of ``dtype`` runs at: ``f32_precision`` for float32 (and for linear attention,
+    which computes in float32 whatever its inputs), the default otherwise."""
+    return f32_precision if dtype == "float32" or impl in LINEAR else "default"
+
+
+def _flops_fwd(impl: str, batch: int, heads: int, length: int, head_dim: int, fraction: float) -> float:
+    """Matmul FLOPs of one forward call (see the module's docstring)."""
+    if impl in LINEAR:
+        return 4.0 * batch * heads * length * head_dim * head_dim
+    return 4.0 * batch * heads * length * length * head_dim * fraction
 
 
 def _precision_scope(precision: str):
@@ -154,16 +178,17 @@ def measure(impl: str, length: int, dtype: str, *, batch: int, heads: int, head_
 
     row = {"impl": impl, "length": length, "dtype": dtype, "batch": batch, "heads": heads, "head_dim": head_dim,
            "window": window if "local" in impl else None,
-           "block": block if impl.startswith(("pallas", "mgpu", "xla_local")) else None,
-           "bwd_block": bwd_block if impl.startswith(("pallas", "mgpu")) and bwd_block not in (None, block) else None,
-           "matmul_precision": _precision(dtype, f32_precision),
+           "block": block if impl in BLOCK_SIZED else None,
+           "bwd_block": bwd_block if impl in BWD_BLOCKED and bwd_block not in (None, block) else None,
+           "matmul_precision": _precision(dtype, f32_precision, impl),
            "device": device_description(), "jax": jax.__version__,
-           "pallas_backend": flash.backend() if impl.startswith("pallas") else
+           "pallas_backend": flash.backend(pallas_backend="triton") if impl == "pallas_linear" else
+           flash.backend() if impl.startswith("pallas") else
            flash.backend(pallas_backend="mosaic_gpu") if impl.startswith("mgpu") else None}
     triton = {k: v for k, v in (("num_warps", num_warps), ("num_stages", num_stages)) if v is not None}
     if dq == "atomic":
         triton["atomic_dq"] = True
-    if impl.startswith("pallas"):
+    if impl in TRITON_TUNED:
         row.update(num_warps=num_warps, num_stages=num_stages, dq=dq)
     try:
         dt = jnp.dtype(dtype)
@@ -187,8 +212,8 @@ def measure(impl: str, length: int, dtype: str, *, batch: int, heads: int, head_
             forward_times[fwd_key] = row["fwd_ms"]
         row["fwd_bwd_ms"] = 1e3 * _time(train_c, (q, k, v, cot), warmup, steps, repeats)
         frac = _fraction(impl, length, window, block)
-        flops = 4.0 * batch * heads * length * length * head_dim * frac
-        row.update(block_fraction=round(frac, 5), flops_fwd=flops,
+        flops = _flops_fwd(impl, batch, heads, length, head_dim, frac)
+        row.update(block_fraction=None if impl in LINEAR else round(frac, 5), flops_fwd=flops,
                    tflops_fwd=flops / (row["fwd_ms"] * 1e-3) / 1e12,
                    tflops_fwd_bwd=3.5 * flops / (row["fwd_bwd_ms"] * 1e-3) / 1e12, status="ok")
     except Exception as e:  # one failure must not stop the sweep
@@ -215,16 +240,17 @@ def _settings(impl: str, a) -> list[tuple[int, int | None, int | None, str, int 
     """(block, num_warps, num_stages, dq, backward block) combinations to time ``impl`` at: every block for the
     block-sized impls (one for the others), every backward block for our Pallas kernels, every Triton setting
     for the Triton kernels (``pallas_*``)."""
-    blocks = a.block if impl.startswith(("pallas", "mgpu", "xla_local")) else a.block[:1]
-    bwd = a.bwd_block if impl.startswith(("pallas", "mgpu")) else [None]
-    if not impl.startswith("pallas"):
+    blocks = a.block if impl in BLOCK_SIZED else a.block[:1]
+    bwd = a.bwd_block if impl in BWD_BLOCKED else [None]
+    if impl not in TRITON_TUNED:
         return [(b, None, None, "kernel", bb) for b in blocks for bb in bwd]
     return [(b, w, s, dq, bb) for b in blocks for w in a.num_warps for s in a.num_stages for bb in bwd
             for dq in a.dq]
 
 
 def _setting(row: dict) -> str:
-    parts = [f"block {row['block']}"] if row.get("block") else []
+    unit = "chunk" if row.get("impl") in LINEAR else "block"
+    parts = [f"{unit} {row['block']}"] if row.get("block") else []
     if row.get("bwd_block"):
         parts.append(f"backward block {row['bwd_block']}")
     parts += [f"{k} {row[k]}" for k in ("num_warps", "num_stages") if row.get(k) is not None]

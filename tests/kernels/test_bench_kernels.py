@@ -162,3 +162,20 @@ def test_dispatch_floor_marks_launch_bound_rows(tmp_path):
                                  _row("sdpa_cudnn", 1.0, fwd=0.3)])
     assert "dispatch floor: bfloat16 0.050 ms" in text
     assert "| 1024 | sdpa_cudnn | - | 0.080* |" in text and "| 4096 | sdpa_cudnn | - | 0.300 |" in text
+
+
+def test_linear_attention_rows(tmp_path):
+    out = tmp_path / "lin.jsonl"
+    assert bench_kernels.main(["--lengths", "64", "--impls", "xla_linear", "pallas_linear", "--dtypes", "bfloat16",
+                               "--heads", "2", "--head-dim", "16", "--block", "16", "32", "--num-warps", "4", "8",
+                               "--bwd-block", "16", "32", "--warmup", "0", "--steps", "1", "--repeats", "1",
+                               "--out", str(out)]) == 0
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    # the chunk is the only setting of the Pallas linear kernels: one row per --block, no Triton or backward knobs
+    assert [(r["impl"], r["block"]) for r in rows] == [("xla_linear", None), ("pallas_linear", 16),
+                                                      ("pallas_linear", 32)]
+    assert all(r["status"] == "ok" and "num_warps" not in r and r["bwd_block"] is None for r in rows), rows
+    # O(L) FLOPs: 4 B H L D^2, and float32 products (linear attention computes in float32 even for bf16 inputs)
+    assert all(r["flops_fwd"] == 4 * 2 * 64 * 16 * 16 and r["block_fraction"] is None for r in rows)
+    assert all(r["matmul_precision"] == "highest" for r in rows)
+    assert rows[1]["pallas_backend"] == "interpret" and rows[0]["pallas_backend"] is None

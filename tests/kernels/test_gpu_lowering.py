@@ -137,3 +137,21 @@ def test_linear_attention_lowers_for_cuda():
 
     calls = _custom_calls(jax.grad(loss, (0, 1, 2)), q, k, v, valid)
     assert calls.count(TRITON) >= 3
+
+
+@pytest.mark.parametrize("splits", [None, 2])
+def test_split_linear_attention_lowers_for_cuda(splits):
+    # 3 chunks of 128: by default (not interpret) one program per chunk for the reductions (runs of 128 rows);
+    # 2 splits pad to 4 chunks (runs of 256). Their partial sums are added outside the kernels.
+    q, k, v, valid = _args(384, jnp.bfloat16, d=32)
+
+    def loss(q, k, v, valid):
+        fmap = lambda x: jax.nn.elu(x) + 1  # noqa: E731
+        out = linear_attention_pallas(q, k, v, feature_map=fmap, kv_valid=valid, splits=splits, interpret=False)
+        return jnp.square(out.astype(jnp.float32)).sum()  # needs the output (a plain sum would not run the readout)
+
+    module = _lowered(jax.grad(loss, (0, 1, 2)), q, k, v, valid)
+    assert re.findall(r"custom_call @([^(\s]+)\(", module).count(TRITON) == 4
+    assert sorted(re.findall(r'name = "(linear_attention_\w+)"', module)) == [
+        "linear_attention_key_grads", "linear_attention_key_state", "linear_attention_query_grads",
+        "linear_attention_readout"]

@@ -109,3 +109,63 @@ def test_chunk_must_be_a_power_of_two(chunk):
     q, k, v, _ = inputs()
     with pytest.raises(ValueError, match="power of two"):
         linear_attention_pallas(q, k, v, feature_map=jax.nn.relu, chunk=chunk)
+
+
+@pytest.mark.parametrize("splits", [2, 3, 8])
+def test_split_reductions_give_the_same_result(splits):
+    # Lengths 37 and 20 with chunks of 16: 3 and 2 chunks, so 2 and 3 splits pad the sequence to whole runs of
+    # chunks, and 8 is cut down to one split per chunk.
+    q, k, v, valid = inputs(lq=20, lk=37, d=8, dv=12, masked=True)
+    fm = kernels.FEATURE_MAPS["elu1"]
+    cot = jnp.asarray(np.random.default_rng(1).standard_normal((*q.shape[:3], v.shape[-1])), jnp.float32)
+    one, one_grads = value_and_grads(
+        lambda q, k, v: linear_attention_pallas(q, k, v, feature_map=fm, kv_valid=valid, chunk=CHUNK, splits=1),
+        q, k, v, cot)
+    many, many_grads = value_and_grads(
+        lambda q, k, v: linear_attention_pallas(q, k, v, feature_map=fm, kv_valid=valid, chunk=CHUNK, splits=splits),
+        q, k, v, cot)
+    np.testing.assert_allclose(np.asarray(many), np.asarray(one), **F32)
+    for name, a, b in zip("qkv", many_grads, one_grads):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), **F32_GRAD, err_msg=f"d{name}")
+
+
+def _grids(fn, *args):
+    """{kernel name: grid} of the pallas_calls in fn's jaxpr (custom_vjp and jit bodies included)."""
+    from tests.kernels.test_flash import _eqns
+
+    return {e.params["name"]: tuple(e.params["grid_mapping"].grid)
+            for e in _eqns(jax.make_jaxpr(fn)(*args).jaxpr) if e.primitive.name == "pallas_call"}
+
+
+def test_splits_set_the_reduction_grids():
+    # Correct values alone would not show that the reductions were split: read the grids off the jaxpr.
+    q, k, v, _ = inputs(b=1, lq=37, lk=64, h=2)  # 3 query chunks of 16, 4 key chunks
+
+    def loss(q, k, v, splits):
+        return linear_attention_pallas(q, k, v, feature_map=jax.nn.relu, chunk=CHUNK, splits=splits).sum()
+
+    grad = lambda splits: jax.grad(lambda q, k, v: loss(q, k, v, splits), argnums=(0, 1, 2))  # noqa: E731
+    # grids are (batch*heads, splits) for the reductions, (batch*heads, chunks) for the per-chunk kernels
+    assert _grids(grad(1), q, k, v) == {"linear_attention_key_state": (2, 1), "linear_attention_readout": (2, 3),
+                                        "linear_attention_query_grads": (2, 1), "linear_attention_key_grads": (2, 4)}
+    # 2 splits: the 3 query chunks are padded to 4, so the readout runs 4 chunk programs
+    assert _grids(grad(2), q, k, v) == {"linear_attention_key_state": (2, 2), "linear_attention_readout": (2, 4),
+                                        "linear_attention_query_grads": (2, 2), "linear_attention_key_grads": (2, 4)}
+    assert _grids(grad(None), q, k, v)["linear_attention_key_state"] == (2, 1)  # interpret mode: 1 by default
+
+
+def test_default_splits_fill_a_gpu():
+    from kernels.linear_pallas import _splits_for
+
+    assert _splits_for(None, 8, 128, interpret=True) == 1
+    assert _splits_for(None, 8, 128, interpret=False) == 32      # 8 x 32 = 256 programs
+    assert _splits_for(None, 8, 4, interpret=False) == 4         # at most one per chunk
+    assert _splits_for(None, 512, 128, interpret=False) == 1     # a big batch fills the card already
+    assert _splits_for(3, 8, 2, interpret=True) == 2
+
+
+@pytest.mark.parametrize("splits", [0, -1, 1.5])
+def test_splits_must_be_a_positive_integer(splits):
+    q, k, v, _ = inputs()
+    with pytest.raises(ValueError, match="splits must be a positive integer"):
+        linear_attention_pallas(q, k, v, feature_map=jax.nn.relu, splits=splits)

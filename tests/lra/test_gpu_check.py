@@ -44,6 +44,7 @@ def test_dry_run_collects_the_gpu_tests_and_times_every_impl(gpu_image_env):
     timed = {(r["impl"], r["dtype"]) for r in rows if r["status"] == "ok" and r["impl"] != "matmul"}
     for impl in ("xla_dense", "sdpa_xla", "pallas_flash", "pallas_local"):
         assert {(impl, "bfloat16"), (impl, "float32")} <= timed, (impl, timed)
+    assert {("pallas_linear", "bfloat16"), ("xla_linear", "bfloat16")} <= timed, timed
     assert {r["dtype"] for r in rows if r["impl"] == "matmul"} == {"bfloat16", "float32"}
     assert all(r["status"] == "ok" for r in rows), [r for r in rows if r["status"] != "ok"]
     tune = [json.loads(line) for line in (out / "results" / "tune_gpu_dryrun.jsonl").read_text().splitlines()]
