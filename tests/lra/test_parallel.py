@@ -28,7 +28,9 @@ print("RESULT " + json.dumps({"record": record, "error": error}))
 
 def test_four_devices_equal_one_device(tmp_path):
     data = tmp_path / "data"
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
+    # The flags of this run (tests/conftest.py sets some) plus four host devices.
+    flags = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=4".strip()
+    env = dict(os.environ, XLA_FLAGS=flags,
                PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     r = subprocess.run([sys.executable, "-c", SCRIPT, str(tmp_path / "four"), str(data)], cwd=ROOT, env=env,
                        capture_output=True, text=True, timeout=300)
