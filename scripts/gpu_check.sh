@@ -28,6 +28,8 @@ OUT=${OUT:-gpu_out}
 PY=${PYTHON:-python3}
 DRY_RUN=${DRY_RUN:-0}
 mkdir -p "$OUT/results"
+# No compilation cache in the tests (tests/conftest.py): every kernel compiled for real.
+export LRA_TEST_JAX_CACHE=0
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 XLA_PYTHON_CLIENT_PREALLOCATE=false
 # Fail in seconds, not after the timeouts below, when the Python there lacks a package the steps import.
 $PY -c "import jax, flax, optax, numpy, pytest, xdist, hypothesis, jax.experimental.pallas.triton" || {

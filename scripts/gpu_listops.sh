@@ -11,6 +11,8 @@ set -uo pipefail
 OUT=${OUT:-gpu_out}
 PY=${PYTHON:-python3}
 mkdir -p "$OUT"
+# No compilation cache in the tests (tests/conftest.py): every kernel compiled for real.
+export LRA_TEST_JAX_CACHE=0
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 # Tests start subprocesses: do not let each one grab 75% of the GPU memory up front.
 export XLA_PYTHON_CLIENT_PREALLOCATE=false

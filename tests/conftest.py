@@ -20,8 +20,10 @@ def pytest_configure(config):
     then loaded (about half the time of the training-CLI tests on 2 cores). The cache is keyed by the program,
     the compile options, the JAX version and the device, so a hit runs the same executable. Set by the
     controlling process before its workers start, so they and their subprocesses inherit it; a
-    JAX_COMPILATION_CACHE_DIR set by the user is kept (and not removed)."""
-    if os.environ.get("JAX_COMPILATION_CACHE_DIR") or hasattr(config, "workerinput"):
+    JAX_COMPILATION_CACHE_DIR set by the user is kept (and not removed). LRA_TEST_JAX_CACHE=0 turns it off
+    (the GPU scripts do: a GPU is lent for minutes, and its kernel tests should not depend on the cache)."""
+    if (os.environ.get("JAX_COMPILATION_CACHE_DIR") or os.environ.get("LRA_TEST_JAX_CACHE") == "0"
+            or hasattr(config, "workerinput")):
         return
     path = tempfile.mkdtemp(prefix="lra-tests-jax-cache-")
     os.environ["JAX_COMPILATION_CACHE_DIR"] = path
