@@ -139,10 +139,11 @@ def test_linear_attention_lowers_for_cuda():
     assert calls.count(TRITON) >= 3
 
 
-@pytest.mark.parametrize("splits", [None, 2])
+@pytest.mark.parametrize("splits", [None, 1, 2])
 def test_split_linear_attention_lowers_for_cuda(splits):
     # 3 chunks of 128: by default (not interpret) one program per chunk for the reductions (runs of 128 rows);
-    # 2 splits pad to 4 chunks (runs of 256). Their partial sums are added outside the kernels.
+    # 1 split: runs of 384 rows, not a power of two (only the [chunk, F] tiles loaded must be); 2 splits pad to
+    # 4 chunks (runs of 256). The partial sums are added outside the kernels.
     q, k, v, valid = _args(384, jnp.bfloat16, d=32)
 
     def loss(q, k, v, valid):
