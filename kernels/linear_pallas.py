@@ -25,10 +25,10 @@ nothing to S, z, and give den = 0, hence zero output and zero gradient); F and D
 to a power of two >= 16, as Triton wants power-of-two tensors and matmul dims >= 16. Everything is float32; the
 output is cast to v.dtype.
 
-Tested on CPU in interpret mode only. Not verified on GPU: that the kernels lower and compile with Triton or
-Mosaic GPU (the block shapes, in-kernel ``pl.ds`` loads/stores, transposed ``dot_general`` and float32
-``Precision.HIGHEST`` dots were chosen with the Triton lowering in mind but never run there), their speed, and
-the chunk size to use; on TPU, the [chunk, F] blocks would want F and Dv padded to 128 lanes instead.
+Run on CPU in interpret mode, and lowered through Pallas's Triton lowering for a CUDA GPU
+(``tests/kernels/test_gpu_lowering.py``); never compiled to PTX or run on a GPU yet, so their speed and the best
+chunk and number of splits there are unknown (``scripts/gpu_check.sh`` times them). There is no Mosaic GPU
+version; on TPU, the [chunk, F] blocks would want F and Dv padded to 128 lanes instead.
 """
 from __future__ import annotations
 
