@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 
 import kernels
 from kernels import flash, masks
+from tests.kernels._jaxpr import pallas_grids
 
 F32 = dict(rtol=1e-5, atol=1e-5)
 F32_GRAD = dict(rtol=1e-4, atol=1e-4)
@@ -305,19 +306,6 @@ def test_default_block_follows_a_local_window():
     assert flash.default_block(4096, masks.BlockLocal(32)) == 128
 
 
-def _eqns(jaxpr):
-    """Every equation of a jaxpr and of the jaxprs inside it (jit, custom_vjp, ...), except kernel bodies."""
-    for e in jaxpr.eqns:
-        yield e
-        if e.primitive.name == "pallas_call":
-            continue
-        for value in e.params.values():
-            for sub in value if isinstance(value, tuple | list) else (value,):
-                inner = getattr(sub, "jaxpr", sub)
-                if hasattr(inner, "eqns"):
-                    yield from _eqns(inner)
-
-
 def test_backward_kernels_run_on_their_own_blocks():
     # Correct gradients alone would not show which blocks the backward used: read the grids off the jaxpr.
     q = jnp.ones((1, 40, 2, 20))
@@ -326,8 +314,7 @@ def test_backward_kernels_run_on_their_own_blocks():
         def loss(q):
             return flash.flash_attention(q, q, q, mask=masks.Local(3), block_q=32, block_k=32, **blocks).sum()
 
-        return {e.params["name"]: tuple(e.params["grid_mapping"].grid)
-                for e in _eqns(jax.make_jaxpr(jax.grad(loss))(q).jaxpr) if e.primitive.name == "pallas_call"}
+        return pallas_grids(jax.grad(loss), q)
 
     # length 40 pads to 64: 2 blocks of 32, 4 of 16; grids are (batch, heads, blocks)
     assert grids() == {"flash_fwd": (1, 2, 2), "flash_dq": (1, 2, 2), "flash_dkdv": (1, 2, 2)}

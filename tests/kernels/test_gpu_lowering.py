@@ -128,23 +128,13 @@ def test_atomic_dq_backward_lowers_for_cuda(dtype):
     assert re.findall(r"custom_call @([^(\s]+)\(", module).count(TRITON) == 2
 
 
-def test_linear_attention_lowers_for_cuda():
-    q, k, v, valid = _args(128, jnp.float32, d=32)
-
-    def loss(q, k, v, valid):
-        fmap = lambda x: jax.nn.elu(x) + 1  # noqa: E731
-        return linear_attention_pallas(q, k, v, feature_map=fmap, kv_valid=valid, interpret=False).sum()
-
-    calls = _custom_calls(jax.grad(loss, (0, 1, 2)), q, k, v, valid)
-    assert calls.count(TRITON) >= 3
-
-
-@pytest.mark.parametrize("splits", [None, 1, 2])
-def test_split_linear_attention_lowers_for_cuda(splits):
-    # 3 chunks of 128: by default (not interpret) one program per chunk for the reductions (runs of 128 rows);
-    # 1 split: runs of 384 rows, not a power of two (only the [chunk, F] tiles loaded must be); 2 splits pad to
-    # 4 chunks (runs of 256). The partial sums are added outside the kernels.
-    q, k, v, valid = _args(384, jnp.bfloat16, d=32)
+@pytest.mark.parametrize("length,dtype,splits", [(128, jnp.float32, None), (384, jnp.bfloat16, None),
+                                                (384, jnp.bfloat16, 1), (384, jnp.bfloat16, 2)])
+def test_linear_attention_lowers_for_cuda(length, dtype, splits):
+    # At 384, 3 chunks of 128: by default (not interpret) one program per chunk for the reductions (runs of 128
+    # rows); 1 split: runs of 384 rows, not a power of two (only the [chunk, F] tiles loaded must be); 2 splits
+    # pad to 4 chunks (runs of 256). The partial sums are added outside the kernels.
+    q, k, v, valid = _args(length, dtype, d=32)
 
     def loss(q, k, v, valid):
         fmap = lambda x: jax.nn.elu(x) + 1  # noqa: E731

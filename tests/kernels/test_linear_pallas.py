@@ -9,6 +9,7 @@ import pytest
 
 import kernels
 from kernels.linear_pallas import linear_attention_pallas
+from tests.kernels._jaxpr import pallas_grids
 
 F32 = dict(rtol=1e-5, atol=1e-5)
 F32_GRAD = dict(rtol=1e-4, atol=1e-4)
@@ -129,14 +130,6 @@ def test_split_reductions_give_the_same_result(splits):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), **F32_GRAD, err_msg=f"d{name}")
 
 
-def _grids(fn, *args):
-    """{kernel name: grid} of the pallas_calls in fn's jaxpr (custom_vjp and jit bodies included)."""
-    from tests.kernels.test_flash import _eqns
-
-    return {e.params["name"]: tuple(e.params["grid_mapping"].grid)
-            for e in _eqns(jax.make_jaxpr(fn)(*args).jaxpr) if e.primitive.name == "pallas_call"}
-
-
 def test_splits_set_the_reduction_grids():
     # Correct values alone would not show that the reductions were split: read the grids off the jaxpr.
     q, k, v, _ = inputs(b=1, lq=37, lk=64, h=2)  # 3 query chunks of 16, 4 key chunks
@@ -146,12 +139,12 @@ def test_splits_set_the_reduction_grids():
 
     grad = lambda splits: jax.grad(lambda q, k, v: loss(q, k, v, splits), argnums=(0, 1, 2))  # noqa: E731
     # grids are (batch*heads, splits) for the reductions, (batch*heads, chunks) for the per-chunk kernels
-    assert _grids(grad(1), q, k, v) == {"linear_attention_key_state": (2, 1), "linear_attention_readout": (2, 3),
+    assert pallas_grids(grad(1), q, k, v) == {"linear_attention_key_state": (2, 1), "linear_attention_readout": (2, 3),
                                         "linear_attention_query_grads": (2, 1), "linear_attention_key_grads": (2, 4)}
     # 2 splits: the 3 query chunks are padded to 4, so the readout runs 4 chunk programs
-    assert _grids(grad(2), q, k, v) == {"linear_attention_key_state": (2, 2), "linear_attention_readout": (2, 4),
+    assert pallas_grids(grad(2), q, k, v) == {"linear_attention_key_state": (2, 2), "linear_attention_readout": (2, 4),
                                         "linear_attention_query_grads": (2, 2), "linear_attention_key_grads": (2, 4)}
-    assert _grids(grad(None), q, k, v)["linear_attention_key_state"] == (2, 1)  # interpret mode: 1 by default
+    assert pallas_grids(grad(None), q, k, v)["linear_attention_key_state"] == (2, 1)  # interpret mode: 1 by default
 
 
 def test_default_splits_fill_a_gpu():

@@ -28,7 +28,7 @@ print("RESULT " + json.dumps({"record": record, "error": error}))
 
 def test_four_devices_equal_one_device(tmp_path):
     data = tmp_path / "data"
-    # The flags of this run (tests/conftest.py sets some) plus four host devices.
+    # The flags of this run (`make test` sets some) plus four host devices.
     flags = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=4".strip()
     env = dict(os.environ, XLA_FLAGS=flags,
                PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
