@@ -16,7 +16,8 @@ Implementations (``--impls``; those that do not apply to the backend or dtype ar
   xla_linear     ``kernels.linear_attention(impl="xla")`` with elu(x)+1 features (Linear Transformer): O(L)
   pallas_linear  the same through the chunked Pallas kernels (``kernels.linear_pallas``; chunk = ``--block``)
   jax_triton     JAX's own Pallas Triton flash attention (``jax.experimental.pallas.ops.gpu.attention.mha``, its
-                 default blocks; GPU only): a yardstick for what Pallas reaches on the card
+                 default blocks; GPU only): a yardstick for what Pallas reaches on the card. JAX 0.12 no longer
+                 ships it: there the impl is skipped with a note (``unavailable``)
   jax_mgpu       JAX's own Mosaic GPU flash attention (``...ops.gpu.attention_mgpu.attention``, blocks 64 x 128
                  forward, 64 backward; bf16/f16, GPU only)
 
@@ -54,6 +55,25 @@ BLOCK_SIZED = ("pallas_flash", "pallas_local", "mgpu_flash", "mgpu_local", "xla_
 BWD_BLOCKED = ("pallas_flash", "pallas_local", "mgpu_flash", "mgpu_local")   # our flash kernels
 TRITON_TUNED = ("pallas_flash", "pallas_local")                             # num_warps, num_stages, dQ
 LINEAR = ("xla_linear", "pallas_linear")
+# JAX's own kernels, which a JAX version may not ship (0.12 removed the Pallas Triton ops, attention included).
+JAX_MODULES = {"jax_triton": "jax.experimental.pallas.ops.gpu.attention",
+               "jax_mgpu": "jax.experimental.pallas.ops.gpu.attention_mgpu"}
+
+
+def unavailable(impl: str) -> str | None:
+    """Why ``impl`` cannot run with the JAX installed (the module it needs is missing), or None."""
+    import importlib.util
+
+    import jax
+
+    module = JAX_MODULES.get(impl)
+    if module is None:
+        return None
+    try:
+        found = importlib.util.find_spec(module) is not None
+    except ImportError:  # a parent package is missing
+        found = False
+    return None if found else f"JAX {jax.__version__} does not ship {module}"
 
 
 def _fn(impl: str, window: int, block: int, triton: dict | None = None, bwd_block: int | None = None):
@@ -190,6 +210,9 @@ def measure(impl: str, length: int, dtype: str, *, batch: int, heads: int, head_
         triton["atomic_dq"] = True
     if impl in TRITON_TUNED:
         row.update(num_warps=num_warps, num_stages=num_stages, dq=dq)
+    reason = unavailable(impl)
+    if reason:
+        return {**row, "status": "unavailable", "error": reason}
     try:
         dt = jnp.dtype(dtype)
         keys = jax.random.split(jax.random.PRNGKey(0), 4)
@@ -365,6 +388,9 @@ def main(argv=None) -> int:
     # cuDNN, the Mosaic GPU kernels and JAX's reference kernels need a GPU (on CPU the Pallas ones would run in a
     # simulator or interpreter, not worth timing).
     impls = [i for i in a.impls if gpu or not i.startswith(("sdpa_cudnn", "mgpu", "jax_"))]
+    for impl in [i for i in impls if unavailable(i)]:
+        print(f"skipped {impl}: {unavailable(impl)}", flush=True)
+        impls.remove(impl)
     rows = []
     out = Path(a.out) if a.out else None
     if out:

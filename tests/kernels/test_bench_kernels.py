@@ -1,6 +1,7 @@
 """lra.bench_kernels: rows for every implementation, with the FLOP accounting of the visited blocks."""
 import json
 
+import jax
 import pytest
 
 from lra import bench_kernels
@@ -107,11 +108,34 @@ def test_report_from_the_command_line(tmp_path, capsys):
 
 def test_jax_reference_kernels_are_wired():
     # JAX's own Pallas Triton flash attention runs in interpret mode on CPU: the call and its gradient work.
-    # (Timed only on a GPU; the Mosaic GPU one needs CUDA even to trace.)
+    # (Timed only on a GPU; the Mosaic GPU one needs CUDA even to trace.) JAX 0.12 removed it: the row says so.
     row = bench_kernels.measure("jax_triton", 128, "float32", batch=1, heads=2, head_dim=64, window=4, block=64,
                                 warmup=0, steps=1, repeats=1)
-    assert row["status"] == "ok", row.get("error")
-    assert row["pallas_backend"] is None and row["block_fraction"] == 1.0
+    if jax.__version_info__ < (0, 12):
+        assert row["status"] == "ok", row.get("error")
+        assert row["pallas_backend"] is None and row["block_fraction"] == 1.0
+    else:
+        assert row["status"] == "unavailable"
+        assert row["error"] == f"JAX {jax.__version__} does not ship jax.experimental.pallas.ops.gpu.attention"
+
+
+def test_impls_this_jax_does_not_ship_are_skipped_with_a_note(tmp_path, monkeypatch, capsys):
+    assert bench_kernels.unavailable("xla_dense") is None and bench_kernels.unavailable("jax_mgpu") is None
+    monkeypatch.setitem(bench_kernels.JAX_MODULES, "xla_dense", "jax.experimental.no_such_ops.attention")
+    monkeypatch.setitem(bench_kernels.JAX_MODULES, "sdpa_xla", "no_such_package.attention")
+    reason = f"JAX {jax.__version__} does not ship jax.experimental.no_such_ops.attention"
+    assert bench_kernels.unavailable("xla_dense") == reason
+    row = bench_kernels.measure("xla_dense", 64, "float32", batch=1, heads=1, head_dim=16, window=4, block=32,
+                                warmup=0, steps=1, repeats=1)
+    assert (row["status"], row["error"]) == ("unavailable", reason)
+    out = tmp_path / "u.jsonl"
+    assert bench_kernels.main(["--lengths", "64", "--impls", "xla_dense", "sdpa_xla", "xla_linear", "--heads", "1",
+                               "--head-dim", "16", "--warmup", "0", "--steps", "1", "--repeats", "1",
+                               "--out", str(out)]) == 0
+    assert [json.loads(line)["impl"] for line in out.read_text().splitlines()] == ["xla_linear"]
+    printed = capsys.readouterr().out
+    assert f"skipped xla_dense: {reason}" in printed
+    assert "skipped sdpa_xla: JAX" in printed and "no_such_package.attention" in printed
 
 
 def test_gpu_only_impls_are_skipped_on_cpu(tmp_path):

@@ -1,5 +1,7 @@
 """Checks every registered attention variant must pass: the contract, gradients, determinism, padding invariance
 (when claimed), memory that grows as the claimed complexity says, and a smoke training run on ListOps."""
+import math
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -98,12 +100,20 @@ def step_bytes(name, length):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_memory_grows_as_claimed(name):
-    """From L=512 to L=2048 (compiler figures, not wall time): quadratic about 16x, the others at most about 5x."""
-    ratio = step_bytes(name, 2048) / step_bytes(name, 512)
+    """From L=2048 to L=4096 (compiler figures, not wall time): quadratic about 4x (L^2), the others about 2x.
+
+    Read off one doubling at lengths where the L-dependent terms dominate: below about 1K the compiler's buffer
+    decisions for a small program add a step that is not growth (under JAX 0.12.1 BigBird's memory grew 2.5x
+    from 512 to 1024, then exactly 2.0x per doubling up to 4096). Growth exponent log2(ratio): under 1.2 for the
+    linear-ish variants (n log n gives about 1.1, n^1.5 would give 1.5), over 1.6 for the quadratic ones (the
+    sparse patterns with an L x L mask reach 1.8)."""
+    ratio = step_bytes(name, 4096) / step_bytes(name, 2048)
+    exponent = math.log2(ratio)
     if REGISTRY[name].complexity == "quadratic":
-        assert ratio > 8.0, f"{name} claims quadratic but memory grew {ratio:.1f}x"
+        assert exponent > 1.6, f"{name} claims quadratic but memory grew {ratio:.2f}x for twice the length"
     else:
-        assert ratio < 5.0, f"{name} claims {REGISTRY[name].complexity} but memory grew {ratio:.1f}x"
+        assert exponent < 1.2, (f"{name} claims {REGISTRY[name].complexity} but memory grew {ratio:.2f}x for twice "
+                                "the length")
 
 
 # A smoke training run per variant takes 8-15 s; the fast suite trains two (dense and block-sparse), the rest
