@@ -16,7 +16,7 @@ Implementations (``--impls``; those that do not apply to the backend or dtype ar
   xla_linear     ``kernels.linear_attention(impl="xla")`` with elu(x)+1 features (Linear Transformer): O(L)
   pallas_linear  the same through the chunked Pallas kernels (``kernels.linear_pallas``; chunk = ``--block``)
   jax_triton     JAX's own Pallas Triton flash attention (``jax.experimental.pallas.ops.gpu.attention.mha``, its
-                 default blocks; GPU only): a yardstick for what Pallas reaches on the card. JAX 0.12 no longer
+                 default blocks; GPU only): a yardstick for what Pallas reaches on the card. JAX 0.12.1 no longer
                  ships it: there the impl is skipped with a note (``unavailable``)
   jax_mgpu       JAX's own Mosaic GPU flash attention (``...ops.gpu.attention_mgpu.attention``, blocks 64 x 128
                  forward, 64 backward; bf16/f16, GPU only)
@@ -55,7 +55,7 @@ BLOCK_SIZED = ("pallas_flash", "pallas_local", "mgpu_flash", "mgpu_local", "xla_
 BWD_BLOCKED = ("pallas_flash", "pallas_local", "mgpu_flash", "mgpu_local")   # our flash kernels
 TRITON_TUNED = ("pallas_flash", "pallas_local")                             # num_warps, num_stages, dQ
 LINEAR = ("xla_linear", "pallas_linear")
-# JAX's own kernels, which a JAX version may not ship (0.12 removed the Pallas Triton ops, attention included).
+# JAX's own kernels, which a JAX version may not ship (0.12.1 removed the Pallas Triton ops, attention included).
 JAX_MODULES = {"jax_triton": "jax.experimental.pallas.ops.gpu.attention",
                "jax_mgpu": "jax.experimental.pallas.ops.gpu.attention_mgpu"}
 

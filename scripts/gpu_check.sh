@@ -36,7 +36,7 @@ $PY -c "import jax, flax, optax, numpy, pytest, xdist, hypothesis, jax.experimen
   echo "gpu_check: a package is missing in $PY (see the error above); carry it as a wheel (the device README)"
   exit 2
 }
-# Pallas's Triton backend is deprecated (JAX 0.12 warns, and 0.12 no longer ships JAX's own Triton attention,
+# Pallas's Triton backend is deprecated (JAX 0.12 warns, and 0.12.1 no longer ships JAX's own Triton attention,
 # `jax_triton`, which the benchmark then skips). Where a JAX has dropped the backend itself, the Triton steps
 # below are skipped and the rest (cuDNN, XLA, the Mosaic GPU kernels) still runs.
 TRITON_ATT="pallas_flash pallas_local" TRITON_LIN="pallas_linear"

@@ -108,10 +108,10 @@ def test_report_from_the_command_line(tmp_path, capsys):
 
 def test_jax_reference_kernels_are_wired():
     # JAX's own Pallas Triton flash attention runs in interpret mode on CPU: the call and its gradient work.
-    # (Timed only on a GPU; the Mosaic GPU one needs CUDA even to trace.) JAX 0.12 removed it: the row says so.
+    # (Timed only on a GPU; the Mosaic GPU one needs CUDA even to trace.) JAX 0.12.1 removed it: the row says so.
     row = bench_kernels.measure("jax_triton", 128, "float32", batch=1, heads=2, head_dim=64, window=4, block=64,
                                 warmup=0, steps=1, repeats=1)
-    if jax.__version_info__ < (0, 12):
+    if jax.__version_info__ < (0, 12, 1):
         assert row["status"] == "ok", row.get("error")
         assert row["pallas_backend"] is None and row["block_fraction"] == 1.0
     else:
