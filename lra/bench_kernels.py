@@ -388,9 +388,10 @@ def main(argv=None) -> int:
     # cuDNN, the Mosaic GPU kernels and JAX's reference kernels need a GPU (on CPU the Pallas ones would run in a
     # simulator or interpreter, not worth timing).
     impls = [i for i in a.impls if gpu or not i.startswith(("sdpa_cudnn", "mgpu", "jax_"))]
-    for impl in [i for i in impls if unavailable(i)]:
-        print(f"skipped {impl}: {unavailable(impl)}", flush=True)
-        impls.remove(impl)
+    for impl, reason in [(i, unavailable(i)) for i in impls]:
+        if reason:
+            print(f"skipped {impl}: {reason}", flush=True)
+            impls.remove(impl)
     rows = []
     out = Path(a.out) if a.out else None
     if out:
