@@ -116,6 +116,9 @@ def measure(bench: dict, name: str, length: int) -> dict:
             fwd_rates.append(bench["steps"] / (time.perf_counter() - start))
         row["forward_steps_per_second"] = float(np.median(fwd_rates))
         row["forward_ms"] = 1000.0 / row["forward_steps_per_second"]
+        fwd_flops = step_flops(fwd)
+        if fwd_flops:
+            row["forward_step_flops"] = fwd_flops
     return {**row, "peak_rss_bytes": trainer.peak_rss_bytes(), "date": time.strftime("%Y-%m-%dT%H:%M:%SZ",
                                                                                       time.gmtime())}
 
