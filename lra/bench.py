@@ -5,9 +5,9 @@
 One step = forward, backward and AdamW update of the Text-task backbone (configs/bench.yaml, LRA's Text model),
 built and compiled exactly as lra.trainer does for training. Each (variant, length) is measured in a fresh
 subprocess so one variant's allocations never count against the next: compile (timed apart), check the
-compiled program's memory against what the device has (status "oom" without running when it cannot fit),
-warm up, then time ``repeats`` x ``steps`` steps blocking on each repeat's result and keep the median.
-Memory: on GPU/TPU the device's peak_bytes_in_use; on CPU the compiler's memory_analysis() (temp + arguments
+compiled program's memory against what the device has (lra.trainer.check_fits: status "oom" without running
+when it cannot fit), warm up, then time ``repeats`` x ``steps`` steps blocking on each repeat's result and keep
+the median. Memory: on GPU/TPU the device's peak_bytes_in_use; on CPU the compiler's memory_analysis() (temp + arguments
 + outputs - aliased) with the process peak RSS beside it. A failing variant gets a row with status "error" and
 the message; the sweep goes on. Rows are appended to <results_dir>/bench.jsonl.
 """
@@ -81,10 +81,11 @@ def measure(bench: dict, name: str, length: int) -> dict:
     step_fn = steps.compiled("train", params, opt_state, rest, batch, np.int32(0))
     row["compile_seconds"] = steps.compile_seconds
     need = trainer.compiled_bytes(step_fn)
-    have = trainer.available_bytes(bench.get("memory_limit_gb"))
-    if need is not None and have is not None and need > have:
+    try:
+        trainer.check_fits([("the train step", step_fn)], bench.get("memory_limit_gb"), "before running")
+    except trainer.DoesNotFit as e:
         return {**row, "status": "oom", "peak_memory_bytes": need, "memory_method": "compiled_memory_analysis",
-                "message": f"needs {need / 2**30:.2f} GiB, {have / 2**30:.2f} GiB available"}
+                "message": str(e)}
     for i in range(bench["warmup"]):
         params, opt_state, rest, metrics = step_fn(params, opt_state, rest, batch, np.int32(i))
     jax.block_until_ready(metrics)

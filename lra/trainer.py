@@ -13,6 +13,7 @@ import json
 import logging
 import math
 import os
+import re
 import resource
 import signal
 import sys
@@ -177,6 +178,67 @@ def compiled_bytes(compiled) -> int | None:
                - analysis.alias_size_in_bytes)
 
 
+# XLA's CPU backend computes a dot that is fused with elementwise consumers (softmax's backward, when attention
+# dropout is off) into a scratch buffer of the fusion's own, which the buffer assignment behind memory_analysis()
+# does not count. Measured on this project's 2-core AMD EPYC (JAX 0.10.2): the Path-X cpu model with full
+# attention peaked at its estimate plus exactly one [batch, heads, L, L] float32 buffer (8K and 16K tokens,
+# batch 1 and 2: 1.25x and 1.5x the estimate, 1.00-1.01x the estimate plus that buffer), and a 16K run at batch 4
+# that the estimate alone let through was killed for memory. The CPU check adds the largest such dot.
+_HLO_COMPUTATION = re.compile(r"^(?:ENTRY )?(%[\w.\-]+) \(.*\{\s*$")
+_HLO_DOT = re.compile(r"^\s*(ROOT )?%[\w.\-]+ = (\w+)\[([\d,]*)\]\S* dot\(")
+_HLO_FUSION_CALL = re.compile(r"\bfusion\(.*?calls=(%[\w.\-]+)")
+_DTYPE_BYTES = {"pred": 1, "s8": 1, "u8": 1, "f8e4m3fn": 1, "f8e5m2": 1, "bf16": 2, "f16": 2, "s16": 2, "u16": 2,
+                "f32": 4, "s32": 4, "u32": 4, "f64": 8, "s64": 8, "u64": 8, "c64": 8, "c128": 16}
+
+
+def fused_dot_scratch_bytes(hlo_text: str) -> int:
+    """The largest dot that a fusion of an optimised HLO module computes as an intermediate (not its root), in
+    bytes: on CPU such a dot gets a buffer of its own beyond memory_analysis()."""
+    fusion_bodies = set(_HLO_FUSION_CALL.findall(hlo_text))
+    computation, largest = None, 0
+    for line in hlo_text.splitlines():
+        if (m := _HLO_COMPUTATION.match(line)) is not None:
+            computation = m.group(1)
+        elif line.startswith("}"):
+            computation = None
+        elif computation in fusion_bodies and (d := _HLO_DOT.match(line)) is not None and not d.group(1):
+            size = math.prod(int(n) for n in d.group(3).split(",") if n) * _DTYPE_BYTES.get(d.group(2), 4)
+            largest = max(largest, size)
+    return largest
+
+
+def required_bytes(compiled) -> tuple[int | None, int]:
+    """(bytes the compiled program is checked against free memory with, of which beyond memory_analysis()).
+    On CPU the fused dots' scratch is added, and every local device's share, since they all use host memory."""
+    need = compiled_bytes(compiled)
+    if need is None or jax.local_devices()[0].platform != "cpu":
+        return need, 0
+    extra = fused_dot_scratch_bytes(compiled.as_text())
+    return (need + extra) * jax.local_device_count(), extra * jax.local_device_count()
+
+
+def check_fits(programs: list[tuple[str, object]], limit_gb: float | None, when: str) -> None:
+    """Raise DoesNotFit naming the program (e.g. "the train step at batch_size=4, max_length=16384") whose
+    ``required_bytes`` exceed what is free (or ``limit_gb``)."""
+    have = available_bytes(limit_gb)
+    if have is None:
+        return
+    for what, compiled in programs:
+        want, extra = required_bytes(compiled)
+        if want is None:
+            continue
+        log.info("memory %s: %s needs %.2f GiB of %.2f GiB available", when, what, want / 2**30, have / 2**30)
+        if want > have:
+            how = f"{want / 2**30:.2f} GiB"
+            if extra:
+                how += (f" (with {extra / 2**30:.2f} GiB that XLA's CPU runtime allocates for a fused dot beyond "
+                        f"its memory_analysis())")
+            source = f"train.memory_limit_gb={limit_gb}" if limit_gb else "free memory"
+            raise DoesNotFit(f"{what} needs {how} but {have / 2**30:.2f} GiB is available ({source}, {when}); "
+                             f"lower train.batch_size or task.max_length, or choose an attention whose memory "
+                             f"grows linearly (attention=local, linear, performer, ...)")
+
+
 def available_bytes(limit_gb: float | None = None) -> int | None:
     if limit_gb:
         return int(limit_gb * 2**30)
@@ -283,13 +345,17 @@ def train(config: dict, run_dir: str | Path) -> dict:
     largest_batch = parallel.sharded_struct(batch_struct(t["batch_size"], max_len,
                                                          pair=bool(config["task"].get("pair"))), mesh)
     largest = steps.compiled("train", params, opt_state, rest, largest_batch, step_arg)
-    need, have = compiled_bytes(largest), available_bytes(t["memory_limit_gb"])
-    if need is not None and have is not None and need > have:
-        raise DoesNotFit(f"the train step at batch_size={t['batch_size']}, max_length={max_len} needs "
-                         f"{need / 2**30:.2f} GiB but {have / 2**30:.2f} GiB is available; lower train.batch_size "
-                         f"or task.max_length")
+    programs = [(f"the train step at batch_size={t['batch_size']}, max_length={max_len}", largest)]
+    if t["eval_batch_size"] > t["batch_size"]:   # at most the train step's batch, a forward needs less
+        eval_batch = parallel.sharded_struct(batch_struct(t["eval_batch_size"], max_len,
+                                                          pair=bool(config["task"].get("pair"))), mesh)
+        programs.append((f"the evaluation at train.eval_batch_size={t['eval_batch_size']}, max_length={max_len}",
+                         steps.compiled("eval", params, rest, eval_batch)))
+    check_fits(programs, t["memory_limit_gb"], "checked before loading the data")
 
     train_arrays, val_arrays, test_arrays = (load_split(config, s) for s in ("train", "val", "test"))
+    # Again with the data in memory: a large dataset (Path-X's arrays, its decoded images) takes its share.
+    check_fits(programs, t["memory_limit_gb"], "with the data loaded")
     batches = batching.TrainBatches(train_arrays, t["batch_size"], config["seed"], max_length=max_len,
                                     bucket_size=t["bucket_size"])
 

@@ -198,6 +198,37 @@ def test_step_that_does_not_fit_is_refused_before_data(isolated, subprocess_env)
     assert not paths["results"].exists()
 
 
+def test_cpu_fit_check_counts_the_fused_dot_scratch(isolated, monkeypatch):
+    """On CPU the check adds what XLA's runtime allocates beyond memory_analysis() (tests/lra/test_memory.py
+    measures it): a step whose estimate alone fits the limit is refused, the message giving both parts."""
+    paths, _ = isolated
+    monkeypatch.setattr(trainer, "compiled_bytes", lambda compiled: 2**29)
+    monkeypatch.setattr(trainer, "fused_dot_scratch_bytes", lambda hlo_text: 2**30)
+    with pytest.raises(trainer.DoesNotFit, match=r"needs 1\.50 GiB \(with 1\.00 GiB that XLA's CPU runtime") as e:
+        trainer.train(smoke_config(paths, "train.memory_limit_gb=1.2"), paths["run"])
+    assert "train.memory_limit_gb=1.2" in str(e.value) and "before loading the data" in str(e.value)
+    assert not paths["data"].exists()
+
+
+def test_fit_is_checked_again_with_the_data_loaded(isolated, monkeypatch):
+    paths, _ = isolated
+    free = iter([2**40, 2**20])   # plenty before loading, 1 MiB after
+    monkeypatch.setattr(trainer, "available_bytes", lambda limit_gb=None: next(free))
+    with pytest.raises(trainer.DoesNotFit, match="the train step at batch_size=16, max_length=64 needs .* "
+                                                  r"but 0\.00 GiB is available \(free memory, with the data loaded\)"):
+        trainer.train(smoke_config(paths), paths["run"])
+    assert paths["data"].exists() and not paths["results"].exists()
+
+
+def test_evaluation_batch_that_does_not_fit_is_refused(isolated):
+    """A train step that fits, an eval_batch_size whose forward does not: refused before the data, by name."""
+    paths, _ = isolated
+    config = smoke_config(paths, "train.eval_batch_size=4194304", "train.memory_limit_gb=4")
+    with pytest.raises(trainer.DoesNotFit, match="the evaluation at train.eval_batch_size=4194304, max_length=64"):
+        trainer.train(config, paths["run"])
+    assert not paths["data"].exists()
+
+
 def test_missing_dataset_names_the_command_fast(isolated, subprocess_env):
     paths, overrides = isolated
     start = time.perf_counter()
