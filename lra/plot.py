@@ -323,7 +323,7 @@ def main(argv=None) -> int:
     out = Path(args.out) if args.out else results_dir / "lra_summary.png"
     try:
         drawn = plot(results_dir, out, profile=args.profile, bench=args.bench, paper=not args.no_paper)
-    except FileNotFoundError as e:
+    except (FileNotFoundError, ValueError) as e:   # no records, or a malformed record line
         print(f"error: {e}")
         return 1
     for p in drawn["points"]:

@@ -11,6 +11,7 @@ import json
 import os
 import platform
 import subprocess
+import sys
 from pathlib import Path
 
 # The fields every run record carries (contract 1 in DESIGN.md); records may add more.
@@ -61,7 +62,8 @@ def read_jsonl(path: str | os.PathLike) -> list[dict]:
             try:
                 records.append(json.loads(line))
             except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{number}: not a JSON record ({e})") from None
+                raise ValueError(f"{path}:{number}: not a JSON record ({e}); fix or delete that line, the "
+                                 f"other lines are read as they are") from None
     return records
 
 
@@ -231,6 +233,14 @@ def main(argv=None) -> int:
     if not path.exists():
         print(f"no records yet: {path} does not exist (python -m lra.train ... appends to it)")
         return 1
+    try:
+        return _print_or_rewrite(args, path)
+    except ValueError as e:   # a malformed record line or README markers missing
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+
+
+def _print_or_rewrite(args, path: Path) -> int:
     records = [r for r in read_jsonl(path) if not args.profile or r.get("profile") == args.profile]
     if args.summary:
         print(summary_table(records))

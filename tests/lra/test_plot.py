@@ -64,3 +64,10 @@ def test_paper_points_follow_the_tasks():
 def test_missing_records_say_what_writes_them(tmp_path, capsys):
     assert plot.main(["--results", str(tmp_path)]) == 1
     assert "python -m lra.bench" in capsys.readouterr().out
+
+
+def test_malformed_record_line_is_named_not_a_traceback(tmp_path, capsys):
+    (tmp_path / "runs.jsonl").write_text('{"task": "listops"}\n{"task": \n')
+    (tmp_path / "bench.jsonl").write_text("")
+    assert plot.main(["--results", str(tmp_path)]) == 1
+    assert "runs.jsonl:2: not a JSON record" in capsys.readouterr().out

@@ -36,6 +36,13 @@ def test_write_json_atomic_and_read_errors(tmp_path):
         results.read_jsonl(bad)
 
 
+def test_cli_names_a_malformed_line(tmp_path, capsys):
+    (tmp_path / "runs.jsonl").write_text('{"task": "listops"}\n\n{"task": \n')
+    assert results.main(["--results", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert "runs.jsonl:3: not a JSON record" in err and "fix or delete that line" in err
+
+
 def test_runs_table_and_cli(tmp_path, capsys):
     record = {f: 0 for f in results.RECORD_FIELDS}
     record.update(task="listops", attention="full", profile="smoke", params=1234, test_accuracy=0.5,
