@@ -213,7 +213,7 @@ def required_bytes(compiled) -> tuple[int | None, int]:
     need = compiled_bytes(compiled)
     if need is None or jax.local_devices()[0].platform != "cpu":
         return need, 0
-    extra = fused_dot_scratch_bytes(compiled.as_text())
+    extra = fused_dot_scratch_bytes(compiled.as_text() or "")
     return (need + extra) * jax.local_device_count(), extra * jax.local_device_count()
 
 
