@@ -519,6 +519,13 @@ def _relative(path: Path) -> str:
 
 
 def peak_rss_bytes() -> int:
+    """This process's peak resident memory. On Linux /proc's VmHWM: getrusage's ru_maxrss survives exec, so a
+    process started from a large one (a pytest worker, a sweep's launcher) would report its parent's peak."""
+    with contextlib.suppress(OSError, ValueError):
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return int(rss if sys.platform == "darwin" else rss * 1024)
 

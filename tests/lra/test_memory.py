@@ -17,7 +17,7 @@ from tests.conftest import ROOT
 # One layer, 2 heads, no dropout (the Path-X cpu model's shape) at 4096 tokens, batch 2: memory_analysis()
 # says about 0.5 GiB, the fused dot is [2, 2, 4096, 4096] float32 = 0.25 GiB.
 MEASURE = textwrap.dedent("""
-    import json, resource
+    import json
     import numpy as np, jax
     from lra import batching, trainer
     from lra.bench import attention_config
@@ -37,7 +37,7 @@ MEASURE = textwrap.dedent("""
     batch = batching.make_batch(arrays, np.arange(B), L)
     fn = trainer.Steps(graphdef, tx, 0).compiled("train", params, opt_state, rest, batch, np.int32(0))
     want, extra = trainer.required_bytes(fn)
-    rss = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    rss = trainer.peak_rss_bytes
     base_peak, base = rss(), int(open("/proc/self/statm").read().split()[1]) * 4096
     params, opt_state, rest, metrics = fn(params, opt_state, rest, batch, np.int32(0))
     jax.block_until_ready(metrics)
@@ -46,10 +46,25 @@ MEASURE = textwrap.dedent("""
 """)
 
 
+def test_peak_rss_is_this_process_s_own():
+    """Not the parent's: getrusage's ru_maxrss survives exec, so a small child of a 1 GiB parent would say 1 GiB."""
+    if not sys.platform.startswith("linux"):
+        pytest.skip("VmHWM is Linux's")
+    code = ("import numpy as np, subprocess, sys; a = np.ones(2**27); "   # a 1 GiB parent
+            "print(subprocess.run([sys.executable, '-c', 'from lra import trainer; print(trainer.peak_rss_bytes())'], "
+            "capture_output=True, text=True, check=True).stdout)")
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert int(r.stdout.split()[-1]) < 2**29, r.stdout
+
+
 @pytest.mark.skipif(jax.devices()[0].platform != "cpu" or not sys.platform.startswith("linux"),
                     reason="the CPU runtime's host memory, read from /proc")
 def test_required_bytes_cover_a_cpu_train_step(subprocess_env):
-    r = subprocess.run([sys.executable, "-c", MEASURE], cwd=ROOT, env=subprocess_env, capture_output=True,
+    # Compiled here, not loaded from the suite's compilation cache: the measured process is a plain run.
+    env = {k: v for k, v in subprocess_env.items() if not k.startswith("JAX_PERSISTENT_CACHE")
+           and k != "JAX_COMPILATION_CACHE_DIR"}
+    r = subprocess.run([sys.executable, "-c", MEASURE], cwd=ROOT, env=env, capture_output=True,
                        text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     m = json.loads(r.stdout.strip().splitlines()[-1])
