@@ -82,7 +82,8 @@ def measure(bench: dict, name: str, length: int) -> dict:
     row["compile_seconds"] = steps.compile_seconds
     need = trainer.compiled_bytes(step_fn)
     try:
-        trainer.check_fits([("the train step", step_fn)], bench.get("memory_limit_gb"), "before running")
+        trainer.check_fits(trainer.memory_needs([("the train step", step_fn)]), bench.get("memory_limit_gb"),
+                           "before running")
     except trainer.DoesNotFit as e:
         return {**row, "status": "oom", "peak_memory_bytes": need, "memory_method": "compiled_memory_analysis",
                 "message": str(e)}

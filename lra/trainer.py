@@ -217,14 +217,18 @@ def required_bytes(compiled) -> tuple[int | None, int]:
     return (need + extra) * jax.local_device_count(), extra * jax.local_device_count()
 
 
-def check_fits(programs: list[tuple[str, object]], limit_gb: float | None, when: str) -> None:
+def memory_needs(programs: list[tuple[str, object]]) -> list[tuple[str, int | None, int]]:
+    """(name, *required_bytes) of each (name, compiled program), read once for as many checks as needed."""
+    return [(what, *required_bytes(compiled)) for what, compiled in programs]
+
+
+def check_fits(needs: list[tuple[str, int | None, int]], limit_gb: float | None, when: str) -> None:
     """Raise DoesNotFit naming the program (e.g. "the train step at batch_size=4, max_length=16384") whose
-    ``required_bytes`` exceed what is free (or ``limit_gb``)."""
+    bytes from ``memory_needs`` exceed what is free (or ``limit_gb``)."""
     have = available_bytes(limit_gb)
     if have is None:
         return
-    for what, compiled in programs:
-        want, extra = required_bytes(compiled)
+    for what, want, extra in needs:
         if want is None:
             continue
         log.info("memory %s: %s needs %.2f GiB of %.2f GiB available", when, what, want / 2**30, have / 2**30)
@@ -351,11 +355,12 @@ def train(config: dict, run_dir: str | Path) -> dict:
                                                           pair=bool(config["task"].get("pair"))), mesh)
         programs.append((f"the evaluation at train.eval_batch_size={t['eval_batch_size']}, max_length={max_len}",
                          steps.compiled("eval", params, rest, eval_batch)))
-    check_fits(programs, t["memory_limit_gb"], "checked before loading the data")
+    needs = memory_needs(programs)
+    check_fits(needs, t["memory_limit_gb"], "checked before loading the data")
 
     train_arrays, val_arrays, test_arrays = (load_split(config, s) for s in ("train", "val", "test"))
     # Again with the data in memory: a large dataset (Path-X's arrays, its decoded images) takes its share.
-    check_fits(programs, t["memory_limit_gb"], "with the data loaded")
+    check_fits(needs, t["memory_limit_gb"], "with the data loaded")
     batches = batching.TrainBatches(train_arrays, t["batch_size"], config["seed"], max_length=max_len,
                                     bucket_size=t["bucket_size"])
 
