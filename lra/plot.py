@@ -9,8 +9,9 @@ Writes, next to ``--out``:
                             (runs.jsonl; the tasks are named on the chart), bubble area = peak memory at that
                             length. The paper's own points (Tables 1 and 2: TPU v3, batch 32, 4K, five-task
                             average) are a faint overlay on a second x axis, since its units are another machine's;
-                            ``--no-paper`` leaves them out. The HTML is one self-contained file: hover a bubble for
-                            its numbers.
+                            ``--no-paper`` leaves them out. The HTML is one self-contained file (the same two x
+                            axes): hover a bubble for its numbers. Labels cover no other label and no bubble of
+                            ours (``place_labels``), with a leader line where they had to move away.
   lra_speed_vs_length.png   steps/s against length per variant (the bench group with the most lengths).
   lra_memory_vs_length.png  peak memory against length per variant (same rows).
 
@@ -115,6 +116,61 @@ def speeds_at_longest(rows: list[dict]) -> tuple[int | None, dict[str, dict]]:
 
 # ------------------------------------------------------------------------------------------------- drawing
 
+# Label placement: directions tried around a bubble (unit vectors, y up): above, below, right, left, then the
+# diagonals; each on rings further and further out until the label touches no other label or bubble.
+_DIRECTIONS = ((0.0, 1.0), (0.0, -1.0), (1.0, 0.0), (-1.0, 0.0), (0.71, 0.71), (-0.71, 0.71), (0.71, -0.71),
+               (-0.71, -0.71))
+_RINGS = 8
+
+
+def _overlap(a, b) -> float:
+    """Area shared by two boxes (x0, y0, x1, y1)."""
+    return max(0.0, min(a[2], b[2]) - max(a[0], b[0])) * max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+
+
+def _hits_circle(box, circle) -> bool:
+    x, y, r = circle
+    nx, ny = min(max(x, box[0]), box[2]), min(max(y, box[1]), box[3])
+    return (x - nx) ** 2 + (y - ny) ** 2 < r * r
+
+
+def place_labels(anchors, sizes, radii, bounds, *, obstacles=(), taken=(), pad: float = 3.0):
+    """Where to put one label per bubble so that labels overlap neither each other nor other bubbles.
+
+    All lengths in one screen unit (pixels), y pointing up. ``anchors``: bubble centres; ``sizes``: (width,
+    height) of each label; ``radii``: each bubble's radius; ``bounds``: (x0, y0, x1, y1) a label must stay in;
+    ``obstacles``: circles (x, y, r) no label may cover (every bubble, its own included); ``taken``: boxes
+    already occupied (labels placed before). Greedy, in the given order: each label takes the first candidate
+    (above its bubble, below, right, left, diagonals; nearest ring first) that is inside ``bounds`` and free;
+    when none is, the one with the least overlap. Returns the boxes (x0, y0, x1, y1) and, per label, whether it
+    sits beyond the first ring (then a leader line to its bubble helps the reader).
+    """
+    boxes, far = [], []
+    occupied = [tuple(b) for b in taken]
+    for (x, y), (w, h), r in zip(anchors, sizes, radii):
+        best, best_cost, best_ring = None, math.inf, 0
+        for ring in range(_RINGS):
+            d = r + pad + ring * (h + pad)
+            for ux, uy in _DIRECTIONS:
+                cx = x + ux * d + math.copysign(w / 2, ux) * (ux != 0)
+                cy = y + uy * d + math.copysign(h / 2, uy) * (uy != 0)
+                box = (cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2)
+                outside = (max(0.0, bounds[0] - box[0]) + max(0.0, box[2] - bounds[2])
+                           + max(0.0, bounds[1] - box[1]) + max(0.0, box[3] - bounds[3]))
+                cost = (1e6 * outside + sum(_overlap(box, o) for o in occupied)
+                        + sum(w * h for c in obstacles if _hits_circle(box, c)))
+                if cost < best_cost:
+                    best, best_cost, best_ring = box, cost, ring
+                if cost == 0:
+                    break
+            if best_cost == 0:
+                break
+        boxes.append(best)
+        far.append(best_ring > 0)
+        occupied.append(best)
+    return boxes, far
+
+
 
 def _bubble_size(memory_bytes: float, scale: float) -> float:
     return max(20.0, scale * memory_bytes / 2**30)
@@ -131,19 +187,25 @@ def summary_points(score: dict[str, float], at_length: dict[str, dict]) -> list[
     return points
 
 
-def draw_summary(points: list[dict], tasks: list[str], profile, footnote: str, out: Path, paper: bool) -> None:
+def draw_summary(points: list[dict], tasks: list[str], profile, footnote: str, out: Path, paper: bool) -> list:
+    """Draw the summary PNG; returns each label as (text, (x0, y0, x1, y1)), its box in the figure's pixels as
+    drawn (for tests: labels must not overlap)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.text  # noqa: F401  (used through matplotlib.text)
     import matplotlib.ticker  # noqa: F401  (used through matplotlib.ticker)
+    from matplotlib.font_manager import FontProperties
 
     fig, ax = plt.subplots(figsize=(8.5, 6), dpi=120)
+    ref = paper_points(tasks) if paper else {}
+    sizes = {}                       # scatter sizes (points^2), for the labels' placement below
     if paper:
         top = ax.twiny()
-        for name, (avg, x, gb) in paper_points(tasks).items():
-            top.scatter([x], [avg], s=_bubble_size(gb * 2**30, 60), color="0.6", alpha=0.18, edgecolors="0.5")
-            top.annotate(name, (x, avg), fontsize=7, color="0.55", ha="center", va="center")
+        for name, (avg, x, gb) in ref.items():
+            sizes["paper", name] = _bubble_size(gb * 2**30, 60)
+            top.scatter([x], [avg], s=sizes["paper", name], color="0.6", alpha=0.18, edgecolors="0.5")
         top.set_xscale("log")
         top.set_xlabel(f"paper (faint): examples/s at 4K, batch {PAPER_BATCH}, 4x4 TPU v3; y = its accuracy on "
                        f"the same tasks", color="0.45", fontsize=8)
@@ -151,10 +213,9 @@ def draw_summary(points: list[dict], tasks: list[str], profile, footnote: str, o
     if points:
         cmap = plt.get_cmap("tab20")
         for i, p in enumerate(points):
-            ax.scatter([p["examples_per_second"]], [p["score"]], s=_bubble_size(p["memory_bytes"], 120),
+            sizes["ours", p["attention"]] = _bubble_size(p["memory_bytes"], 120)
+            ax.scatter([p["examples_per_second"]], [p["score"]], s=sizes["ours", p["attention"]],
                        color=cmap(i % 20), alpha=0.55, edgecolors="black", linewidths=0.6, zorder=3)
-            ax.annotate(p["attention"], (p["examples_per_second"], p["score"]), fontsize=8, ha="center",
-                        va="bottom", xytext=(0, 6), textcoords="offset points", zorder=4)
         ax.set_xscale("log")
         first = points[0]
         ax.set_xlabel(f"examples/s, one train step at length {first['length']}, batch {first['batch_size']} "
@@ -165,16 +226,52 @@ def draw_summary(points: list[dict], tasks: list[str], profile, footnote: str, o
     ax.grid(True, which="both", alpha=0.25)
     if paper and points:
         # Both axes show the same data range when possible: align the paper's axis to its own points.
-        xs = [x for _, x, _ in paper_points(tasks).values()]
+        xs = [x for _, x, _ in ref.values()]
         top.set_xlim(min(xs) / 1.5, max(xs) * 1.5)
     for axis in ([ax.xaxis, top.xaxis] if paper else [ax.xaxis]):
+        if axis.get_scale() == "log":   # 1, 2, 5 in each decade: one labelled tick per decade is too few
+            axis.set_major_locator(matplotlib.ticker.LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
         axis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
         axis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     fig.text(0.01, 0.01, footnote, fontsize=7, color="0.35", wrap=True)
     fig.tight_layout(rect=(0, 0.05, 1, 1))
+
+    # Labels go where they cover no other label and no bubble of ours: placed in pixels once the layout is final,
+    # ours first, then the paper's around them.
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    px_per_pt = fig.dpi / 72
+    frame = ax.get_window_extent(renderer)
+    bounds = (frame.x0 + 2, frame.y0 + 2, frame.x1 - 2, frame.y1 - 2)
+    groups = [("ours", ax, [(p["attention"], p["examples_per_second"], p["score"]) for p in points], 8, "black"),
+              ("paper", top if paper else ax, [(n, x, avg) for n, (avg, x, _) in ref.items()], 7, "0.55")]
+    circles = []
+    for kind, axes, items, _, _ in groups:
+        for name, x, y in items:
+            cx, cy = axes.transData.transform((x, y))
+            circles.append((kind, name, float(cx), float(cy), math.sqrt(sizes[kind, name]) / 2 * px_per_pt))
+    ours_circles = [(x, y, r) for kind, _, x, y, r in circles if kind == "ours"]
+    taken, artists = [], []
+    for kind, axes, items, fontsize, color in groups:
+        if not items:
+            continue
+        font = FontProperties(size=fontsize)
+        mine = [c for c in circles if c[0] == kind]
+        dims = [renderer.get_text_width_height_descent(name, font, ismath=False)[:2] for name, _, _ in items]
+        boxes, far = place_labels([(x, y) for _, _, x, y, _ in mine], dims, [r for *_, r in mine], bounds,
+                                  obstacles=ours_circles, taken=taken)
+        taken += boxes
+        for (name, x, y), (_, _, cx, cy, _), box, leader in zip(items, mine, boxes, far):
+            offset = (((box[0] + box[2]) / 2 - cx) / px_per_pt, ((box[1] + box[3]) / 2 - cy) / px_per_pt)
+            artists.append(axes.annotate(
+                name, (x, y), xytext=offset, textcoords="offset points", fontsize=fontsize, color=color,
+                ha="center", va="center", zorder=4,
+                arrowprops=dict(arrowstyle="-", color="0.6", lw=0.5, shrinkA=1, shrinkB=2) if leader else None))
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out)
+    drawn = [(a.get_text(), tuple(matplotlib.text.Text.get_window_extent(a, renderer).extents)) for a in artists]
     plt.close(fig)
+    return drawn
 
 
 def draw_curves(rows: list[dict], out_speed: Path, out_memory: Path) -> None:
@@ -214,60 +311,105 @@ def summary_html(points: list[dict], tasks: list[str], profile, footnote: str, p
     """A self-contained HTML page: an SVG bubble chart whose bubbles show their numbers on hover."""
     width, height, margin = 760, 520, 70
     ref = paper_points(tasks) if paper else {}
-    all_x = [p["examples_per_second"] for p in points] + [x for _, x, _ in ref.values()]
-    all_y = [p["score"] for p in points] + [a for a, _, _ in ref.values()]
-    if not all_x:
-        all_x, all_y = [1.0, 10.0], [0.0, 100.0]
-    lo_x, hi_x = math.log10(min(all_x) / 1.5), math.log10(max(all_x) * 1.5)
+    ours_x = [p["examples_per_second"] for p in points]
+    paper_x = [x for _, x, _ in ref.values()]
+    all_y = [p["score"] for p in points] + [a for a, _, _ in ref.values()] or [0.0, 100.0]
     lo_y, hi_y = min(all_y) - 3, max(all_y) + 3
 
-    def sx(x):
-        return margin + (math.log10(x) - lo_x) / (hi_x - lo_x) * (width - 2 * margin)
+    def log_scale(xs):
+        """x -> pixel on a log axis spanning ``xs`` (with a margin of 1.5x each side)."""
+        lo, hi = math.log10(min(xs or [1.0]) / 1.5), math.log10(max(xs or [10.0]) * 1.5)
+        return lambda x: margin + (math.log10(x) - lo) / (hi - lo) * (width - 2 * margin), lo, hi
+
+    # As in the PNG: our points on the bottom axis, the paper's (another machine's units) on a top axis of its own.
+    sx, lo_x, hi_x = log_scale(ours_x or paper_x)
+    px, lo_p, hi_p = log_scale(paper_x) if ours_x else (sx, lo_x, hi_x)
 
     def sy(y):
         return height - margin - (y - lo_y) / (hi_y - lo_y) * (height - 2 * margin)
 
-    def circle(x, y, gib, scale, style, tip, label, label_style):
+    def ticks(lo, hi):
+        """1, 2 and 5 in each decade between 10**lo and 10**hi."""
+        return [m * 10**e for e in range(math.floor(lo), math.ceil(hi) + 1) for m in (1, 2, 5)
+                if lo <= math.log10(m * 10**e) <= hi]
+
+    def circle(scale_x, x, y, gib, scale, style, tip):
         r = math.sqrt(_bubble_size(gib * 2**30, scale)) / 1.6
-        return (f'<circle cx="{sx(x):.1f}" cy="{sy(y):.1f}" r="{r:.1f}" style="{style}">'
-                f"<title>{html.escape(tip)}</title></circle>"
-                f'<text x="{sx(x):.1f}" y="{sy(y) - r - 3:.1f}" text-anchor="middle" style="{label_style}">'
-                f"{html.escape(label)}</text>")
+        return (f'<circle cx="{scale_x(x):.1f}" cy="{sy(y):.1f}" r="{r:.1f}" style="{style}">'
+                f"<title>{html.escape(tip)}</title></circle>"), (scale_x(x), sy(y), r)
+
+    def labels(items, font_px, style, taken, obstacles):
+        """<text> (and leader <line>) elements for (label, (cx, cy, r)) items, placed by ``place_labels`` in a
+        y-up frame (SVG's y points down); text widths estimated from the font size."""
+        if not items:
+            return [], []
+        sizes = [(0.62 * font_px * len(name) + 2, 1.25 * font_px) for name, _ in items]
+        boxes, far = place_labels([(cx, -cy) for _, (cx, cy, _) in items], sizes, [r for _, (_, _, r) in items],
+                                  (margin + 2, -(height - margin) + 2, width - margin - 2, -margin - 2),
+                                  obstacles=[(cx, -cy, r) for cx, cy, r in obstacles],
+                                  taken=[(x0, -y1, x1, -y0) for x0, y0, x1, y1 in taken])
+        out = []
+        for (name, (cx, cy, r)), box, leader in zip(items, boxes, far):
+            tx, ty = (box[0] + box[2]) / 2, -(box[1] + box[3]) / 2
+            if leader:   # from the bubble's edge towards the label
+                d = math.hypot(tx - cx, ty - cy) or 1.0
+                out.append(f'<line x1="{cx + r * (tx - cx) / d:.1f}" y1="{cy + r * (ty - cy) / d:.1f}" '
+                           f'x2="{tx:.1f}" y2="{ty:.1f}" stroke="#aaa" stroke-width="0.6"/>')
+            out.append(f'<text x="{tx:.1f}" y="{ty:.1f}" text-anchor="middle" dominant-baseline="central" '
+                       f'style="{style}">{html.escape(name)}</text>')
+        return out, [(x0, -y1, x1, -y0) for x0, y0, x1, y1 in boxes]
 
     parts = []
-    for e in range(math.floor(lo_x), math.ceil(hi_x) + 1):
-        if lo_x <= e <= hi_x:
-            parts.append(f'<line x1="{sx(10**e):.1f}" y1="{margin}" x2="{sx(10**e):.1f}" y2="{height - margin}" '
-                         f'stroke="#ddd"/><text x="{sx(10**e):.1f}" y="{height - margin + 16}" '
-                         f'text-anchor="middle" font-size="11">{10**e:g}</text>')
+    for v in ticks(lo_x, hi_x):
+        parts.append(f'<line x1="{sx(v):.1f}" y1="{margin}" x2="{sx(v):.1f}" y2="{height - margin}" '
+                     f'stroke="#ddd"/><text x="{sx(v):.1f}" y="{height - margin + 16}" '
+                     f'text-anchor="middle" font-size="11">{v:g}</text>')
+    if paper and ours_x:
+        for v in ticks(lo_p, hi_p):
+            parts.append(f'<line x1="{px(v):.1f}" y1="{margin - 4}" x2="{px(v):.1f}" y2="{margin}" stroke="#aaa"/>'
+                         f'<text x="{px(v):.1f}" y="{margin - 8}" text-anchor="middle" font-size="10" '
+                         f'fill="#999">{v:g}</text>')
     for y in range(math.ceil(lo_y), math.floor(hi_y) + 1):
         if y % 5 == 0:
             parts.append(f'<line x1="{margin}" y1="{sy(y):.1f}" x2="{width - margin}" y2="{sy(y):.1f}" '
                          f'stroke="#eee"/><text x="{margin - 6}" y="{sy(y) + 4:.1f}" text-anchor="end" '
                          f'font-size="11">{y}</text>')
+    bubbles, ours, theirs = [], [], []
     if paper:
         for name, (avg, x, gb) in ref.items():
             tip = (f"paper: {name}\naccuracy {avg:.2f} (Table 1, mean over {', '.join(tasks) or 'five tasks'})\n"
                    f"{x:.0f} examples/s ({x / PAPER_BATCH} steps/s at 4K, batch {PAPER_BATCH}, 4x4 TPU v3)\n"
                    f"{gb} GB peak memory per device")
-            parts.append(circle(x, avg, gb, 60, "fill:#999;fill-opacity:0.15;stroke:#999", tip,
-                                name, "font-size:10px;fill:#aaa"))
-    palette = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
-               "#17becf"]
+            element, where = circle(px, x, avg, gb, 60, "fill:#999;fill-opacity:0.15;stroke:#999", tip)
+            bubbles.append(element)
+            theirs.append((name, where))
+    import matplotlib
+
+    tab20 = matplotlib.colormaps["tab20"]   # the PNG's colours, so that a variant looks the same in both
+    palette = [matplotlib.colors.to_hex(tab20(i)) for i in range(20)]
     for i, p in enumerate(points):
         tip = (f"{p['attention']}\nscore {p['score']:.2f}% ({', '.join(tasks)}, profile {profile})\n"
                f"{p['examples_per_second']:.3f} examples/s, {p['steps_per_second']:.3f} steps/s at length "
                f"{p['length']}, batch {p['batch_size']}\npeak memory {p['memory_bytes'] / 2**30:.2f} GiB "
                f"({p['memory_method']})\n{p['device']}")
-        parts.append(circle(p["examples_per_second"], p["score"], p["memory_bytes"] / 2**30, 120,
-                            f"fill:{palette[i % len(palette)]};fill-opacity:0.55;stroke:#000", tip, p["attention"],
-                            "font-size:11px"))
+        element, where = circle(sx, p["examples_per_second"], p["score"], p["memory_bytes"] / 2**30, 120,
+                                f"fill:{palette[i % len(palette)]};fill-opacity:0.55;stroke:#000", tip)
+        bubbles.append(element)
+        ours.append((p["attention"], where))
+    # Labels after every bubble, so that none is hidden under one: ours first, the paper's around them.
+    obstacles = [where for _, where in ours]
+    our_text, taken = labels(ours, 11, "font-size:11px", [], obstacles)
+    their_text, _ = labels(theirs, 10, "font-size:10px;fill:#aaa", taken, obstacles)
+    parts += bubbles + our_text + their_text
     length = points[0]["length"] if points else "?"
+    top_title = (f'<text x="{width / 2}" y="{margin - 26}" text-anchor="middle" font-size="11" fill="#888">paper '
+                 f"(faint, top axis): examples/s at 4K, batch {PAPER_BATCH}, 4x4 TPU v3; y = its accuracy on the "
+                 f"same tasks</text>") if paper else ""
     svg = (f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif">'
            f'<rect x="{margin}" y="{margin}" width="{width - 2 * margin}" height="{height - 2 * margin}" '
            f'fill="none" stroke="#888"/>{"".join(parts)}'
            f'<text x="{width / 2}" y="{height - 20}" text-anchor="middle" font-size="12">examples/s at length '
-           f"{length} (log; paper points: their own machine's examples/s at 4K)</text>"
+           f"{length} (log)</text>{top_title}"
            f'<text x="18" y="{height / 2}" text-anchor="middle" font-size="12" '
            f'transform="rotate(-90 18 {height / 2})">LRA score (%): {html.escape(", ".join(tasks))}</text></svg>')
     return ("<!doctype html><html><head><meta charset='utf-8'><title>LRA summary</title></head><body>"
@@ -303,12 +445,12 @@ def plot(results_dir: Path, out: Path, *, profile: str | None = None, bench: str
     if no_score:
         notes.append(f"benchmarked but no run on {', '.join(tasks) or 'the tasks'}: {', '.join(no_score)}")
     footnote = "; ".join(notes)
-    draw_summary(points, tasks, used_profile, footnote, out, paper)
+    labels = draw_summary(points, tasks, used_profile, footnote, out, paper)
     out.with_suffix(".html").write_text(summary_html(points, tasks, used_profile, footnote, paper))
     speed_png, memory_png = out.parent / "lra_speed_vs_length.png", out.parent / "lra_memory_vs_length.png"
     draw_curves(groups.get(curves_group, []), speed_png, memory_png)
     return {"points": points, "tasks": tasks, "profile": used_profile, "length": length, "footnote": footnote,
-            "files": [out, out.with_suffix(".html"), speed_png, memory_png]}
+            "labels": labels, "files": [out, out.with_suffix(".html"), speed_png, memory_png]}
 
 
 def main(argv=None) -> int:

@@ -71,3 +71,53 @@ def test_malformed_record_line_is_named_not_a_traceback(tmp_path, capsys):
     (tmp_path / "bench.jsonl").write_text("")
     assert plot.main(["--results", str(tmp_path)]) == 1
     assert "runs.jsonl:2: not a JSON record" in capsys.readouterr().out
+
+
+def disjoint(a, b):
+    return a[2] <= b[0] or b[2] <= a[0] or a[3] <= b[1] or b[3] <= a[1]
+
+
+def test_place_labels_keeps_crowded_labels_apart_and_inside():
+    # Six bubbles on one spot and two beside it: every label finds a box of its own, clear of every bubble.
+    anchors = [(100.0, 100.0)] * 6 + [(112.0, 100.0), (400.0, 300.0)]
+    sizes = [(40.0, 10.0)] * 8
+    radii = [8.0] * 8
+    bounds = (0.0, 0.0, 500.0, 400.0)
+    circles = [(x, y, r) for (x, y), r in zip(anchors, radii)]
+    boxes, far = plot.place_labels(anchors, sizes, radii, bounds, obstacles=circles)
+    for i, a in enumerate(boxes):
+        assert a[2] - a[0] == pytest.approx(40.0) and a[3] - a[1] == pytest.approx(10.0)
+        assert bounds[0] <= a[0] and a[2] <= bounds[2] and bounds[1] <= a[1] and a[3] <= bounds[3]
+        assert all(disjoint(a, b) for b in boxes[i + 1:])
+        assert not any(plot._hits_circle(a, c) for c in circles)
+    assert far[0] is False and any(far)                 # the first sits next to its bubble, later ones further
+    assert boxes[0][1] == pytest.approx(100.0 + 8.0 + 3.0)  # above its bubble when that is free
+    # A label is never pushed out of the frame: at the top edge it goes below.
+    (box,), _ = plot.place_labels([(250.0, 395.0)], [(40.0, 10.0)], [5.0], bounds)
+    assert box[3] <= 400.0 and box[1] < 395.0
+    # Boxes already taken are avoided too.
+    (box,), _ = plot.place_labels([(100.0, 100.0)], [(40.0, 10.0)], [8.0], bounds, taken=[boxes[0]])
+    assert disjoint(box, boxes[0])
+
+
+def test_chart_labels_do_not_overlap(tmp_path):
+    # Ten variants crowded into a corner, as the real records are: the labels as drawn (the PNG's text boxes
+    # measured by matplotlib, and the HTML's estimated boxes) overlap neither each other nor leave the axes.
+    names = ["full", "local", "linear", "performer", "sinkhorn", "mixed_heads", "linformer", "block_local",
+             "global", "routing"]
+    write(tmp_path / "runs.jsonl", [run("listops", n, 0.37 + 0.002 * i) for i, n in enumerate(names)])
+    write(tmp_path / "bench.jsonl", [bench(n, 4096, 0.20 + 0.01 * i, 2**29) for i, n in enumerate(names)])
+    drawn = plot.plot(tmp_path, tmp_path / "summary.png")
+    labels = drawn["labels"]
+    assert sorted(t for t, _ in labels) == sorted(names + list(plot.PAPER_SPEED_4K))
+    for i, (_, a) in enumerate(labels):
+        assert all(disjoint(a, b) for _, b in labels[i + 1:]), labels
+    page = (tmp_path / "summary.html").read_text()
+    import re
+    texts = re.findall(r'<text x="([\d.]+)" y="([\d.]+)" text-anchor="middle" dominant-baseline="central" '
+                       r'style="font-size:(\d+)px[^"]*">([^<]+)</text>', page)
+    assert sorted(t[3] for t in texts) == sorted(names + list(plot.PAPER_SPEED_4K))
+    boxes = [(float(x) - 0.31 * int(f) * len(n), float(y) - 0.62 * int(f), float(x) + 0.31 * int(f) * len(n),
+              float(y) + 0.62 * int(f)) for x, y, f, n in texts]
+    for i, a in enumerate(boxes):
+        assert all(disjoint(a, b) for b in boxes[i + 1:])
