@@ -146,13 +146,37 @@ def test_resume_continues_exactly(isolated, tmp_path, monkeypatch):
     assert len(results.read_jsonl(paths["results"] / "runs.jsonl")) == 2  # reference + resumed, no duplicate
 
 
-def test_resume_refuses_a_different_config(isolated):
+def test_resume_refuses_a_different_config(isolated, monkeypatch):
     paths, _ = isolated
-    config = smoke_config(paths, "train.train_steps=10")
-    trainer._claim_run_dir(paths["run"], config)
-    other = smoke_config(paths, "train.train_steps=10", "train.lr=0.5")
+    config = smoke_config(paths, "train.train_steps=10", "train.eval_every=5")
+    original = trainer.batching.TrainBatches.batch
+
+    def dying_batch(self, step):
+        if step == 7:  # after the checkpoint at step 5
+            raise Interrupt()
+        return original(self, step)
+
+    monkeypatch.setattr(trainer.batching.TrainBatches, "batch", dying_batch)
+    with pytest.raises(Interrupt):
+        trainer.train(config, paths["run"])
+    monkeypatch.setattr(trainer.batching.TrainBatches, "batch", original)
+    other = smoke_config(paths, "train.train_steps=10", "train.eval_every=5", "train.lr=0.5")
     with pytest.raises(config_lib.ConfigError, match=r"train\.lr: 0\.001 -> 0\.5"):
         trainer.train(other, paths["run"])
+
+
+def test_a_run_that_stopped_before_its_first_checkpoint_does_not_block_the_corrected_one(isolated):
+    # A typo found after the directory was claimed (here an impossible window, refused when the model is built)
+    # leaves no checkpoint, so the corrected run in the same directory goes ahead.
+    paths, _ = isolated
+    bad = smoke_config(paths, "attention=local", "attention.window=-1", "train.train_steps=5")
+    with pytest.raises(ValueError, match="window"):
+        trainer.train(bad, paths["run"])
+    assert (paths["run"] / "run_config.json").exists()
+    good = smoke_config(paths, "attention=local", "attention.window=4", "train.train_steps=5",
+                        "train.eval_every=5")
+    record = trainer.train(good, paths["run"])
+    assert record["attention"] == "local" and (paths["run"] / "result.json").exists()
 
 
 def test_nan_loss_stops_with_the_step_and_keeps_checkpoints(isolated, monkeypatch):
