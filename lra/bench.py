@@ -163,11 +163,14 @@ def error_line(stderr: str) -> str:
 
 
 def run(bench: dict) -> list[dict]:
+    from lra import config as config_lib
     from lra import results
 
     names = list(bench["variants"])
-    for name in names:  # unknown names fail before any measurement
+    for name in names:  # unknown names, and impl=pallas for a variant without a kernel, fail before measuring
         attention_config(name)
+        if bench.get("impl"):
+            config_lib.check_impl(name, bench["impl"])
     rows = []
     out = Path(bench["results_dir"]) / "bench.jsonl"
     for length in bench["lengths"]:

@@ -74,12 +74,25 @@ def validate(config: dict) -> None:
     name = config["attention"].get("name")
     if name not in REGISTRY:
         raise ConfigError(f"attention.name {name!r} is not a registered variant; valid: {sorted(REGISTRY)}")
+    check_impl(name, config["attention"].get("impl", "xla"))
     multiple = REGISTRY[name].length_multiple
     if bucket and multiple > 1 and bucket % multiple:
         raise ConfigError(f"train.bucket_size ({bucket}) must be a multiple of {multiple} for attention={name}")
     if multiple > 1 and config["task"]["max_length"] % multiple:
         raise ConfigError(f"task.max_length ({config['task']['max_length']}) must be a multiple of {multiple} "
                           f"for attention={name}")
+
+
+def check_impl(name: str, impl) -> None:
+    """``impl`` is xla or pallas, and pallas only for a variant with a Pallas kernel (ConfigError otherwise)."""
+    from models.attention import REGISTRY
+
+    if impl not in ("xla", "pallas"):
+        raise ConfigError(f"attention.impl must be 'xla' or 'pallas', got {impl!r}")
+    if impl == "pallas" and not REGISTRY[name].pallas:
+        with_kernel = sorted(n for n, cls in REGISTRY.items() if cls.pallas)
+        raise ConfigError(f"attention={name} has no Pallas kernel: use attention.impl=xla, or one of the variants "
+                          f"with impl=pallas: {', '.join(with_kernel)}")
 
 
 def resume_view(config: dict) -> dict:

@@ -1,6 +1,8 @@
 """lra.bench: rows for each (variant, length), oom refused from the compiler's figures, errors never stop a sweep."""
 import subprocess
 
+import pytest
+
 from lra import bench, results
 from tests.conftest import ROOT, cli
 
@@ -65,4 +67,12 @@ def test_unknown_variant_fails_before_measuring(tmp_path, subprocess_env):
                            f"hydra.run.dir={tmp_path / 'run'}"), cwd=ROOT, env=subprocess_env, capture_output=True,
                        text=True, timeout=120)
     assert r.returncode == 1 and "unknown attention 'nope'" in r.stderr and "full" in r.stderr
+    assert not (tmp_path / "bench.jsonl").exists()
+
+
+def test_pallas_for_a_variant_without_a_kernel_fails_before_measuring(tmp_path):
+    # The first variant could be measured; the refusal comes first, so no row of a half-done sweep is written.
+    with pytest.raises(ValueError, match="attention=linformer has no Pallas kernel"):
+        bench.run({"variants": ["full", "linformer"], "impl": "pallas", "lengths": [64], "batch_size": 1,
+                   "results_dir": str(tmp_path)})
     assert not (tmp_path / "bench.jsonl").exists()

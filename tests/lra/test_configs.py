@@ -125,6 +125,20 @@ def test_validation_names_the_key(override, key):
         config_lib.validate(config)
 
 
+@pytest.mark.parametrize("overrides,match", [
+    (["attention=linformer", "attention.impl=pallas"], r"attention=linformer has no Pallas kernel: use "
+                                                       r"attention\.impl=xla, or one of .*\blocal\b"),
+    (["attention=full", "attention.impl=cuda"], r"attention\.impl must be 'xla' or 'pallas', got 'cuda'"),
+])
+def test_impl_is_checked_with_the_config(overrides, match):
+    # Before any model is built: a variant without a Pallas kernel names the ones that have one.
+    config = compose_config(["profile=smoke", *overrides])
+    with pytest.raises(config_lib.ConfigError, match=match):
+        config_lib.validate(config)
+    for name in ("full", "local", "linear", "performer"):   # and those that have one pass
+        config_lib.validate(compose_config(["profile=smoke", f"attention={name}", "attention.impl=pallas"]))
+
+
 @pytest.mark.parametrize("override,key", [("model.num_heads=3", "model.qkv_dim"), ("model.pooling=max", "pooling"),
                                           ("model.emb_dim=0", "model.emb_dim")])
 def test_model_validation_names_the_key(override, key):
