@@ -67,6 +67,11 @@ def _check_pathfinder_length(task: str, options: dict) -> None:
     """Pathfinder/Path-X tokens are the pixels: max_length must be resolution squared."""
     if _MODULES[task] == "pathfinder" and "max_length" in options:
         res = options.get("resolution", 128 if task == "pathx" else 32)
+        from lra.data.pathfinder import RESOLUTIONS   # the resolution first: no advice towards another error
+
+        if res not in RESOLUTIONS:
+            raise ValueError(f"task.data.resolution={res} is not one of Pathfinder's resolutions "
+                             f"({', '.join(map(str, RESOLUTIONS))}); set it with task.max_length=resolution^2")
         if options["max_length"] != res * res:
             raise ValueError(f"task.max_length ({options['max_length']}) must be resolution^2 = {res * res} for "
                              f"{task} at resolution {res} (set task.max_length={res * res})")

@@ -588,3 +588,15 @@ def test_cli_writes_layout_and_reports_speed(tmp_path, capsys):
     assert "--force" in capsys.readouterr().err
     assert PF.main([*argv32, "--force"]) == 0  # ... unless told to
     assert len(list((foreign / "imgs" / "0").iterdir())) == 4
+
+
+@pytest.mark.parametrize("task,options,match", [
+    ("pathfinder", {"resolution": 48, "max_length": 1024}, r"resolution=48 is not one of .*32, 64, 128, 256"),
+    ("pathfinder", {"resolution": 64, "max_length": 1024}, r"must be resolution\^2 = 4096 .*task\.max_length=4096"),
+    ("pathx", {"max_length": 1024}, r"resolution\^2 = 16384 for pathx at resolution 128"),
+])
+def test_resolution_and_length_are_checked_before_any_file(tmp_path, task, options, match):
+    from lra import data
+
+    with pytest.raises(ValueError, match=match):
+        data.check_available(task, data_dir=tmp_path, **options)
