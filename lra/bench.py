@@ -88,8 +88,8 @@ def measure(bench: dict, name: str, length: int) -> dict:
         return {**row, "status": "oom", "peak_memory_bytes": need, "memory_method": "compiled_memory_analysis",
                 "message": str(e)}
     for i in range(bench["warmup"]):
-        params, opt_state, rest, metrics = step_fn(params, opt_state, rest, batch, np.int32(i))
-    jax.block_until_ready(metrics)
+        params, opt_state, rest, _ = step_fn(params, opt_state, rest, batch, np.int32(i))
+    jax.block_until_ready(params)   # (warmup=0: nothing to wait for)
     rates = []
     for _ in range(bench["repeats"]):
         start = time.perf_counter()
@@ -162,10 +162,40 @@ def error_line(stderr: str) -> str:
     return errors[-1] if errors else lines[-1]
 
 
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def check_bench(bench: dict) -> dict:
+    """The benchmark's options, checked before any measurement (ValueError naming the option and a valid form).
+    One variant or one length may be given bare (``attention=full``, ``lengths=1024``)."""
+    b = dict(bench)
+    for key in ("variants", "lengths"):
+        if isinstance(b.get(key), str) or _is_int(b.get(key)):
+            b[key] = [b[key]]
+    names = b.get("variants")
+    if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
+        raise ValueError(f"attention must name variants, e.g. attention=[full,local]; got {bench.get('variants')!r}")
+    lengths = b.get("lengths")
+    if not isinstance(lengths, list) or not lengths or not all(_is_int(n) and n > 0 for n in lengths):
+        raise ValueError(f"lengths must be positive integers, e.g. lengths=[1024,4096]; got {bench.get('lengths')!r}")
+    for key, low in (("batch_size", 1), ("steps", 1), ("repeats", 1), ("warmup", 0)):
+        if not _is_int(b.get(key)) or b[key] < low:
+            raise ValueError(f"{key} must be an integer >= {low}, got {b.get(key)!r}")
+    for key, optional in (("timeout_s", False), ("memory_limit_gb", True)):
+        v = b.get(key)
+        if (v is None and optional) or key not in b:
+            continue
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0:
+            raise ValueError(f"{key} must be a positive number{' or null' if optional else ''}, got {v!r}")
+    return b
+
+
 def run(bench: dict) -> list[dict]:
     from lra import config as config_lib
     from lra import results
 
+    bench = check_bench(bench)
     names = list(bench["variants"])
     for name in names:  # unknown names, and impl=pallas for a variant without a kernel, fail before measuring
         attention_config(name)

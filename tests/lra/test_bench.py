@@ -70,9 +70,40 @@ def test_unknown_variant_fails_before_measuring(tmp_path, subprocess_env):
     assert not (tmp_path / "bench.jsonl").exists()
 
 
+def tiny_bench(tmp_path, **changes):
+    return {"variants": ["full"], "lengths": [32], "batch_size": 2, "impl": "xla", "warmup": 1, "steps": 1,
+            "repeats": 1, "isolate": False, "memory_limit_gb": None, "timeout_s": 60, "results_dir": str(tmp_path),
+            "vocab_size": 257, "num_classes": 2,
+            "model": {"emb_dim": 16, "num_heads": 2, "num_layers": 1, "qkv_dim": 16, "mlp_dim": 32, "dropout": 0.0,
+                      "attention_dropout": 0.0, "pooling": "cls", "positions": "sinusoidal"}, **changes}
+
+
 def test_pallas_for_a_variant_without_a_kernel_fails_before_measuring(tmp_path):
     # The first variant could be measured; the refusal comes first, so no row of a half-done sweep is written.
     with pytest.raises(ValueError, match="attention=linformer has no Pallas kernel"):
-        bench.run({"variants": ["full", "linformer"], "impl": "pallas", "lengths": [64], "batch_size": 1,
-                   "results_dir": str(tmp_path)})
+        bench.run(tiny_bench(tmp_path, variants=["full", "linformer"], impl="pallas"))
     assert not (tmp_path / "bench.jsonl").exists()
+
+
+@pytest.mark.parametrize("changes,match", [
+    ({"lengths": [1024, 0]}, r"lengths must be positive integers, e\.g\. lengths=\[1024,4096\]; got \[1024, 0\]"),
+    ({"lengths": []}, "lengths must be positive integers"),
+    ({"variants": []}, r"attention must name variants, e\.g\. attention=\[full,local\]"),
+    ({"batch_size": 0}, "batch_size must be an integer >= 1, got 0"),
+    ({"steps": 0}, "steps must be an integer >= 1"),
+    ({"repeats": 0}, "repeats must be an integer >= 1"),
+    ({"warmup": -1}, "warmup must be an integer >= 0"),
+    ({"timeout_s": 0}, "timeout_s must be a positive number"),
+    ({"memory_limit_gb": -2.0}, "memory_limit_gb must be a positive number or null"),
+])
+def test_impossible_options_fail_before_measuring(tmp_path, changes, match):
+    # Each of these used to be measured: a batch of 0 even gave an "ok" row, steps=0 a division by zero.
+    with pytest.raises(ValueError, match=match):
+        bench.run(tiny_bench(tmp_path, **changes))
+    assert not (tmp_path / "bench.jsonl").exists()
+
+
+def test_one_bare_variant_and_length_and_no_warmup(tmp_path):
+    # attention=full lengths=64 on the command line arrive as a string and an int, not lists
+    (row,) = bench.run(tiny_bench(tmp_path, variants="full", lengths=32, warmup=0))
+    assert (row["attention"], row["length"], row["status"]) == ("full", 32, "ok") and row["steps_per_second"] > 0
