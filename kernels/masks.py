@@ -151,6 +151,7 @@ class BigBird(Mask):
     def __post_init__(self):
         _check_pos("BigBird.block", self.block)
         _check_nonneg("BigBird.num_random_blocks", self.num_random_blocks)
+        _check_nonneg("BigBird.seed", self.seed)   # numpy's generator takes no negative seed
 
     def random_blocks(self, num_q_blocks: int, num_k_blocks: int) -> np.ndarray:
         """int [num_q_blocks, r] key-block indices (r = min(num_random_blocks, num_k_blocks))."""

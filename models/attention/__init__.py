@@ -22,17 +22,53 @@ for _module in pkgutil.iter_modules(__path__):
         importlib.import_module(f"{__name__}.{_module.name}")
 
 
-def build(name: str, *, dim: int, num_heads: int, max_len: int, rngs, **options) -> AttentionBase:
-    """Instantiate the variant ``name``; unknown names and unknown options fail with the valid choices."""
+class AttentionOptionError(TypeError, ValueError):
+    """An option a variant does not take, or of the wrong type (a TypeError, and a ValueError so that the
+    command line reports it as bad input)."""
+
+
+_SIMPLE_TYPES = {"int", "float", "bool", "str", "None"}
+
+
+def _type_ok(value, kinds: set[str]) -> bool:
+    if value is None:
+        return "None" in kinds
+    if isinstance(value, bool):
+        return "bool" in kinds
+    if isinstance(value, int):
+        return bool(kinds & {"int", "float"})
+    if isinstance(value, float):
+        return "float" in kinds
+    return isinstance(value, str) and "str" in kinds
+
+
+def check_options(name: str, options: dict) -> None:
+    """Unknown options, and options whose value is not of the type the variant's signature annotates (int, float,
+    bool, str, or None where allowed: e.g. ``window=abc`` or ``share_kv=7``), fail naming the option; range
+    checks stay with each variant."""
     if name not in REGISTRY:
         raise ValueError(f"unknown attention {name!r}; valid names: {', '.join(sorted(REGISTRY))}")
-    cls = REGISTRY[name]
-    accepted = set(inspect.signature(cls.__init__).parameters) - {"self"}
+    parameters = inspect.signature(REGISTRY[name].__init__).parameters
+    accepted = set(parameters) - {"self"}
     unknown = sorted(set(options) - accepted)
     if unknown:
-        raise TypeError(f"attention {name!r} got unknown options {unknown}; it accepts "
-                        f"{sorted(accepted - {'dim', 'num_heads', 'max_len', 'rngs'})}")
-    return cls(dim=dim, num_heads=num_heads, max_len=max_len, rngs=rngs, **options)
+        raise AttentionOptionError(f"attention {name!r} got unknown options {unknown}; it accepts "
+                                   f"{sorted(accepted - {'dim', 'num_heads', 'max_len', 'rngs'})}")
+    for key, value in options.items():
+        annotation = parameters[key].annotation
+        if not isinstance(annotation, str):   # unannotated (lists, callables): the variant checks them
+            continue
+        kinds = {part.strip() for part in annotation.split("|")}
+        if kinds <= _SIMPLE_TYPES and not _type_ok(value, kinds):
+            wanted = " or ".join("null" if k == "None" else k for k in sorted(kinds, key=lambda k: k == "None"))
+            raise AttentionOptionError(f"attention.{key} of {name} must be {wanted}, got {value!r}")
+
+
+def build(name: str, *, dim: int, num_heads: int, max_len: int, rngs, **options) -> AttentionBase:
+    """Instantiate the variant ``name``; unknown names, unknown options and options of the wrong type fail with
+    what is valid."""
+    check_options(name, options)
+    return REGISTRY[name](dim=dim, num_heads=num_heads, max_len=max_len, rngs=rngs, **options)
 
 
 def pallas_backend(name: str) -> str | None:
@@ -51,4 +87,5 @@ def pallas_backend(name: str) -> str | None:
     return flash.backend()
 
 
-__all__ = ["REGISTRY", "build", "register", "AttentionBase", "pallas_backend"]
+__all__ = ["REGISTRY", "AttentionBase", "AttentionOptionError", "build", "check_options", "pallas_backend",
+           "register"]

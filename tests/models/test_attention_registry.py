@@ -130,3 +130,40 @@ def test_trains_listops_smoke(name, tmp_path):
     record = trainer.train(config, tmp_path / "run")
     assert record["attention"] == name and 0.0 <= record["test_accuracy"] <= 1.0
     assert np.isfinite(record["final_train_loss"]) and record["params"] > 0
+
+
+def shipped_options(name: str) -> dict:
+    """configs/attention/<name>.yaml's options (what lra.train passes to build)."""
+    import yaml
+
+    from tests.conftest import CONFIGS
+
+    options = yaml.safe_load((CONFIGS / "attention" / f"{name}.yaml").read_text())
+    return {k: v for k, v in options.items() if k != "name"}
+
+
+@pytest.mark.parametrize("name,key,value,wanted", [
+    ("reformer", "num_hashes", "abc", "int"),
+    ("sinkhorn", "block", "abc", "int"),
+    ("mixed_heads", "seed", "abc", "int or null"),
+    ("routing", "window", "2.5", "int"),
+    ("linformer", "share_kv", 7, "bool"),
+    ("bigbird", "seed", "abc", "int"),
+    ("local", "window", None, "int"),
+    ("performer", "num_features", 1.5, "int"),
+])
+def test_option_types_are_checked_by_name(name, key, value, wanted):
+    # Before: a TypeError from deep inside ('<' not supported between 'str' and 'int'), or silently accepted.
+    options = {**shipped_options(name), key: value}
+    with pytest.raises(ValueError, match=rf"attention\.{key} of {name} must be {wanted}, got {value!r}"):
+        build(name, dim=16, num_heads=2, max_len=64, rngs=nnx.Rngs(0), **options)
+
+
+@pytest.mark.parametrize("name", sorted(REGISTRY))
+def test_every_shipped_config_passes_the_type_check(name):
+    from models.attention import check_options
+
+    check_options(name, shipped_options(name))
+    floats = [k for k, v in shipped_options(name).items() if isinstance(v, float)]
+    if floats:   # an integer where a float is annotated is fine (temperature=1)
+        check_options(name, {**shipped_options(name), floats[0]: 1})
