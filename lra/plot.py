@@ -303,7 +303,8 @@ def draw_curves(rows: list[dict], out_speed: Path, out_memory: Path) -> None:
         ax.set_ylabel(label)
         ax.set_title(f"Text backbone, batch {batch}: {label} vs length\n{device}", fontsize=10)
         ax.grid(True, which="both", alpha=0.25)
-        ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))   # beside the axes, not over lines
+        if by_variant:
+            ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))   # beside the axes, not over lines
         fig.tight_layout()
         fig.savefig(out)
         plt.close(fig)
@@ -432,6 +433,15 @@ def plot(results_dir: Path, out: Path, *, profile: str | None = None, bench: str
         raise FileNotFoundError(f"no records to plot: {', '.join(missing)} missing (python -m lra.train ... and "
                                 f"python -m lra.bench ... write them)")
     runs, rows = results_lib.read_jsonl(runs_path), results_lib.read_jsonl(bench_path)
+    # A profile or preset named but not recorded is a typo, not an empty chart.
+    if profile is not None and not any(r.get("profile") == profile for r in runs):
+        recorded = sorted({str(r.get("profile")) for r in runs})
+        raise ValueError(f"no runs of profile {profile!r} in {runs_path}; its profiles: "
+                         f"{', '.join(recorded) or 'none'}")
+    if bench is not None and not any(r.get("bench") == bench and r.get("status") == "ok" for r in rows):
+        recorded = sorted({str(r.get("bench")) for r in rows if r.get("status") == "ok"})
+        raise ValueError(f"no ok rows of bench preset {bench!r} in {bench_path}; its presets: "
+                         f"{', '.join(recorded) or 'none'}")
     score, tasks, used_profile = scores(runs, profile)
     groups = bench_groups(rows)
     summary_group = pick_group(groups, bench, key=lambda rs: max(r["length"] for r in rs))

@@ -241,7 +241,12 @@ def main(argv=None) -> int:
 
 
 def _print_or_rewrite(args, path: Path) -> int:
-    records = [r for r in read_jsonl(path) if not args.profile or r.get("profile") == args.profile]
+    everything = read_jsonl(path)
+    records = [r for r in everything if not args.profile or r.get("profile") == args.profile]
+    if args.profile and not records:   # a typo would print (or write into the README) empty tables
+        recorded = sorted({str(r.get("profile")) for r in everything})
+        raise ValueError(f"no runs of profile {args.profile!r} in {path}; its profiles: "
+                         f"{', '.join(recorded) or 'none'}")
     if args.summary:
         print(summary_table(records))
         return 0

@@ -121,3 +121,12 @@ def test_chart_labels_do_not_overlap(tmp_path):
               float(y) + 0.62 * int(f)) for x, y, f, n in texts]
     for i, a in enumerate(boxes):
         assert all(disjoint(a, b) for b in boxes[i + 1:])
+
+
+def test_a_profile_or_preset_that_was_not_recorded_is_named(results, capsys):
+    # A typo used to draw an empty chart; now the command says which profiles and presets the records hold.
+    assert plot.main(["--results", str(results), "--profile", "cpux"]) == 1
+    assert "no runs of profile 'cpux'" in capsys.readouterr().out and not (results / "lra_summary.png").exists()
+    assert plot.main(["--results", str(results), "--bench", "gpu"]) == 1
+    assert "no ok rows of bench preset 'gpu'" in capsys.readouterr().out
+    assert plot.main(["--results", str(results), "--profile", "lra", "--bench", "cpu"]) == 0

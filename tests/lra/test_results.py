@@ -55,6 +55,12 @@ def test_runs_table_and_cli(tmp_path, capsys):
     results.append_jsonl(tmp_path / "runs.jsonl", {**record, "attention": "linformer", "params_ratio": 1.04})
     assert results.main(["--results", str(tmp_path)]) == 0
     assert "| listops | linformer | smoke | 0 | 1,234 (1.04x full) |" in capsys.readouterr().out
+    # A profile with no runs is named, and a README is left as it was rather than given empty tables.
+    readme = tmp_path / "README.md"
+    readme.write_text("untouched")
+    assert results.main(["--results", str(tmp_path), "--profile", "smok", "--readme", str(readme)]) == 1
+    assert "no runs of profile 'smok'" in capsys.readouterr().err and readme.read_text() == "untouched"
+    assert results.main(["--results", str(tmp_path), "--profile", "smoke", "--summary"]) == 0
 
 
 def test_readme_runs_table_is_generated_from_the_records():
