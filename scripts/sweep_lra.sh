@@ -33,6 +33,14 @@ while [[ $# -gt 0 ]]; do
   esac
 done
 [[ -f "configs/profile/$profile.yaml" ]] || { echo "error: no profile '$profile' (configs/profile/: $(ls configs/profile | sed 's/\.yaml$//' | paste -sd' ' -))" >&2; exit 2; }
+# Every name and seed before the first run: a typo in the middle of a list would stop the sweep there.
+for pair in "task:$tasks" "attention:$variants"; do
+  group="${pair%%:*}"; IFS=, read -ra names <<< "${pair#*:}"
+  for name in "${names[@]}"; do
+    [[ -f "configs/$group/$name.yaml" ]] || { echo "error: no $group '$name' (configs/$group/: $(ls "configs/$group" | sed 's/\.yaml$//' | paste -sd' ' -))" >&2; exit 2; }
+  done
+done
+[[ "$seeds" =~ ^[0-9]+(,[0-9]+)*$ ]] || { echo "error: --seeds takes non-negative integers separated by commas, got '$seeds'" >&2; exit 2; }
 
 echo "sweep: profile=$profile tasks=$tasks variants=$variants seeds=$seeds ${launcher}"
 exec "$PY" -m lra.train -m "task=$tasks" "attention=$variants" "profile=$profile" "seed=$seeds" \

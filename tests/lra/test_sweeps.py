@@ -49,3 +49,17 @@ def test_summary_mean_and_std_over_seeds():
     assert table[2] == (f"| listops | full | cpu | 0,1,2 | {statistics.fmean(accs):.2f}% | "
                         f"{statistics.stdev(accs):.2f} | 2.00 |")
     assert table[3] == "| listops | local | cpu | 0 | 20.00% | - | - |"
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--variants", "full,nope"], "error: no attention 'nope' (configs/attention/: bigbird"),
+    (["--tasks", "listops,txt"], "error: no task 'txt' (configs/task/: image listops"),
+    (["--seeds", "0,a"], "error: --seeds takes non-negative integers"),
+    (["--bogus"], "error: unknown option --bogus"),
+])
+def test_sweep_script_refuses_typos_before_the_first_run(args, message, tmp_path):
+    # PYTHON points nowhere: a run started would fail differently, so the refusal is the script's own.
+    r = subprocess.run(["bash", str(ROOT / "scripts" / "sweep_lra.sh"), "smoke", *args], cwd=ROOT,
+                       env={"PATH": "/usr/bin:/bin", "PYTHON": str(tmp_path / "no-python")}, capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode == 2 and message in r.stderr, r.stderr
