@@ -4,6 +4,8 @@ Each checkpoint holds the train state pytree (params, optimiser state) and a JSO
 (step, best validation accuracy so far, timing). Orbax writes into a temporary folder and renames it when
 complete, so a run killed mid-save keeps its previous checkpoint. ``latest`` keeps the two newest steps: when
 the newest cannot be read (truncated or corrupted files), ``restore`` says so and falls back to the one before.
+``best`` keeps two too, so that a resumed run can drop a ``best`` newer than its resume step (``discard_after``)
+and still find the best before it.
 """
 from __future__ import annotations
 
@@ -22,7 +24,9 @@ class CheckpointUnreadable(RuntimeError):
     """No checkpoint of a run could be read."""
 
 
-KEEP = {"latest": 2, "best": 1}
+# ``best`` keeps two as well: a run killed between saving ``best`` and ``latest`` at one step leaves a ``best``
+# newer than the step it resumes from; ``discard_after`` removes it and the previous best is still there.
+KEEP = {"latest": 2, "best": 2}
 
 
 class RunCheckpoints:
@@ -38,6 +42,8 @@ class RunCheckpoints:
 
     def save(self, which: str, step: int, state, meta: dict) -> None:
         manager = self.managers[which]
+        if step in manager.all_steps():   # Orbax refuses to write a step twice, even with force=True
+            manager.delete(step)
         manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
                      force=True)
         manager.wait_until_finished()
@@ -72,6 +78,19 @@ class RunCheckpoints:
             return state, meta
         raise CheckpointUnreadable(f"no {which} checkpoint in {manager.directory} could be read: {'; '.join(errors)}. "
                                    f"Delete {self.directory} to start this run from scratch.")
+
+    def discard_after(self, which: str, step: int) -> None:
+        """Delete the ``which`` checkpoints newer than ``step``, the step a run resumes from: they were written
+        after it by the run that was killed (a ``best`` saved just before its ``latest``), and the resumed run
+        writes them again if its evaluations still call for them."""
+        manager = self.managers[which]
+        newer = [s for s in manager.all_steps() if s > step]
+        for s in newer:
+            manager.delete(s)
+            log.warning("deleted the %s checkpoint of step %d, newer than the step %d this run resumes from",
+                        which, s, step)
+        if newer:
+            manager.reload()
 
     def _set_aside(self, which: str, steps) -> None:
         """Move unreadable steps to ``<directory>/unreadable/`` (kept for inspection), so the resumed run can

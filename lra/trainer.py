@@ -155,6 +155,9 @@ class Steps:
         shapes = tuple((x.shape, str(x.dtype)) for x in jax.tree.leaves(args[-2 if kind == "train" else -1]))
         key = (kind, shapes)
         if key not in self._compiled:
+            # Steps already queued on the device finish first: they would run during the compilation, and the
+            # compile time subtracted from the timing window would take their time away with it.
+            jax.block_until_ready([x for x in jax.tree.leaves(args) if isinstance(x, jax.Array)])
             start = time.perf_counter()
             self._compiled[key] = self._jit[kind].lower(*args).compile()
             self.compile_seconds += time.perf_counter() - start
@@ -373,6 +376,9 @@ def train(config: dict, run_dir: str | Path) -> dict:
         params, opt_state, rest = state["params"], state["opt_state"], state.get("rest", rest)
         log.info("resuming from step %d (checkpoint in %s)", meta["step"], ckpt.directory / "latest")
     start_step = meta["step"]
+    # A run killed between saving "best" and "latest" at one evaluation left a best newer than this step: the
+    # evaluations from here on decide again (meta's best_step is the best before it, still on disk).
+    ckpt.discard_after("best", start_step)
     # Several hosts: process 0 writes the metrics log and talks to W&B; the others train silently.
     writer = parallel.is_writer()
     # Line-buffered: each record reaches the file when written, so `tail -f metrics.jsonl` follows a run.
@@ -453,6 +459,9 @@ def train(config: dict, run_dir: str | Path) -> dict:
         metrics_log.close()
 
     best = ckpt.restore("best", train_state(params, opt_state, rest))
+    if best is not None and best[1]["step"] != meta["best_step"]:
+        log.warning("the best checkpoint on disk is of step %d, the record's best_step %s", best[1]["step"],
+                    meta["best_step"])
     best_params, best_rest = (best[0]["params"], best[0].get("rest", rest)) if best is not None else (params, rest)
     test = evaluate(steps, best_params, best_rest, test_arrays, config, mesh)
     ckpt.close()
