@@ -63,6 +63,14 @@ def _module(task: str):
     return importlib.import_module(f"{__name__}.{_MODULES[task]}")
 
 
+def _task_options(task: str, options: dict) -> dict:
+    """The options with the task's own defaults: Path-X is Pathfinder at 128x128 unless told otherwise (the
+    Pathfinder module's own default, 32, would silently load Pathfinder's data)."""
+    if task == "pathx":
+        return {"resolution": 128, **options}
+    return options
+
+
 def _check_pathfinder_length(task: str, options: dict) -> None:
     """Pathfinder/Path-X tokens are the pixels: max_length must be resolution squared."""
     if _MODULES[task] == "pathfinder" and "max_length" in options:
@@ -79,6 +87,7 @@ def _check_pathfinder_length(task: str, options: dict) -> None:
 
 def _loader(task: str) -> Callable[..., dict[str, np.ndarray]]:
     def load(split: str, *, data_dir, **options) -> dict[str, np.ndarray]:
+        options = _task_options(task, options)
         _check_pathfinder_length(task, options)
         return _module(task).load(split, data_dir=data_dir, **options)
 
@@ -95,6 +104,7 @@ def check_available(task: str, *, data_dir=None, **options) -> None:
     missing data in well under a second."""
     if task not in TASKS:
         raise ValueError(f"unknown LRA task {task!r}; valid tasks: {', '.join(sorted(TASKS))}")
+    options = _task_options(task, options)
     _check_pathfinder_length(task, options)
     _module(task).check_available(data_dir=default_data_dir(data_dir), **options)
 

@@ -600,3 +600,15 @@ def test_resolution_and_length_are_checked_before_any_file(tmp_path, task, optio
 
     with pytest.raises(ValueError, match=match):
         data.check_available(task, data_dir=tmp_path, **options)
+
+
+def test_pathx_without_a_resolution_is_128_not_pathfinder(tmp_path):
+    # Only Pathfinder-32 data on disk: Path-X must not quietly read it (its module default is 32).
+    from lra import data
+
+    PF.write_release(PF.release_dir(tmp_path, 32, "hard"), 20, resolution=32, difficulty="hard", seed=0, per_folder=20)
+    data.check_available("pathfinder", data_dir=tmp_path, max_length=1024)
+    with pytest.raises(FileNotFoundError, match="pathfinder128"):
+        data.check_available("pathx", data_dir=tmp_path, max_length=16384)
+    with pytest.raises(FileNotFoundError, match="pathfinder128"):
+        data.source("pathx", "train", data_dir=tmp_path, max_length=16384)
