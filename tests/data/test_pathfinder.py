@@ -137,6 +137,21 @@ def simple_statistics(images: np.ndarray) -> dict[str, np.ndarray]:
     return stats
 
 
+@pytest.mark.parametrize("difficulty", ["hard", "easy"])
+def test_labels_not_predictable_from_where_the_markers_are(difficulty):
+    # The markers' pair is placed alike in both classes: left to chance, the distance between them read 60%
+    # (hard) and 78% (easy) of the labels with one threshold, their midpoint's distance from the centre 62% and
+    # 64%. With 600 images per class a feature without signal stays under 0.5 + 2.30 * sqrt(2/600) / 2 = 0.566
+    # with probability 1 - 1e-4 (the KS bound above); 0.575 over the five features.
+    _, labels, m = PF.generate(1200, resolution=RES, difficulty=difficulty, seed=(11, 4), return_markers=True)
+    d, mid = m[:, 0] - m[:, 1], (m[:, 0] + m[:, 1]) / 2 - RES / 2
+    features = {"distance": np.hypot(*d.T), "|dx|": np.abs(d[:, 0]), "|dy|": np.abs(d[:, 1]),
+                "midpoint from centre": np.hypot(*mid.T),
+                "farther marker from centre": np.maximum(*(np.hypot(*(m[:, k] - RES / 2).T) for k in (0, 1)))}
+    scores = {name: best_threshold_accuracy(f, labels) for name, f in features.items()}
+    assert labels.sum() == 600 and max(scores.values()) <= 0.575, scores
+
+
 def test_labels_not_predictable_from_simple_statistics(release_arrays):
     # With 300 images per class and no signal, the best threshold's accuracy is 0.5 + KS/2, KS the two-sample
     # Kolmogorov-Smirnov statistic: above 0.594 with probability < 1e-4 per feature (KS critical value
