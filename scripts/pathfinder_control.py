@@ -129,6 +129,7 @@ def main(argv=None) -> int:
     from flax import nnx
 
     from lra import results
+    from lra.data import pathfinder
 
     model, optimizer, train_step, correct = build(args)
     (x_train, y_train), (x_val, y_val), (x_test, y_test) = splits["train"], splits["val"], splits["test"]
@@ -154,7 +155,8 @@ def main(argv=None) -> int:
     record = {
         "kind": "pathfinder_control", "model": f"cnn {args.layers}x3x3x{args.channels}, global max pool",
         "resolution": args.resolution, "difficulty": args.difficulty,
-        "data": f"generated, num {args.num}, seed {args.seed}" if args.num else "release folder",
+        "data": (f"generated (generator v{pathfinder.GENERATOR_VERSION}), num {args.num}, seed {args.seed}" if args.num
+                 else "release folder"),
         "sizes": {"train": int(len(y_train)), "val": int(len(y_val)), "test": int(len(y_test))},
         "steps": args.steps, "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed,
         "val_curve": curve, "best_val_accuracy": round(best[0], 4), "best_step": best[1],
