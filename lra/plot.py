@@ -229,8 +229,10 @@ def draw_summary(points: list[dict], tasks: list[str], profile, footnote: str, o
         xs = [x for _, x, _ in ref.values()]
         top.set_xlim(min(xs) / 1.5, max(xs) * 1.5)
     for axis in ([ax.xaxis, top.xaxis] if paper else [ax.xaxis]):
-        if axis.get_scale() == "log":   # 1, 2, 5 in each decade: one labelled tick per decade is too few
-            axis.set_major_locator(matplotlib.ticker.LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+        if axis.get_scale() == "log":   # 1, 2, 5 in each decade (every digit within less than one decade)
+            lo, hi = axis.get_view_interval()
+            subs = (1.0, 2.0, 5.0) if hi > 10 * lo else tuple(float(d) for d in range(1, 10))
+            axis.set_major_locator(matplotlib.ticker.LogLocator(base=10, subs=subs))
         axis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
         axis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     fig.text(0.01, 0.01, footnote, fontsize=7, color="0.35", wrap=True)
