@@ -478,6 +478,11 @@ def _concat(parts: list[_Canvas]) -> _Canvas:
     return out
 
 
+# The marker pairs of an image: both ends of target path 0 or of path 1 (positive), or one end of each
+# (negative); the ends are indexed as in _Canvas.ends.
+_MARKER_PAIRS = ((0, 1), (2, 3), (0, 2), (0, 3), (1, 2), (1, 3))
+
+
 def _matched_markers(rng: np.random.Generator, num: int, p: Params) -> tuple[_Canvas, np.ndarray, np.ndarray]:
     """The images' geometry, labels (exactly num // 2 positives, shuffled) and marker centres [num, 2, 2], with
     the placement of the marker pair distributed alike in both classes.
@@ -493,46 +498,49 @@ def _matched_markers(rng: np.random.Generator, num: int, p: Params) -> tuple[_Ca
     rest is discarded: about 2.2 images are drawn per image kept at hard, 4 at easy."""
     n_pos, n_neg = num // 2, num - num // 2
     width = p.resolution / 64
-    kept_pos, kept_neg, pools = [], [], []
-    offset, kept_fraction = 0, 0.75   # the share of a pool kept (hard: about 0.8), updated from each pool
-    while len(kept_pos) < n_pos or len(kept_neg) < n_neg:
+    options = np.array(_MARKER_PAIRS)                                  # [6, 2]: 0-1 positive, 2-5 negative
+    kept = ([], [])                                                    # by label: (image in all pools, option)
+    pools, offset, kept_fraction = [], 0, 0.8
+    while len(kept[1]) < n_pos or len(kept[0]) < n_neg:
         if len(pools) == 100:
-            raise RuntimeError(f"could not match the marker distances of the two classes; parameters: {p}")
-        missing = (n_pos - len(kept_pos)) + (n_neg - len(kept_neg))
+            raise RuntimeError(f"could not match the marker pairs of the two classes; parameters: {p}")
+        missing = (n_pos - len(kept[1])) + (n_neg - len(kept[0]))
         size = max(64, int(1.1 * missing / kept_fraction) + 16)
         pool = _draw_geometry(rng, size, p)
-        which = rng.integers(0, 2, (size, 3))
-        rows = np.arange(size)
-        pos_pair = np.stack([2 * which[:, 0], 2 * which[:, 0] + 1], axis=1)     # both ends of one path
-        neg_pair = np.stack([which[:, 1], 2 + which[:, 2]], axis=1)             # one end of each path
-        role = rng.permutation(np.arange(size) % 2)                            # 1: offered as a positive
-        pair = np.where(role[:, None] == 1, pos_pair, neg_pair)
-        ends = pool.ends[rows[:, None], pair]                                    # [size, 2, 2]
-        apart = np.hypot(*(ends[:, 0] - ends[:, 1]).T)
-        centre = np.hypot(*((ends[:, 0] + ends[:, 1]) / 2 - p.resolution / 2).T)
-        dist_bin = np.floor(apart / width).astype(np.int64) * 100_000 + np.floor(centre / (2 * width)).astype(np.int64)
-        order = rng.permutation(size)
-        pos_by_bin, neg_by_bin = {}, {}
-        for i in order:
-            (pos_by_bin if role[i] else neg_by_bin).setdefault(dist_bin[i], []).append(i)
-        pairs = [(a, b) for key in sorted(pos_by_bin) for a, b in zip(pos_by_bin[key], neg_by_bin.get(key, []))]
-        pairs = [pairs[k] for k in rng.permutation(len(pairs))]
-        kept_fraction = max(0.05, 2 * len(pairs) / size)
-        pools.append((pool, ends))
-        for a, b in pairs:
-            if len(kept_pos) < n_pos:
-                kept_pos.append(offset + a)
-            if len(kept_neg) < n_neg:
-                kept_neg.append(offset + b)
+        ends = pool.ends[:, options]                                       # [size, 6, 2 markers, (x, y)]
+        apart = np.hypot(*np.moveaxis(ends[:, :, 0] - ends[:, :, 1], -1, 0))
+        centre = np.hypot(*np.moveaxis((ends[:, :, 0] + ends[:, :, 1]) / 2 - p.resolution / 2, -1, 0))
+        bins = np.floor(apart / width).astype(np.int64) * 100_000 + np.floor(centre / (2 * width)).astype(np.int64)
+        # Greedy matching in random order: an image becomes the partner of a waiting image of the other class
+        # in the same bin when one of its six marker pairs allows (chosen at random among those that do);
+        # otherwise it waits, as a positive or a negative at random. Waiting images left at the end are dropped.
+        waiting = ({}, {})                                                 # by label: bin -> [(image, option)]
+        matched = []
+        for i in rng.permutation(size):
+            fits = [o for o in range(6) if waiting[0 if o < 2 else 1].get(bins[i, o])]
+            if fits:
+                o = fits[rng.integers(len(fits))]
+                partner = waiting[0 if o < 2 else 1][bins[i, o]].pop()
+                matched.append(((offset + i, o), partner) if o < 2 else (partner, (offset + i, o)))
+            else:
+                label = int(rng.integers(2))
+                o = int(rng.integers(2)) if label else 2 + int(rng.integers(4))
+                waiting[label].setdefault(bins[i, o], []).append((offset + i, o))
+        kept_fraction = max(0.05, 2 * len(matched) / size)
+        pools.append(pool)
+        for positive, negative in matched:
+            if len(kept[1]) < n_pos:
+                kept[1].append(positive)
+            if len(kept[0]) < n_neg:   # an odd num takes one negative more, its positive left out
+                kept[0].append(negative)
         offset += size
-    # An odd num needs one negative without a partner: pairs give the last one when it is needed.
-    canvas = _concat([c for c, _ in pools])
-    all_ends = np.concatenate([e for _, e in pools])
-    idx = np.array(kept_pos + kept_neg)
+    chosen = np.array(kept[1] + kept[0])                                   # [num, (image, option)]
     labels = np.concatenate([np.ones(n_pos, np.int32), np.zeros(n_neg, np.int32)])
     shuffle = rng.permutation(num)
-    idx, labels = idx[shuffle], labels[shuffle]
-    return _take(canvas, idx), labels, all_ends[idx]
+    chosen, labels = chosen[shuffle], labels[shuffle]
+    canvas = _take(_concat(pools), chosen[:, 0])
+    markers = canvas.ends[np.arange(num)[:, None], options[chosen[:, 1]]]
+    return canvas, labels, markers
 
 
 # --------------------------------------------------------------------------- PNG files
