@@ -490,7 +490,7 @@ def _matched_markers(rng: np.random.Generator, num: int, p: Params) -> tuple[_Ca
     Markers go on both ends of one target path (positive) or on one end of each target path (negative). Left
     to chance the pairs differ: the ends of one long path lie further apart than ends of two paths (of a short
     one, closer), and the midpoint of two paths' ends lies nearer the centre. A threshold on the distance alone
-    read 60% of hard and 78% of easy labels, on the midpoint's distance from the centre 62% and 64%: a model
+    read 60% of hard and 78% of easy labels, on the midpoint's distance from the centre 64% and 68%: a model
     could find the markers and measure instead of following the path. So geometry is drawn in pools: each
     image of a pool is offered as a positive or as a negative (half each, at random), and within each bin of
     (distance between the markers: resolution / 64 px wide; their midpoint's distance from the centre:

@@ -140,8 +140,8 @@ def simple_statistics(images: np.ndarray) -> dict[str, np.ndarray]:
 @pytest.mark.parametrize("difficulty", ["hard", "easy"])
 def test_labels_not_predictable_from_where_the_markers_are(difficulty):
     # The markers' pair is placed alike in both classes: left to chance, the distance between them read 60%
-    # (hard) and 78% (easy) of the labels with one threshold, their midpoint's distance from the centre 62% and
-    # 64%. With 600 images per class a feature without signal stays under 0.5 + 2.30 * sqrt(2/600) / 2 = 0.566
+    # (hard) and 78% (easy) of the labels with one threshold, their midpoint's distance from the centre 64% and
+    # 68%. With 600 images per class a feature without signal stays under 0.5 + 2.30 * sqrt(2/600) / 2 = 0.566
     # with probability 1 - 1e-4 (the KS bound above); 0.575 over the five features.
     _, labels, m = PF.generate(1200, resolution=RES, difficulty=difficulty, seed=(11, 4), return_markers=True)
     d, mid = m[:, 0] - m[:, 1], (m[:, 0] + m[:, 1]) / 2 - RES / 2
