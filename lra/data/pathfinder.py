@@ -491,11 +491,11 @@ def _matched_markers(rng: np.random.Generator, num: int, p: Params) -> tuple[_Ca
     to chance the pairs differ: the ends of one long path lie further apart than ends of two paths (of a short
     one, closer), and the midpoint of two paths' ends lies nearer the centre. A threshold on the distance alone
     read 60% of hard and 78% of easy labels, on the midpoint's distance from the centre 64% and 68%: a model
-    could find the markers and measure instead of following the path. So geometry is drawn in pools: each
-    image of a pool is offered as a positive or as a negative (half each, at random), and within each bin of
-    (distance between the markers: resolution / 64 px wide; their midpoint's distance from the centre:
-    resolution / 32 px) as many positives as negatives are kept, as matched pairs, until there are enough. The
-    rest is discarded: about 2.2 images are drawn per image kept at hard, 4 at easy."""
+    could find the markers and measure instead of following the path. So geometry is drawn in pools, and the
+    images are kept in pairs, one of each class, whose marker pairs fall in the same bin of (distance between
+    the markers: resolution / 64 px wide; their midpoint's distance from the centre: resolution / 32 px): each
+    image offers its six marker pairs (two positive, four negative) to the images waiting for a partner, see
+    the loop below. Images left without one are discarded: about 1.4 pictures are drawn per image kept."""
     n_pos, n_neg = num // 2, num - num // 2
     width = p.resolution / 64
     options = np.array(_MARKER_PAIRS)                                  # [6, 2]: 0-1 positive, 2-5 negative
