@@ -534,6 +534,9 @@ def _matched_markers(rng: np.random.Generator, num: int, p: Params) -> tuple[_Ca
             if len(kept[0]) < n_neg:   # an odd num takes one negative more, its positive left out
                 kept[0].append(negative)
         offset += size
+    if num == 0:
+        return _Canvas(0, 2 * p.contour_length + p.num_distractors * p.distractor_length), np.zeros(0, np.int32), \
+            np.zeros((0, 2, 2))
     chosen = np.array(kept[1] + kept[0])                                   # [num, (image, option)]
     labels = np.concatenate([np.ones(n_pos, np.int32), np.zeros(n_neg, np.int32)])
     shuffle = rng.permutation(num)

@@ -90,6 +90,11 @@ def test_labels_balanced_per_folder(release):
         assert labels != sorted(labels) and labels != sorted(labels, reverse=True)  # shuffled, not in blocks
 
 
+def test_generate_nothing():
+    images, labels, markers = PF.generate(0, resolution=RES, return_markers=True)
+    assert images.shape == (0, RES, RES) and labels.shape == (0,) and markers.shape == (0, 2, 2)
+
+
 def test_generate_is_seeded():
     a_img, a_lab = PF.generate(30, seed=(1, 2))
     b_img, b_lab = PF.generate(30, seed=(1, 2))
