@@ -162,13 +162,11 @@ def error_line(stderr: str) -> str:
     return errors[-1] if errors else lines[-1]
 
 
-def _is_int(v) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
 def check_bench(bench: dict) -> dict:
     """The benchmark's options, checked before any measurement (ValueError naming the option and a valid form).
     One variant or one length may be given bare (``attention=full``, ``lengths=1024``)."""
+    from lra.config import _is_int
+
     b = dict(bench)
     for key in ("variants", "lengths"):
         if isinstance(b.get(key), str) or _is_int(b.get(key)):
@@ -184,9 +182,8 @@ def check_bench(bench: dict) -> dict:
             raise ValueError(f"{key} must be an integer >= {low}, got {b.get(key)!r}")
     for key, optional in (("timeout_s", False), ("memory_limit_gb", True)):
         v = b.get(key)
-        if (v is None and optional) or key not in b:
-            continue
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0:
+        if key in b and not (v is None and optional) and (isinstance(v, bool) or not isinstance(v, (int, float))
+                                                          or not v > 0):
             raise ValueError(f"{key} must be a positive number{' or null' if optional else ''}, got {v!r}")
     return b
 

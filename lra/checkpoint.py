@@ -29,6 +29,12 @@ class CheckpointUnreadable(RuntimeError):
 KEEP = {"latest": 2, "best": 2}
 
 
+def has_checkpoints(directory: str | Path) -> bool:
+    """Whether a run saved any checkpoint under ``directory`` (Orbax writes one folder per step, named by the
+    step, in ``latest/`` and ``best/``); reads the folder names only."""
+    return any(p.name.isdigit() for which in KEEP for p in (Path(directory) / which).glob("*"))
+
+
 class RunCheckpoints:
     def __init__(self, directory: str | Path):
         self.directory = Path(directory).absolute()
@@ -42,8 +48,6 @@ class RunCheckpoints:
 
     def save(self, which: str, step: int, state, meta: dict) -> None:
         manager = self.managers[which]
-        if step in manager.all_steps():   # Orbax refuses to write a step twice, even with force=True
-            manager.delete(step)
         manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
                      force=True)
         manager.wait_until_finished()

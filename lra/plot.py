@@ -247,23 +247,19 @@ def draw_summary(points: list[dict], tasks: list[str], profile, footnote: str, o
     bounds = (frame.x0 + 2, frame.y0 + 2, frame.x1 - 2, frame.y1 - 2)
     groups = [("ours", ax, [(p["attention"], p["examples_per_second"], p["score"]) for p in points], 8, "black"),
               ("paper", top if paper else ax, [(n, x, avg) for n, (avg, x, _) in ref.items()], 7, "0.55")]
-    circles = []
-    for kind, axes, items, _, _ in groups:
-        for name, x, y in items:
-            cx, cy = axes.transData.transform((x, y))
-            circles.append((kind, name, float(cx), float(cy), math.sqrt(sizes[kind, name]) / 2 * px_per_pt))
-    ours_circles = [(x, y, r) for kind, _, x, y, r in circles if kind == "ours"]
+    # Bubbles in pixels: (centre x, centre y, radius), per group; a scatter size is an area in points^2.
+    circles = {kind: [(*map(float, axes.transData.transform((x, y))), math.sqrt(sizes[kind, name]) / 2 * px_per_pt)
+                      for name, x, y in items] for kind, axes, items, _, _ in groups}
     taken, artists = [], []
     for kind, axes, items, fontsize, color in groups:
         if not items:
             continue
         font = FontProperties(size=fontsize)
-        mine = [c for c in circles if c[0] == kind]
         dims = [renderer.get_text_width_height_descent(name, font, ismath=False)[:2] for name, _, _ in items]
-        boxes, far = place_labels([(x, y) for _, _, x, y, _ in mine], dims, [r for *_, r in mine], bounds,
-                                  obstacles=ours_circles, taken=taken)
+        boxes, far = place_labels([(cx, cy) for cx, cy, _ in circles[kind]], dims, [r for *_, r in circles[kind]],
+                                  bounds, obstacles=circles["ours"], taken=taken)
         taken += boxes
-        for (name, x, y), (_, _, cx, cy, _), box, leader in zip(items, mine, boxes, far):
+        for (name, x, y), (cx, cy, _), box, leader in zip(items, circles[kind], boxes, far):
             offset = (((box[0] + box[2]) / 2 - cx) / px_per_pt, ((box[1] + box[3]) / 2 - cy) / px_per_pt)
             artists.append(axes.annotate(
                 name, (x, y), xytext=offset, textcoords="offset points", fontsize=fontsize, color=color,

@@ -30,7 +30,7 @@ from flax import nnx
 from lra import batching, loggers, optim, parallel, results
 from lra import config as config_lib
 from lra import data as data_lib
-from lra.checkpoint import RunCheckpoints
+from lra.checkpoint import RunCheckpoints, has_checkpoints
 from models import Classifier, EncoderConfig, count_params
 
 log = logging.getLogger("lra.train")
@@ -509,18 +509,13 @@ def _ensure_recorded(record: dict, runs_path: Path) -> None:
         log.info("record appended to %s", runs_path)
 
 
-def _has_checkpoints(directory: Path) -> bool:
-    """Whether a run saved a checkpoint here (orbax writes one folder per step, named by the step)."""
-    return any(p.name.isdigit() for p in directory.glob("*/*"))
-
-
 def _claim_run_dir(run_dir: Path, config: dict) -> None:
     """Record the config of the run that owns this directory; refuse to resume a different one. A directory
     without a checkpoint (its run stopped on bad input, a memory refusal or missing data before the first save)
     holds nothing to resume, so the corrected run takes it over."""
     path = run_dir / "run_config.json"
     view = config_lib.resume_view(config)
-    if path.exists() and _has_checkpoints(run_dir / "checkpoints"):
+    if path.exists() and has_checkpoints(run_dir / "checkpoints"):
         old = json.loads(path.read_text())
         changes = config_lib.diff(old, json.loads(json.dumps(view)))
         if changes:

@@ -74,7 +74,7 @@ def _task_options(task: str, options: dict) -> dict:
 def _check_pathfinder_length(task: str, options: dict) -> None:
     """Pathfinder/Path-X tokens are the pixels: max_length must be resolution squared."""
     if _MODULES[task] == "pathfinder" and "max_length" in options:
-        res = options.get("resolution", 128 if task == "pathx" else 32)
+        res = options.get("resolution", 32)   # Path-X's options carry 128 already (_task_options)
         from lra.data.pathfinder import RESOLUTIONS   # the resolution first: no advice towards another error
 
         if res not in RESOLUTIONS:

@@ -214,6 +214,8 @@ class _Canvas:
     consecutive slots), and the ends of the two target paths [B, 4, 2]: start and end of target path 0,
     then of target path 1 (the possible marker centres)."""
 
+    FIELDS = ("x0", "y0", "x1", "y1", "nseg", "ends")   # the per-image arrays (first axis: image)
+
     def __init__(self, num_images: int, max_segments: int):
         shape = (num_images, max_segments)
         self.x0, self.y0, self.x1, self.y1 = (np.zeros(shape) for _ in range(4))
@@ -371,7 +373,7 @@ def _draw_geometry(rng: np.random.Generator, num: int, p: Params) -> _Canvas:
         for _ in range(p.num_distractors):
             canvas.grow(rng, idx, p, target=None)
         dst = todo[ok]
-        for name in ("x0", "y0", "x1", "y1", "nseg", "ends"):
+        for name in _Canvas.FIELDS:
             getattr(out, name)[dst] = getattr(canvas, name)[ok]
         todo = todo[~ok]
     if todo.size:
@@ -466,14 +468,14 @@ def generate(
 
 def _take(canvas: _Canvas, idx: np.ndarray) -> _Canvas:
     out = _Canvas(idx.size, canvas.x0.shape[1])
-    for name in ("x0", "y0", "x1", "y1", "nseg", "ends"):
+    for name in _Canvas.FIELDS:
         setattr(out, name, getattr(canvas, name)[idx])
     return out
 
 
 def _concat(parts: list[_Canvas]) -> _Canvas:
     out = _Canvas(0, parts[0].x0.shape[1])
-    for name in ("x0", "y0", "x1", "y1", "nseg", "ends"):
+    for name in _Canvas.FIELDS:
         setattr(out, name, np.concatenate([getattr(c, name) for c in parts]))
     return out
 
@@ -496,6 +498,8 @@ def _matched_markers(rng: np.random.Generator, num: int, p: Params) -> tuple[_Ca
     the markers: resolution / 64 px wide; their midpoint's distance from the centre: resolution / 32 px): each
     image offers its six marker pairs (two positive, four negative) to the images waiting for a partner, see
     the loop below. Images left without one are discarded: about 1.4 pictures are drawn per image kept."""
+    if num == 0:
+        return _draw_geometry(rng, 0, p), np.zeros(0, np.int32), np.zeros((0, 2, 2))
     n_pos, n_neg = num // 2, num - num // 2
     width = p.resolution / 64
     options = np.array(_MARKER_PAIRS)                                  # [6, 2]: 0-1 positive, 2-5 negative
@@ -534,9 +538,6 @@ def _matched_markers(rng: np.random.Generator, num: int, p: Params) -> tuple[_Ca
             if len(kept[0]) < n_neg:   # an odd num takes one negative more, its positive left out
                 kept[0].append(negative)
         offset += size
-    if num == 0:
-        return _Canvas(0, 2 * p.contour_length + p.num_distractors * p.distractor_length), np.zeros(0, np.int32), \
-            np.zeros((0, 2, 2))
     chosen = np.array(kept[1] + kept[0])                                   # [num, (image, option)]
     labels = np.concatenate([np.ones(n_pos, np.int32), np.zeros(n_neg, np.int32)])
     shuffle = rng.permutation(num)
