@@ -9,6 +9,11 @@ versions and the git commit), train metrics per logging step, eval metrics, and 
 throughput, memory, parameter count and accuracy as the run summary. The W&B run id is derived from the run
 directory, so a resumed run continues the same W&B run.
 
+Resuming: the steps between the checkpoint a run resumes from and the moment the earlier run was killed are run
+again. ``trim_metrics`` removes their rows from ``metrics.jsonl`` (they are written again, with the same losses:
+data order and dropout keys are functions of seed and step), and the W&B logger does not send steps the W&B run
+already holds (W&B keeps the first values and would warn about every repeated step).
+
 Never blocks without network: mode ``auto`` is online only when an API key is configured (``WANDB_API_KEY`` or
 a ``~/.netrc`` entry for api.wandb.ai) and offline otherwise (``wandb sync <run_dir>/wandb/offline-run-*``
 uploads later); an online start that fails or times out falls back to offline with a warning. ``WANDB_MODE``
@@ -17,6 +22,7 @@ set in the environment wins over the config.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import netrc
 import os
@@ -35,6 +41,33 @@ class Logger:
 
     def finish(self, record: dict | None = None) -> None:
         pass
+
+
+def trim_metrics(path: Path, step: int) -> int:
+    """Keep only the rows of ``metrics.jsonl`` up to ``step``, the step a run resumes from (0: starts afresh).
+
+    Later rows were written by the run that was killed after its last checkpoint; the resumed run writes them
+    again. A last line cut off by the kill goes too. Returns how many rows were removed; the file is replaced
+    atomically, so a second kill during the trim leaves the old file or the new one."""
+    path = Path(path)
+    if not path.exists():
+        return 0
+    lines = path.read_text().splitlines(keepends=True)
+    keep = []
+    for line in lines:
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(row, dict) and isinstance(row.get("step"), int) and row["step"] <= step and line.endswith("\n"):
+            keep.append(line)
+    if len(keep) < len(lines):
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text("".join(keep))
+        os.replace(tmp, path)
+        log.info("metrics.jsonl: removed %d rows after step %d, the step this run resumes from",
+                 len(lines) - len(keep), step)
+    return len(lines) - len(keep)
 
 
 def api_key_configured() -> bool:
@@ -98,10 +131,15 @@ class WandbLogger(Logger):
                           RuntimeWarning, stacklevel=2)
             self.run = wandb.init(mode="offline", settings=wandb.Settings(silent=True), **kwargs)
         self.mode = mode
-        log.info("W&B run %s (%s mode) in %s", self.run.id, mode, run_dir)
+        # A resumed W&B run starts after the last step it holds; the steps up to there that this run repeats
+        # (after its checkpoint) are not sent again.
+        self.first_step = int(getattr(self.run, "starting_step", 0) or 0)
+        log.info("W&B run %s (%s mode) in %s%s", self.run.id, mode, run_dir,
+                 f", resumed at step {self.first_step}" if self.first_step else "")
 
     def log(self, metrics: dict, step: int) -> None:
-        self.run.log(metrics, step=step)
+        if step >= self.first_step:
+            self.run.log(metrics, step=step)
 
     def finish(self, record: dict | None = None) -> None:
         if record is not None:
@@ -119,4 +157,5 @@ def make_logger(config: dict, run_dir: Path) -> Logger:
     raise ValueError(f"logger.name must be 'none' or 'wandb', got {name!r}")
 
 
-__all__ = ["Logger", "WandbLogger", "api_key_configured", "make_logger", "resolve_mode", "run_id"]
+__all__ = ["Logger", "WandbLogger", "api_key_configured", "make_logger", "resolve_mode", "run_id",
+           "trim_metrics"]

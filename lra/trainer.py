@@ -382,6 +382,8 @@ def train(config: dict, run_dir: str | Path) -> dict:
     # Several hosts: process 0 writes the metrics log and talks to W&B; the others train silently.
     writer = parallel.is_writer()
     # Line-buffered: each record reaches the file when written, so `tail -f metrics.jsonl` follows a run.
+    if writer:   # rows after the resume step are written again by this run
+        loggers.trim_metrics(run_dir / "metrics.jsonl", start_step)
     metrics_log = open(run_dir / "metrics.jsonl" if writer else os.devnull, "a", buffering=1)
     logger = loggers.make_logger(config, run_dir) if writer else loggers.Logger()
 
@@ -392,7 +394,7 @@ def train(config: dict, run_dir: str | Path) -> dict:
 
     prior_compile, prior_wall = meta["compile_seconds"], meta["wall_seconds"]
     progress = _progress_bar(t["train_steps"], start_step, t["progress"])
-    pending = []
+    pending, untimed = [], 0
     window_start, window_compile = time.perf_counter(), steps.compile_seconds
     sigterm = contextlib.ExitStack()
     term = sigterm.enter_context(_sigterm_flag())
@@ -404,12 +406,20 @@ def train(config: dict, run_dir: str | Path) -> dict:
             params, opt_state, rest, metrics = fn(params, opt_state, rest, batch, step_arr)
             pending.append(metrics)
             done = step + 1
+            if step == start_step:
+                # Warm-up: the first step of a process (first execution of the compiled program, buffers
+                # allocated) is not timed; the timing window opens when it has finished.
+                jax.block_until_ready(metrics)
+                window_start, window_compile, untimed = time.perf_counter(), steps.compile_seconds, 1
             is_eval = done % t["eval_every"] == 0 or done == t["train_steps"]
-            if done % t["log_every"] == 0 or is_eval:
+            stopping = term["stop"] and done < t["train_steps"]
+            if done % t["log_every"] == 0 or is_eval or stopping:   # SIGTERM: the window's rows are not lost
                 host = jax.device_get(pending)
                 elapsed = time.perf_counter() - window_start - (steps.compile_seconds - window_compile)
-                meta["timed_seconds"] += elapsed
-                meta["timed_steps"] += len(host)
+                timed = len(host) - untimed
+                if timed > 0:
+                    meta["timed_seconds"] += elapsed
+                    meta["timed_steps"] += timed
                 for i, m in enumerate(host):
                     if not (math.isfinite(float(m["loss"])) and math.isfinite(float(m["grad_norm"]))):
                         bad = done - len(host) + i
@@ -420,14 +430,16 @@ def train(config: dict, run_dir: str | Path) -> dict:
                 loss = float(np.mean([m["loss"] for m in host]))
                 acc = float(np.mean([m["accuracy"] for m in host]))
                 meta["last_train_loss"] = loss
-                sps = len(host) / elapsed if elapsed > 0 else float("nan")
+                sps = timed / elapsed if timed > 0 and elapsed > 0 else None   # null: only the warm-up step
                 metrics_log.write(json.dumps({"step": done, "train_loss": loss, "train_accuracy": acc,
                                               "steps_per_second": sps}) + "\n")
-                logger.log({"train/loss": loss, "train/accuracy": acc, "train/steps_per_second": sps,
+                logger.log({"train/loss": loss, "train/accuracy": acc,
+                            **({"train/steps_per_second": sps} if sps is not None else {}),
                             "train/grad_norm": float(np.mean([m["grad_norm"] for m in host]))}, done)
                 progress.update(len(host))
-                progress.set_postfix(loss=f"{loss:.3f}", acc=f"{acc:.3f}", steps_s=f"{sps:.2f}")
-                pending = []
+                progress.set_postfix(loss=f"{loss:.3f}", acc=f"{acc:.3f}",
+                                     **({"steps_s": f"{sps:.2f}"} if sps is not None else {}))
+                pending, untimed = [], 0
                 if is_eval:
                     val = evaluate(steps, params, rest, val_arrays, config, mesh)
                     meta["last_val"] = val
@@ -443,7 +455,7 @@ def train(config: dict, run_dir: str | Path) -> dict:
                                    f"{meta['best_val_accuracy']:.4f} at step {meta['best_step']}), "
                                    f"train loss {loss:.4f}")
                 window_start, window_compile = time.perf_counter(), steps.compile_seconds
-            if term["stop"] and done < t["train_steps"]:
+            if stopping:
                 if ckpt.latest_step() != done:  # an evaluation at this step has saved it already
                     save("latest", done)
                 progress.write(f"SIGTERM: checkpoint of step {done} saved in {ckpt.directory / 'latest'}; "

@@ -47,6 +47,8 @@ def test_smoke_run_logs_offline_to_the_run_directory(no_wandb_key, isolated):
 
 
 class FakeRun:
+    starting_step = 0   # what W&B says for a new run; a resumed one starts after its last step
+
     def __init__(self, **kwargs):
         self.kwargs, self.logged, self.summary, self.finished = kwargs, [], {}, False
         self.id = kwargs["id"]
@@ -89,6 +91,28 @@ def test_what_the_logger_sends(monkeypatch, tmp_path):
     assert kw["id"] == loggers.run_id(tmp_path / "run") and kw["resume"] == "allow"   # a resumed run continues
     assert run.logged == [(10, {"train/loss": 1.5})] and run.finished
     assert run.summary == {"test_accuracy": 0.5, "steps_per_second": 3.0, "params": 10}
+
+
+def test_a_resumed_wandb_run_is_not_sent_the_steps_it_holds(monkeypatch, tmp_path):
+    runs = fake_wandb(monkeypatch)
+    monkeypatch.setattr(FakeRun, "starting_step", 13)   # the killed run had logged up to step 12
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    logger = loggers.make_logger(compose_config(["profile=smoke", "logger=wandb"]), tmp_path / "run")
+    for step in (11, 12, 13, 14):
+        logger.log({"train/loss": 1.0}, step)
+    assert [step for step, _ in runs[0].logged] == [13, 14]
+
+
+def test_trim_metrics_keeps_the_rows_up_to_the_resume_step(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    assert loggers.trim_metrics(path, 5) == 0 and not path.exists()    # a fresh run: nothing to trim
+    rows = ['{"step": 5, "train_loss": 1.0}\n', '{"step": 5, "val_accuracy": 0.5}\n',
+            '{"step": 10, "train_loss": 0.9}\n']
+    path.write_text("".join(rows) + '{"step": 1')                       # the kill cut the last line
+    assert loggers.trim_metrics(path, 5) == 2
+    assert path.read_text() == "".join(rows[:2])
+    assert loggers.trim_metrics(path, 5) == 0 and path.read_text() == "".join(rows[:2])
+    assert loggers.trim_metrics(path, 0) == 2 and path.read_text() == ""  # no checkpoint: the run starts afresh
 
 
 def test_online_start_failure_falls_back_to_offline(monkeypatch, tmp_path):

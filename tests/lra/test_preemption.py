@@ -2,12 +2,14 @@
 
 A run killed at any moment and restarted with the same command resumes from its latest readable checkpoint and
 ends with the metrics of an uninterrupted run (data order and dropout keys are functions of seed and step)."""
+import json
 import logging
 import os
 import signal
 import subprocess
 import time
 
+import numpy as np
 import pytest
 
 from lra import results, trainer
@@ -120,6 +122,27 @@ def test_sigterm_during_an_evaluation_step_that_saves(isolated, tmp_path, monkey
     resumed = trainer.train(config, paths["run"])
     for key in SAME:
         assert resumed[key] == reference[key], key
+
+
+def test_sigterm_writes_the_metrics_of_the_unlogged_steps(isolated, tmp_path, monkeypatch):
+    # SIGTERM between two logging steps: the train row of the steps since the last one is written before the
+    # checkpoint, so the loss curve has no hole; its loss is the mean over those steps.
+    paths, _ = isolated
+    config = smoke(paths, "train.eval_every=10", "train.train_steps=20", "train.log_every=10")
+    every_step = trainer.train(smoke(paths, "train.eval_every=10", "train.train_steps=20", "train.log_every=1"),
+                               tmp_path / "every_step")
+    assert every_step["test_accuracy"] >= 0
+    stopped = interrupted_run(paths, monkeypatch, config, 13, stop=lambda: os.kill(os.getpid(), signal.SIGTERM),
+                              expect=trainer.Preempted)
+    assert stopped.step == 14
+    rows = [json.loads(x) for x in (paths["run"] / "metrics.jsonl").read_text().splitlines() if "train_loss" in x]
+    assert [r["step"] for r in rows] == [10, 14]
+    losses = {json.loads(x)["step"]: json.loads(x)["train_loss"]
+              for x in (tmp_path / "every_step" / "metrics.jsonl").read_text().splitlines() if "train_loss" in x}
+    assert rows[1]["train_loss"] == pytest.approx(np.mean([losses[s] for s in (11, 12, 13, 14)]), rel=1e-6)
+    trainer.train(config, paths["run"])
+    rows = [json.loads(x) for x in (paths["run"] / "metrics.jsonl").read_text().splitlines() if "train_loss" in x]
+    assert [r["step"] for r in rows] == [10, 14, 20]
 
 
 def corrupt(step_dir):

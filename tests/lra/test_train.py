@@ -113,9 +113,15 @@ class Interrupt(Exception):
     pass
 
 
+def metric_rows(run_dir):
+    """metrics.jsonl without the timings (which differ between runs)."""
+    rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in row.items() if k != "steps_per_second"} for row in rows]
+
+
 def test_resume_continues_exactly(isolated, tmp_path, monkeypatch):
     paths, _ = isolated
-    config = smoke_config(paths, "train.eval_every=10", "train.train_steps=30")
+    config = smoke_config(paths, "train.eval_every=10", "train.train_steps=30", "train.log_every=2")
     reference = trainer.train(config, tmp_path / "uninterrupted")
 
     original = trainer.batching.TrainBatches.batch
@@ -131,6 +137,11 @@ def test_resume_continues_exactly(isolated, tmp_path, monkeypatch):
     assert not (paths["run"] / "result.json").exists()
     assert RunCheckpoints(paths["run"] / "checkpoints").latest_step() == 10
     monkeypatch.setattr(trainer.batching.TrainBatches, "batch", original)
+    # The killed run logged steps 12 and 14 after its checkpoint, and a kill during a write leaves half a line.
+    logged = [json.loads(x)["step"] for x in (paths["run"] / "metrics.jsonl").read_text().splitlines()]
+    assert logged[-2:] == [12, 14]
+    with open(paths["run"] / "metrics.jsonl", "a") as f:
+        f.write('{"step": 16, "train_lo')
 
     seen = []
     monkeypatch.setattr(trainer.batching.TrainBatches, "batch",
@@ -144,6 +155,22 @@ def test_resume_continues_exactly(isolated, tmp_path, monkeypatch):
     for a, b in zip(jax.tree.leaves(p_ref), jax.tree.leaves(p_res)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     assert len(results.read_jsonl(paths["results"] / "runs.jsonl")) == 2  # reference + resumed, no duplicate
+    # Each step once in metrics.jsonl, with the uninterrupted run's values.
+    assert metric_rows(paths["run"]) == metric_rows(tmp_path / "uninterrupted")
+    # The first step of each process is warm-up and untimed: 29 timed steps in one process, 28 in two.
+    assert restore_params(config, tmp_path / "uninterrupted", "latest")[-1]["timed_steps"] == 29
+    assert restore_params(config, paths["run"], "latest")[-1]["timed_steps"] == 28
+
+
+def test_the_warm_up_step_is_not_timed(isolated):
+    paths, _ = isolated
+    record = trainer.train(smoke_config(paths, "train.log_every=1", "train.train_steps=4"), paths["run"])
+    rows = [json.loads(x) for x in (paths["run"] / "metrics.jsonl").read_text().splitlines() if "train_loss" in x]
+    assert [r["step"] for r in rows] == [1, 2, 3, 4]
+    # The first window holds only the warm-up step: no speed for it, and a finite speed from then on.
+    assert rows[0]["steps_per_second"] is None
+    assert all(r["steps_per_second"] > 0 for r in rows[1:])
+    assert record["steps_per_second"] > 0
 
 
 @pytest.mark.parametrize("kill_at,leftover", [(5, (5, None)), (10, (10, 5))])
