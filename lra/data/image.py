@@ -23,7 +23,8 @@ The cast back truncates (it does not round): pure green (0, 255, 0) gives trunc(
 150 of round(0.587 * 255). Everything is float32 as in TensorFlow; exact real arithmetic would differ by one
 grey level for 237 of the 2^24 colours, e.g. (0, 122, 186) is 93 here (exact value 92.999996). The order of the
 3-term sum is the one of a sequential dot product; the other two orders, or fused multiply-adds, would move
-31 to 47 of the 2^24 colours by one level.
+31 to 47 of the 2^24 colours by one level. Checked against TensorFlow 2.21.0's ``rgb_to_grayscale`` itself on
+all 2^24 colours: identical (tests/data/test_image.py keeps a SHA-256 of TensorFlow's output).
 
 Source: the official binary archive ``cifar-10-binary.tar.gz`` (``cifar-10-batches-bin/data_batch_{1..5}.bin``,
 ``test_batch.bin``; each record is 1 label byte + 3072 pixel bytes: 1024 R, 1024 G, 1024 B, each plane

@@ -1,5 +1,6 @@
 """Tests of the LRA Image (CIFAR-10 grayscale) data: the TF grayscale formula, records, splits, errors."""
 
+import hashlib
 import io
 import tarfile
 import time
@@ -65,6 +66,24 @@ def prepared(tmp_path_factory):
 )
 def test_gray_hand_computed_pixels(rgb, gray):
     assert I.rgb_to_gray(np.asarray([rgb], np.uint8)).tolist() == [gray]
+
+
+def all_colours() -> np.ndarray:
+    """Every one of the 2^24 RGB colours, [2^24, 3] uint8, in the order 0xRRGGBB."""
+    c = np.arange(1 << 24, dtype=np.uint32)
+    return np.stack([(c >> 16) & 255, (c >> 8) & 255, c & 255], -1).astype(np.uint8)
+
+
+# SHA-256 of tf.image.rgb_to_grayscale (TensorFlow 2.21.0, CPU) over all_colours() as 4096 x 4096 images, the
+# uint8 output in that order; made with TensorFlow itself (tests/data/test_tfds.py repeats it where TensorFlow
+# is installed).
+TF_GRAY_ALL_COLOURS_SHA256 = "824a76d81dad2c5a2cf1fa0b2c0a5afe7d871ec2970e4fa2809b53ddbecdca93"
+
+
+def test_gray_equals_tensorflow_on_every_colour():
+    got = I.rgb_to_gray(all_colours())
+    assert got.dtype == np.uint8 and got.shape == (1 << 24,)
+    assert hashlib.sha256(got.tobytes()).hexdigest() == TF_GRAY_ALL_COLOURS_SHA256
 
 
 def test_gray_agrees_with_exact_formula_away_from_ties():

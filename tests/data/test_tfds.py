@@ -79,6 +79,19 @@ def test_image_via_tfds_equals_archive_route(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(importlib.util.find_spec("tensorflow") is None, reason="TensorFlow not installed")
+def test_gray_is_tensorflows_on_every_colour():
+    import tensorflow as tf
+
+    from tests.data.test_image import TF_GRAY_ALL_COLOURS_SHA256, all_colours
+
+    rgb = all_colours()
+    want = tf.image.rgb_to_grayscale(tf.constant(rgb.reshape(4096, 4096, 3))).numpy().reshape(-1)
+    np.testing.assert_array_equal(I.rgb_to_gray(rgb), want)
+    assert hashlib.sha256(want.tobytes()).hexdigest() == TF_GRAY_ALL_COLOURS_SHA256
+
+
+@pytest.mark.slow
 @needs_tfds
 def test_text_via_tfds_has_the_archive_routes_reviews(tmp_path):
     archive = fixtures.write_imdb_archive(tmp_path / "dl", num_per_class=5, num_unsup=3, seed=1)
