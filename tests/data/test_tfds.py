@@ -17,6 +17,7 @@ import pytest
 
 from lra.data import fixtures, tfds_prep
 from lra.data import image as I
+from lra.data import retrieval as R
 from lra.data import text as T
 
 GOLDEN = {
@@ -89,6 +90,25 @@ def test_gray_is_tensorflows_on_every_colour():
     want = tf.image.rgb_to_grayscale(tf.constant(rgb.reshape(4096, 4096, 3))).numpy().reshape(-1)
     np.testing.assert_array_equal(I.rgb_to_gray(rgb), want)
     assert hashlib.sha256(want.tobytes()).hexdigest() == TF_GRAY_ALL_COLOURS_SHA256
+
+
+@pytest.mark.slow
+@needs_tfds
+def test_text_and_retrieval_tokens_are_lras_byte_encoder():
+    # LRA's text_classification and matching input pipelines: ByteTextEncoder().encode(bytes)[:max_length].
+    import tensorflow_datasets as tfds
+
+    encoder = tfds.deprecated.text.ByteTextEncoder()
+    assert encoder.vocab_size == T.VOCAB_SIZE
+    rng = np.random.default_rng(0)
+    samples = [bytes(range(256)), "Un film très réussi<br /><br />10/10 \u2605".encode(), b""]
+    samples += [rng.integers(0, 256, size=int(n)).astype(np.uint8).tobytes() for n in rng.integers(1, 1500, 20)]
+    for raw in samples:
+        for tokenize, max_length in ((T.tokenize, 1000), (R.tokenize, 4000), (R.tokenize, 100)):
+            ids, length = tokenize(raw, max_length)
+            want = encoder.encode(raw)[:max_length]
+            assert ids[:length].tolist() == want and length == len(want)
+            assert ids.shape == (max_length,) and not ids[length:].any()
 
 
 @pytest.mark.slow
