@@ -112,6 +112,36 @@ def test_text_and_retrieval_tokens_are_lras_byte_encoder():
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(importlib.util.find_spec("tensorflow") is None, reason="TensorFlow not installed")
+def test_retrieval_rows_are_what_lras_tsv_reader_gets(tmp_path):
+    # LRA's matching/input_pipeline.py reads the release TSVs with tf.data.experimental.make_csv_dataset (tab
+    # separated, no quoting, no header, label as float32) and encodes text[:10000][:max_length]. Quotes,
+    # backslashes, commas, non-ASCII, float labels, CRLF line ends and documents longer than 4000 bytes.
+    import tensorflow as tf
+
+    rng = np.random.default_rng(0)
+    pool = list("abc \"'\\,;é€") + ["  ", '""', "\\t"]
+    rows = ["\t".join([["0", "1", "1.0", "0.0"][i % 4], f"id{i}", f"id{i + 1}",
+                       "".join(rng.choice(pool, int(rng.integers(1, 5000)))),
+                       "".join(rng.choice(pool, int(rng.integers(1, 300))))]) for i in range(40)]
+    rows[3] = '1\tx\ty\t"a quoted start\tan end quote"'
+    path = tmp_path / "new_aan_pairs.test.tsv"
+    path.write_bytes(("\n".join(rows[:20]) + "\n" + "\r\n".join(rows[20:]) + "\r\n").encode())
+    columns = ["label", "id1", "id2", "text1", "text2"]
+    dataset = tf.data.experimental.make_csv_dataset(
+        [str(path)], 8, column_names=columns, column_defaults=[tf.float32] + [tf.string] * 4,
+        use_quote_delim=False, field_delim="\t", header=False, shuffle=False, num_epochs=1)
+    lra = list(dataset.unbatch().as_numpy_iterator())
+    ours = R.read_tsv(path, 4000)
+    assert len(lra) == len(ours["targets"]) == 40
+    for i, row in enumerate(lra):
+        assert ours["targets"][i] == int(row["label"])
+        for side in ("1", "2"):
+            got = ours["bytes" + side][i, : ours["lengths" + side][i]].tobytes()
+            assert got == row["text" + side][:10000][:4000], (i, side)
+
+
+@pytest.mark.slow
 @needs_tfds
 def test_text_via_tfds_has_the_archive_routes_reviews(tmp_path):
     archive = fixtures.write_imdb_archive(tmp_path / "dl", num_per_class=5, num_unsup=3, seed=1)
