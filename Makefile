@@ -44,7 +44,7 @@ test: setup ## the test suite: tiny shapes and the smoke profile, no GPU, no net
 test-slow: setup ## the slow tests too (real cpu-profile training)
 	$(BIN)/python -m pytest -q
 
-test-tfds: setup ## install the tfds extra (TensorFlow, ~600 MB) and check --via tfds against the archive route
+test-tfds: setup ## install the tfds extra (TensorFlow, ~600 MB); check --via tfds and our data against LRA's TF pipeline
 	$(BIN)/python -m pip install -q "tensorflow-cpu==2.21.0" "tensorflow-datasets==4.9.10" importlib_resources
 	$(BIN)/python -m pytest -q -m "slow or not slow" tests/data/test_tfds.py
 

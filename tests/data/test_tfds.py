@@ -1,4 +1,6 @@
-"""Text and Image as LRA got them through tensorflow-datasets.
+"""The data as LRA got it through TensorFlow and tensorflow-datasets: Text and Image built by tfds, the Text and
+Retrieval tokens of tfds's ByteTextEncoder, Retrieval rows read by make_csv_dataset, the Image grayscale of
+tf.image.rgb_to_grayscale, the Pathfinder splits of a tfds build made like LRA's.
 
 The archive route (no TensorFlow) must store CIFAR-10 in tfds's order, so that ``train[:90%]`` holds the same
 45,000 images as LRA's. ``GOLDEN`` was produced by tensorflow-datasets 4.9.10 itself (``cifar10`` 3.0.2, built
@@ -153,3 +155,52 @@ def test_text_via_tfds_has_the_archive_routes_reviews(tmp_path):
         assert len(a["targets"]) == len(b["targets"]) == 10
         rows = lambda d: sorted(map(tuple, np.c_[d["inputs"], d["targets"], d["lengths"]].tolist()))  # noqa: E731
         assert rows(a) == rows(b)
+
+
+@pytest.mark.slow
+@needs_tfds
+def test_pathfinder_splits_are_those_of_a_tfds_build_like_lras(tmp_path):
+    """A tfds builder made like LRA's (lra_benchmarks/data/pathfinder.py: one tfds split per difficulty, the key
+    ``<col 0>_<col 1>_<line number in its metadata file>``, the image stored from its path), read as LRA's
+    input pipeline reads it (``hard[:80%]`` etc., undecoded, empty images filtered out, then decode_png): the
+    same images and labels in each split as our loader, with an empty PNG among them as in the release."""
+    import tensorflow as tf
+    import tensorflow_datasets as tfds
+
+    from lra.data import pathfinder as PF
+
+    folder = PF.release_dir(tmp_path / "data", 32, "hard")
+    PF.generate_release(folder, 130, resolution=32, difficulty="hard", seed=1, per_folder=50)
+    sorted((folder / "imgs" / "1").iterdir())[4].write_bytes(b"")
+
+    class PathfinderLikeLra(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+        VERSION = tfds.core.Version("1.0.0")
+
+        def _info(self):
+            features = {"image": tfds.features.Image(), "label": tfds.features.ClassLabel(num_classes=2)}
+            return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict(features))
+
+        def _split_generators(self, dl_manager):
+            return {"hard": self._generate_examples()}
+
+        def _generate_examples(self):
+            for meta in tf.io.gfile.glob(str(folder / "metadata" / "*.npy")):
+                lines = tf.io.read_file(meta).numpy().decode("utf-8").split("\n")[:-1]
+                for number, line in enumerate(lines, start=1):
+                    cols = line.split(" ")
+                    yield f"{cols[0]}_{cols[1]}_{number}", {"image": str(folder / cols[0] / cols[1]),
+                                                           "label": int(cols[3])}
+
+    builder = PathfinderLikeLra(data_dir=str(tmp_path / "tfds"))
+    builder.download_and_prepare()
+    sizes = {}
+    for split, tfds_split in (("train", "hard[:80%]"), ("val", "hard[80%:90%]"), ("test", "hard[90%:]")):
+        ds = builder.as_dataset(split=tfds_split, decoders={"image": tfds.decode.SkipDecoding()})
+        ds = ds.filter(lambda x: tf.strings.length(x["image"]) > 0)
+        lra = sorted((tf.image.decode_png(x["image"]).numpy()[..., 0].tobytes(), int(x["label"])) for x in ds)
+        ours = PF.load(split, data_dir=tmp_path / "data", resolution=32, difficulty="hard")
+        assert lra == sorted((row.astype(np.uint8).tobytes(), int(t)) for row, t in zip(ours["inputs"],
+                                                                                      ours["targets"])), split
+        sizes[split] = len(lra)
+    assert sum(sizes.values()) == 129 and sizes["val"] == sizes["test"] == 13   # one image empty
+
