@@ -381,9 +381,9 @@ def train(config: dict, run_dir: str | Path) -> dict:
     ckpt.discard_after("best", start_step)
     # Several hosts: process 0 writes the metrics log and talks to W&B; the others train silently.
     writer = parallel.is_writer()
-    # Line-buffered: each record reaches the file when written, so `tail -f metrics.jsonl` follows a run.
     if writer:   # rows after the resume step are written again by this run
         loggers.trim_metrics(run_dir / "metrics.jsonl", start_step)
+    # Line-buffered: each record reaches the file when written, so `tail -f metrics.jsonl` follows a run.
     metrics_log = open(run_dir / "metrics.jsonl" if writer else os.devnull, "a", buffering=1)
     logger = loggers.make_logger(config, run_dir) if writer else loggers.Logger()
 
