@@ -880,11 +880,18 @@ def read_metadata(folder: str | os.PathLike) -> list[tuple[str, str, int]]:
 
 
 def _fingerprint(folder: Path, resolution: int) -> str:
-    """Changes whenever a metadata file is added, removed or rewritten."""
+    """Changes whenever a metadata file is added, removed or rewritten, and when an image folder changes (a file
+    added, removed, or replaced through a rename, as downloaders and ``cp`` to a new file do). An image rewritten
+    in place leaves its folder as it was: delete the cache file then. A few hundred stat calls, not one per
+    image."""
     h = hashlib.sha256(f"pathfinder-cache-{CACHE_FORMAT}-{resolution}".encode())
     for path in sorted((folder / "metadata").glob("*.npy")):
         st = path.stat()
         h.update(f"\n{path.name} {st.st_size} {st.st_mtime_ns}".encode())
+    images = folder / "imgs"
+    for path in sorted(images.iterdir()) if images.is_dir() else ():
+        if path.is_dir():
+            h.update(f"\nimgs/{path.name} {path.stat().st_mtime_ns}".encode())
     return h.hexdigest()
 
 
@@ -980,8 +987,8 @@ def read_release(folder: str | os.PathLike, resolution: int = 32) -> tuple[np.nd
     """uint8 images [N, res, res] and int32 labels [N] of every readable image of a release folder (the
     ``curv_contour_length_*`` level), in (folder, file) order. Unreadable images are skipped and counted in
     one log warning. The decoded arrays (and the tfds keys of the metadata entries, for split_of) are cached
-    in ``folder/decoded-cache.npz`` (written atomically) and reused while the metadata files are unchanged; a
-    read-only folder is decoded every time."""
+    in ``folder/decoded-cache.npz`` (written atomically) and reused while the metadata files and the image
+    folders are unchanged (see _fingerprint); a read-only folder is decoded every time."""
     images, labels, _, _ = _read_release(Path(folder), resolution)
     return images, labels
 

@@ -3,6 +3,7 @@
 import hashlib
 import logging
 import os
+import shutil
 import struct
 import time
 import zlib
@@ -329,6 +330,28 @@ def test_loader_reads_generated_release(release, release_arrays, monkeypatch):
     os.utime(meta, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))  # "rewritten": decode again
     assert np.array_equal(PF.load("val", data_dir=release)["inputs"], out["val"]["inputs"])
     assert len(calls) == NUM
+
+
+def test_cache_is_rebuilt_when_an_image_is_replaced(release, tmp_path, monkeypatch):
+    # An image replaced through a rename (a download tool, cp to a new file) changes its folder: decode again.
+    root = tmp_path / "copy"
+    shutil.copytree(release, root)   # file and folder times kept: the copied cache is current
+    folder = contour_folder(root)
+    val = PF.load("val", data_dir=root)["inputs"]
+    calls = []
+    real_read_png = PF.read_png
+    monkeypatch.setattr(PF, "read_png", lambda path: calls.append(path) or real_read_png(path))
+    assert np.array_equal(PF.load("val", data_dir=root)["inputs"], val) and not calls
+    first = val[0].astype(np.uint8)
+    path = next(folder / sub / name for sub, name, _ in read_metadata_by_hand(folder)
+                if real_read_png(folder / sub / name).tobytes() == first.tobytes())
+    (path.parent / "new.png").write_bytes(PF.encode_png(255 - first.reshape(RES, RES)))
+    os.replace(path.parent / "new.png", path)
+    st = path.parent.stat()
+    os.utime(path.parent, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))  # later, on any clock granularity
+    replaced = PF.load("val", data_dir=root)["inputs"]
+    assert len(calls) == NUM and np.array_equal(replaced[0], 255 - val[0])
+    assert np.array_equal(replaced[1:], val[1:])
 
 
 def write_hand_release(folder: Path, rng) -> dict[str, tuple[np.ndarray, int]]:
