@@ -295,6 +295,9 @@ def load_split(config: dict, split: str) -> dict:
     task = config["task"]
     src = data_lib.source(task["name"], split, data_dir=config["data_dir"], max_length=task["max_length"],
                           **task.get("data", {}))
+    if len(src) == 0:   # refused here, before any step: an empty evaluation would divide by zero after training
+        raise ValueError(f"the {split} split of task {task['name']} has no examples (data_dir={config['data_dir']}): "
+                         f"its files are empty or were cut short; prepare the data again (README, Tasks and data)")
     return pair_arrays(src.arrays)
 
 

@@ -27,6 +27,7 @@ import logging
 import os
 import sys
 import time
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -91,6 +92,9 @@ def read_tsv(path: str | os.PathLike, max_length: int = DEFAULT_MAX_LENGTH) -> d
                 buf += text
                 buf += bytes(max_length - len(text))
     n = len(targets)
+    if n == 0:
+        raise ValueError(f"{path}: no rows (an empty or cut file); get it again with scripts/get_lra_data.sh "
+                         f"--data-dir {path.parent.parent} --only retrieval")
     return {
         "bytes1": np.frombuffer(buf1, dtype=np.uint8).reshape(n, max_length),
         "bytes2": np.frombuffer(buf2, dtype=np.uint8).reshape(n, max_length),
@@ -123,8 +127,8 @@ def _read_cache(tsv: Path, max_length: int) -> dict[str, np.ndarray] | None:
                 log.info("%s is out of date (the TSV changed); tokenising again", path)
                 return None
             return {k: z[k] for k in ("bytes1", "bytes2", "lengths1", "lengths2", "targets")}
-    except (OSError, ValueError, KeyError) as e:  # unreadable or partial cache: rebuild it
-        log.warning("ignoring unreadable cache %s (%s)", path, e)
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:  # unreadable or partial: rebuild
+        log.warning("ignoring unreadable cache %s (%s: %s); tokenising again", path, type(e).__name__, e)
         return None
 
 
@@ -136,9 +140,14 @@ def load_raw(tsv: str | os.PathLike, max_length: int = DEFAULT_MAX_LENGTH) -> di
         t0 = time.monotonic()
         stamp = _stamp(tsv, max_length)
         raw = read_tsv(tsv, max_length)
-        C.save_npz(cache_path(tsv, max_length), stamp=stamp, **raw)
-        log.info("tokenised %s (%d pairs) in %.1fs; cached in %s", tsv, raw["targets"].size,
-                 time.monotonic() - t0, cache_path(tsv, max_length).name)
+        try:
+            C.save_npz(cache_path(tsv, max_length), stamp=stamp, **raw)
+        except OSError as e:   # a read-only folder (a shared copy of the release): load without a cache
+            log.warning("could not write the cache %s (%s); tokenising again on every load",
+                        cache_path(tsv, max_length), e)
+        else:
+            log.info("tokenised %s (%d pairs) in %.1fs; cached in %s", tsv, raw["targets"].size,
+                     time.monotonic() - t0, cache_path(tsv, max_length).name)
     return raw
 
 

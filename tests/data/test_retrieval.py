@@ -76,6 +76,12 @@ def test_crlf_and_blank_lines(tmp_path):
     assert d["lengths2"].tolist() == [2, 2] and d["targets"].tolist() == [1, 0]
 
 
+def test_an_empty_tsv_is_refused_with_the_command(tmp_path):
+    data_dir = release(tmp_path, val="\n")   # blank lines only: no pair
+    with pytest.raises(ValueError, match=r"eval.tsv: no rows .*get_lra_data.sh --data-dir .* --only retrieval"):
+        R.load("val", data_dir=data_dir)
+
+
 def test_wrong_column_count_names_file_and_line(tmp_path):
     data_dir = release(tmp_path, train="1\ta\tb\tx\ty\n\n0\ta\tb\tonly four\n")
     tsv = data_dir / "retrieval" / "new_aan_pairs.train.tsv"
@@ -123,12 +129,35 @@ def test_cache_is_written_and_used(tmp_path, monkeypatch):
     assert not list(tsv.parent.glob("*.tmp"))
 
 
-def test_corrupt_cache_is_rebuilt(tmp_path):
+def _flip_byte(data: bytes) -> bytes:
+    i = len(data) // 2
+    return data[:i] + bytes([data[i] ^ 0xFF]) + data[i + 1:]
+
+
+@pytest.mark.parametrize("damage", [lambda d: b"garbage", lambda d: d[: len(d) // 2], lambda d: b"", _flip_byte],
+                         ids=["garbage", "truncated", "empty", "flipped-byte"])
+def test_corrupt_cache_is_rebuilt(tmp_path, damage, caplog):
     data_dir = release(tmp_path)
     tsv = data_dir / "retrieval" / "new_aan_pairs.test.tsv"
-    R.load("test", data_dir=data_dir, max_length=4)
-    R.cache_path(tsv, 4).write_bytes(b"garbage")
+    want = R.load("test", data_dir=data_dir, max_length=4)
+    cache = R.cache_path(tsv, 4)
+    cache.write_bytes(damage(cache.read_bytes()))
+    got = R.load("test", data_dir=data_dir, max_length=4)
+    assert got["targets"].tolist() == [1, 1, 0] and np.array_equal(got["inputs1"], want["inputs1"])
+    assert "ignoring unreadable cache" in caplog.text
+    assert np.array_equal(R.load("test", data_dir=data_dir, max_length=4)["inputs2"], want["inputs2"])  # rewritten
+
+
+def test_a_folder_that_cannot_hold_the_cache_still_loads(tmp_path, monkeypatch, caplog):
+    # A read-only copy of the release: tokenised on every load, with a warning, instead of failing.
+    data_dir = release(tmp_path)
+
+    def read_only(path, **arrays):
+        raise OSError(30, "Read-only file system", str(path))
+
+    monkeypatch.setattr(R.C, "save_npz", read_only)
     assert R.load("test", data_dir=data_dir, max_length=4)["targets"].tolist() == [1, 1, 0]
+    assert "could not write the cache" in caplog.text
 
 
 # --------------------------------------------------------------------------- availability, fixtures, CLI

@@ -338,6 +338,20 @@ def test_official_release_files_are_read(isolated):
     assert record["test_examples"] == 16
 
 
+def test_an_empty_split_is_refused_before_training(isolated, monkeypatch):
+    paths, _ = isolated
+    from lra.data import listops
+
+    splits = listops.generate_splits(64, 0, 16, min_length=10, max_length=60, seed=5)   # no validation example
+    listops.write_splits(paths["data"] / "listops", splits)
+    config = smoke_config(paths, "task.data.generate=null")
+    steps = []
+    monkeypatch.setattr(trainer.batching.TrainBatches, "batch", lambda self, step: steps.append(step))
+    with pytest.raises(ValueError, match="the val split of task listops has no examples .* prepare the data again"):
+        trainer.train(config, paths["run"])
+    assert steps == []
+
+
 @pytest.mark.slow  # tests/lra/test_sweeps.py runs a multirun in the fast suite
 def test_sweep_runs_each_job_and_records_it(tmp_path, subprocess_env):
     """`python -m lra.train -m ... seed=0,1` (the README's sweep form) runs and records every job."""
