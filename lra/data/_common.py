@@ -88,11 +88,36 @@ def write_json(path: str | os.PathLike, obj) -> None:
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
-def read_manifest(folder: Path) -> dict | None:
+def read_manifest(folder: Path, hint: str = "prepare the data again") -> dict | None:
+    """The manifest of a prepared folder; None when there is none; ValueError naming it when it is unreadable."""
     path = Path(folder) / MANIFEST
     if not path.is_file():
         return None
-    return json.loads(path.read_text(encoding="utf-8"))
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path}: unreadable ({e}); {hint}") from None
+    if not isinstance(manifest, dict):
+        raise ValueError(f"{path}: not a manifest (a JSON object); {hint}")
+    return manifest
+
+
+def prepare_hint(task: str, data_dir, folder: Path, source: str) -> str:
+    """What to run when a prepared folder of ``task`` is damaged."""
+    if source == "smoke":
+        return f"delete {folder} (the smoke data is written again on the next run)"
+    return f"prepare them again with python -m lra.data.{task} prepare --data-dir {data_dir}"
+
+
+def load_array(path: Path, hint: str, *, mmap: bool = False) -> np.ndarray:
+    """``np.load`` of one prepared array; a missing, empty or cut file raises ValueError naming it and ``hint``
+    (what to run) instead of numpy's own errors."""
+    try:
+        return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+    except FileNotFoundError:
+        raise ValueError(f"{path}: missing from a prepared folder; {hint}") from None
+    except (OSError, ValueError, EOFError) as e:
+        raise ValueError(f"{path}: unreadable ({type(e).__name__}: {e}); {hint}") from None
 
 
 def publish(folder: Path, arrays: dict[str, np.ndarray], manifest: dict) -> None:

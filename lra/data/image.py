@@ -236,18 +236,17 @@ def load(split: str, *, data_dir, max_length: int = NUM_PIXELS, source: str = "r
         from . import fixtures
 
         fixtures.ensure_smoke(TASK, data_dir)
-    manifest = C.read_manifest(folder)
+    hint = C.prepare_hint(TASK, data_dir, folder, source)
+    manifest = C.read_manifest(folder, hint)
     if manifest is None:
         raise FileNotFoundError(_missing_message(data_dir, folder))
     if manifest.get("task") != TASK or manifest.get("format") != FORMAT:
-        raise ValueError(f"{folder / C.MANIFEST}: not CIFAR-10 arrays of format {FORMAT}; prepare them again with "
-                         f"python -m lra.data.image prepare --data-dir {data_dir}")
+        raise ValueError(f"{folder / C.MANIFEST}: not CIFAR-10 arrays of format {FORMAT}; {hint}")
     name = "test" if split == "test" else "train"
-    pixels = np.load(folder / f"{name}.pixels.npy", mmap_mode="r")
-    labels = np.load(folder / f"{name}.labels.npy")
+    pixels = C.load_array(folder / f"{name}.pixels.npy", hint, mmap=True)
+    labels = C.load_array(folder / f"{name}.labels.npy", hint)
     if pixels.shape != (labels.size, NUM_PIXELS):
-        raise ValueError(f"{folder}: {name} arrays are inconsistent; prepare them again with "
-                         f"python -m lra.data.image prepare --data-dir {data_dir}")
+        raise ValueError(f"{folder}: {name} arrays are inconsistent; {hint}")
     if split != "test":
         cut = split_point(labels.size)
         rows = slice(0, cut) if split == "train" else slice(cut, labels.size)

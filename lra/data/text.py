@@ -181,19 +181,18 @@ def load(split: str, *, data_dir, max_length: int = 1000, source: str = "release
         from . import fixtures
 
         fixtures.ensure_smoke(TASK, data_dir)
-    manifest = C.read_manifest(folder)
+    hint = C.prepare_hint(TASK, data_dir, folder, source)
+    manifest = C.read_manifest(folder, hint)
     if manifest is None:
         raise FileNotFoundError(_missing_message(data_dir, folder))
     if manifest.get("task") != TASK or manifest.get("format") != FORMAT:
-        raise ValueError(f"{folder / C.MANIFEST}: not IMDB arrays of format {FORMAT}; prepare them again with "
-                         f"python -m lra.data.text prepare --data-dir {data_dir}")
+        raise ValueError(f"{folder / C.MANIFEST}: not IMDB arrays of format {FORMAT}; {hint}")
     name = "train" if split == "train" else "test"
-    data = np.load(folder / f"{name}.bytes.npy", mmap_mode="r")
-    offsets = np.load(folder / f"{name}.offsets.npy")
-    labels = np.load(folder / f"{name}.labels.npy")
+    data = C.load_array(folder / f"{name}.bytes.npy", hint, mmap=True)
+    offsets = C.load_array(folder / f"{name}.offsets.npy", hint)
+    labels = C.load_array(folder / f"{name}.labels.npy", hint)
     if offsets.size != labels.size + 1 or offsets[-1] != data.size:
-        raise ValueError(f"{folder}: {name} arrays are inconsistent; prepare them again with "
-                         f"python -m lra.data.text prepare --data-dir {data_dir}")
+        raise ValueError(f"{folder}: {name} arrays are inconsistent; {hint}")
     inputs, lengths = C.tokens_from_concat(data, offsets, max_length)
     return {"inputs": inputs, "targets": labels.astype(np.int32), "lengths": lengths}
 
