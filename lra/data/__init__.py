@@ -75,7 +75,7 @@ def _check_pathfinder_length(task: str, options: dict) -> None:
     """Pathfinder/Path-X tokens are the pixels: max_length must be resolution squared."""
     if _MODULES[task] == "pathfinder" and "max_length" in options:
         res = options.get("resolution", 32)   # Path-X's options carry 128 already (_task_options)
-        from lra.data.pathfinder import RESOLUTIONS   # the resolution first: no advice towards another error
+        from lra.data.pathfinder import RESOLUTIONS  # the resolution first: no advice towards another error
 
         if res not in RESOLUTIONS:
             raise ValueError(f"task.data.resolution={res} is not one of Pathfinder's resolutions "

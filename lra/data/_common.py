@@ -15,16 +15,19 @@
 from __future__ import annotations
 
 import contextlib
+import gzip
 import hashlib
 import http.client
 import json
 import logging
 import os
 import shutil
+import tarfile
 import tempfile
 import time
 import urllib.error
 import urllib.request
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -179,6 +182,24 @@ def download(url: str, dest: Path, *, timeout: float, manual_hint: str, size: in
         raise ConnectionError(f"could not download {url} ({e}).\n{manual_hint}") from None
     log.info("downloaded %s (%.1f MB) in %.0fs", dest.name, dest.stat().st_size / 1e6, time.monotonic() - t0)
     return dest
+
+
+@contextlib.contextmanager
+def open_tar_gz(archive: Path, what: str) -> Iterator[tarfile.TarFile]:
+    """A streaming ``tarfile`` over ``gzip.open(archive)``, read to the end of the gzip stream on exit.
+
+    Unlike tarfile's own ``"r|gz"``, gzip checks the stream's CRC-32 and length at its end, so a cut or corrupted
+    archive is refused even without ``verify`` (a cut at a member boundary otherwise reads as a shorter archive).
+    Any reading error becomes ValueError naming the archive as ``what``."""
+    try:
+        with gzip.open(archive, "rb") as gz:
+            with tarfile.open(fileobj=gz, mode="r|") as tar:
+                yield tar
+            while gz.read(1 << 20):   # the padding after the tar's end: gzip checks CRC and length at EOF
+                pass
+    except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile) as e:
+        raise ValueError(f"{archive}: not a readable {what}, cut short or damaged ({type(e).__name__}: {e}); "
+                         f"download it again") from None
 
 
 def find_archive(manual_dir: str | os.PathLike, filename: str) -> Path:

@@ -50,13 +50,9 @@ synthetic archive (``lra.data.fixtures``) that ``load`` writes there on first us
 
 from __future__ import annotations
 
-import gzip
-import hashlib
 import logging
 import sys
-import tarfile
 import time
-import zlib
 from pathlib import Path
 
 import numpy as np
@@ -134,14 +130,11 @@ def read_archive(archive: str | Path) -> dict[str, tuple[np.ndarray, np.ndarray]
     archive = Path(archive)
     wanted = {PREFIX + f for f in TRAIN_FILES + TEST_FILES}
     decoded: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-    try:
-        with tarfile.open(archive, mode="r|gz") as tar:
-            for member in tar:
-                name = member.name.removeprefix("./")
-                if name in wanted and member.isfile():
-                    decoded[name] = decode_records(tar.extractfile(member).read(), f"{archive}:{name}")
-    except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile) as e:
-        raise ValueError(f"{archive}: not a readable {ARCHIVE} ({type(e).__name__}: {e})") from None
+    with C.open_tar_gz(archive, ARCHIVE) as tar:
+        for member in tar:
+            name = member.name.removeprefix("./")
+            if name in wanted and member.isfile():
+                decoded[name] = decode_records(tar.extractfile(member).read(), f"{archive}:{name}")
     missing = sorted(wanted - decoded.keys())
     if missing:
         raise ValueError(f"{archive}: missing member(s) {', '.join(missing)}; expected the official {ARCHIVE}")

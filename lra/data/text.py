@@ -34,13 +34,10 @@ tiny synthetic archive (``lra.data.fixtures``) that ``load`` writes there on fir
 
 from __future__ import annotations
 
-import gzip
 import logging
 import re
 import sys
-import tarfile
 import time
-import zlib
 from pathlib import Path
 
 import numpy as np
@@ -79,17 +76,14 @@ def read_archive(archive: str | Path) -> dict[str, tuple[list[bytes], list[int]]
     naming the archive when it cannot be read or a pos/neg folder of a split is absent."""
     archive = Path(archive)
     found: dict[str, list[tuple[str, bytes, int]]] = {s: [] for s in FILE_SPLITS}
-    try:
-        with tarfile.open(archive, mode="r|gz") as tar:
-            for member in tar:
-                m = _MEMBER.match(member.name)
-                if m is None or not member.isfile():
-                    continue
-                f = tar.extractfile(member)
-                text = f.read().strip() if f is not None else b""
-                found[m.group(1)].append((member.name, text, LABELS[m.group(2)]))
-    except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile) as e:
-        raise ValueError(f"{archive}: not a readable {ARCHIVE} ({type(e).__name__}: {e})") from None
+    with C.open_tar_gz(archive, ARCHIVE) as tar:
+        for member in tar:
+            m = _MEMBER.match(member.name)
+            if m is None or not member.isfile():
+                continue
+            f = tar.extractfile(member)
+            text = f.read().strip() if f is not None else b""
+            found[m.group(1)].append((member.name, text, LABELS[m.group(2)]))
     out = {}
     for split in FILE_SPLITS:
         rows = sorted(found[split], key=lambda r: r[0])

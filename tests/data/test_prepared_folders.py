@@ -1,5 +1,6 @@
-"""Damaged prepared folders of Text and Image (an array deleted, cut short or emptied, a broken manifest): a
-ValueError that names the file and the command to run, never numpy's or json's own error."""
+"""Damaged inputs of Text and Image: prepared folders (an array deleted, cut short or emptied, a broken manifest)
+and archives (cut short, a flipped byte), also without the size and SHA-256 check: a ValueError that names the
+file and what to do, never numpy's, json's, tarfile's or gzip's own error, and never a silently shorter dataset."""
 import shutil
 
 import pytest
@@ -46,3 +47,28 @@ def test_a_damaged_prepared_file_is_named_with_the_command(prepared, tmp_path, m
         module.load(split, data_dir=data_dir)
     assert str(path) in str(e.value) or f"{data_dir / task}:" in str(e.value)
     assert f"python -m lra.data.{task} prepare --data-dir {data_dir}" in str(e.value)
+
+
+def _flip(data: bytes, i: int) -> bytes:
+    return data[:i] + bytes([data[i] ^ 0x5A]) + data[i + 1:]
+
+
+@pytest.mark.parametrize("module, write", [(T, lambda d: fixtures.write_imdb_archive(d, num_per_class=3, num_unsup=1)),
+                                           (I, lambda d: fixtures.write_cifar_archive(d, num_train=10, num_test=5))])
+def test_a_cut_or_damaged_archive_is_refused_without_verify(tmp_path, module, write):
+    good = write(tmp_path / "good").read_bytes()
+    n = len(good)
+    damaged = {f"cut at {k} of 8": good[: k * n // 8] for k in range(1, 8)}
+    damaged |= {"cut before the trailer": good[:-8], "3 bytes": good[:3], "CRC": _flip(good, n - 6),
+                "length": _flip(good, n - 2), "middle": _flip(good, n // 2), "near the end": _flip(good, n - 40)}
+    for name, data in damaged.items():
+        archive = tmp_path / name / module.ARCHIVE
+        archive.parent.mkdir()
+        archive.write_bytes(data)
+        with pytest.raises(ValueError, match=str(archive)):
+            module.prepare(archive, tmp_path / name / "out", verify=False)
+        assert not (tmp_path / name / "out" / "manifest.json").exists(), name
+    archive = tmp_path / "intact" / module.ARCHIVE
+    archive.parent.mkdir()
+    archive.write_bytes(good)
+    assert (module.prepare(archive, tmp_path / "intact" / "out", verify=False) / "manifest.json").is_file()
