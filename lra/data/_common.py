@@ -178,6 +178,8 @@ def download(url: str, dest: Path, *, timeout: float, manual_hint: str, size: in
                     next_report = time.monotonic() + 10.0
             if total is not None and done != total:
                 raise ConnectionError(f"download of {url} stopped after {done} of {total} bytes")
+            if done == 0:
+                raise ConnectionError(f"{url} sent nothing (0 bytes)")
     except (urllib.error.URLError, TimeoutError, ConnectionError, http.client.HTTPException) as e:
         raise ConnectionError(f"could not download {url} ({e}).\n{manual_hint}") from None
     log.info("downloaded %s (%.1f MB) in %.0fs", dest.name, dest.stat().st_size / 1e6, time.monotonic() - t0)
@@ -200,6 +202,31 @@ def open_tar_gz(archive: Path, what: str) -> Iterator[tarfile.TarFile]:
     except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile) as e:
         raise ValueError(f"{archive}: not a readable {what}, cut short or damaged ({type(e).__name__}: {e}); "
                          f"download it again") from None
+
+
+def fetch_archive(dest: Path, url: str, *, size: int | None, sha256: str | None, timeout: float,
+                  manual_hint: str, verify: bool) -> Path:
+    """``dest`` when an earlier download is there, else a new download of ``url`` into it. With ``verify``, an
+    earlier download that fails the size and SHA-256 check is deleted and downloaded again, and a new download
+    that fails it is deleted (ValueError), so a bad download is never reused."""
+    if dest.is_file() and verify:
+        try:
+            verify_file(dest, size=size, sha256=sha256, hint="Deleting this earlier download; downloading again.")
+        except ValueError as e:
+            log.warning("%s", e)
+            dest.unlink()
+    if dest.is_file():
+        log.info("using the earlier download %s", dest)
+        return dest
+    download(url, dest, timeout=timeout, manual_hint=manual_hint, size=size)
+    if verify:
+        try:
+            verify_file(dest, size=size, sha256=sha256,
+                        hint=f"This download from {url} was deleted; run the command again, or:\n{manual_hint}")
+        except ValueError:
+            dest.unlink()
+            raise
+    return dest
 
 
 def find_archive(manual_dir: str | os.PathLike, filename: str) -> Path:
@@ -265,6 +292,16 @@ def tokens_from_padded_bytes(raw: np.ndarray, lengths: np.ndarray) -> np.ndarray
     return out
 
 
+def check_writable(folder: Path, hint: str) -> None:
+    """Create ``folder`` and a file in it, or raise ValueError saying why not and ``hint``."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-test-"):
+            pass
+    except OSError as e:
+        raise ValueError(f"cannot write into {folder} ({type(e).__name__}: {e.strerror or e}); {hint}") from None
+
+
 def prepare_main(argv, *, task: str, title: str, archive: str, fetch_and_prepare, report) -> int:
     """The ``python -m lra.data.<task> prepare`` command shared by the archive-based tasks (text, image):
     ``fetch_and_prepare(data_dir, manual_dir=, timeout=, verify=)`` does the work (``--via tfds``:
@@ -291,13 +328,14 @@ def prepare_main(argv, *, task: str, title: str, archive: str, fetch_and_prepare
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         data_dir = default_data_dir(a.data_dir)
+        check_writable(task_dir(data_dir, task), "choose another --data-dir (or $LRA_DATA)")   # before any work
         if a.via == "tfds":
             from . import tfds_prep
 
             out = tfds_prep.prepare(task, data_dir, manual_dir=a.manual_dir, verify=not a.no_verify)
         else:
             out = fetch_and_prepare(data_dir, manual_dir=a.manual_dir, timeout=a.timeout, verify=not a.no_verify)
-    except (FileNotFoundError, ValueError, ConnectionError, ImportError) as e:
+    except (OSError, ValueError, ImportError) as e:   # OSError: also a full disk, ConnectionError
         print(f"error: {e}", file=sys.stderr)
         return 1
     report(out, read_manifest(out))

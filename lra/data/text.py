@@ -140,9 +140,8 @@ def fetch_and_prepare(data_dir, *, manual_dir=None, timeout: float = 60.0, verif
     if manual_dir is not None:
         archive = C.find_archive(manual_dir, ARCHIVE)
     else:
-        archive = out / "source" / ARCHIVE
-        if not archive.is_file():
-            C.download(URL, archive, timeout=timeout, manual_hint=_manual_hint(data_dir), size=ARCHIVE_SIZE)
+        archive = C.fetch_archive(out / "source" / ARCHIVE, URL, size=ARCHIVE_SIZE, sha256=ARCHIVE_SHA256,
+                                  timeout=timeout, manual_hint=_manual_hint(data_dir), verify=verify)
     return prepare(archive, out, verify=verify)
 
 

@@ -5,6 +5,7 @@ import shutil
 
 import pytest
 
+from lra.data import _common as C
 from lra.data import fixtures
 from lra.data import image as I
 from lra.data import text as T
@@ -72,3 +73,47 @@ def test_a_cut_or_damaged_archive_is_refused_without_verify(tmp_path, module, wr
     archive.parent.mkdir()
     archive.write_bytes(good)
     assert (module.prepare(archive, tmp_path / "intact" / "out", verify=False) / "manifest.json").is_file()
+
+
+@pytest.mark.parametrize("module, write", [(T, lambda d: fixtures.write_imdb_archive(d, num_per_class=3, num_unsup=1)),
+                                           (I, lambda d: fixtures.write_cifar_archive(d, num_train=10, num_test=5))])
+def test_a_bad_download_is_never_reused(tmp_path, monkeypatch, module, write, caplog):
+    # The "official" archive is a fixture served from a file:// URL, with its own size and SHA-256.
+    good = write(tmp_path / "server")
+    monkeypatch.setattr(module, "URL", good.as_uri())
+    monkeypatch.setattr(module, "ARCHIVE_SIZE", good.stat().st_size)
+    monkeypatch.setattr(module, "ARCHIVE_SHA256", C.sha256_file(good))
+    data_dir = tmp_path / "data"
+    earlier = data_dir / module.TASK / "source" / module.ARCHIVE
+    earlier.parent.mkdir(parents=True)
+    earlier.write_bytes(good.read_bytes()[:1000])            # an interrupted earlier download
+    module.fetch_and_prepare(data_dir)                       # deleted, downloaded again, prepared
+    assert "Deleting this earlier download" in caplog.text
+    assert earlier.read_bytes() == good.read_bytes() and module.load("test", data_dir=data_dir)["targets"].size
+    # A new download that fails the check is deleted, and the error says so.
+    earlier.unlink()
+    other = tmp_path / "other" / module.ARCHIVE
+    other.parent.mkdir()
+    other.write_bytes(good.read_bytes()[:-1] + b"x")
+    monkeypatch.setattr(module, "URL", other.as_uri())
+    with pytest.raises(ValueError, match="This download from .* was deleted; run the command again"):
+        module.fetch_and_prepare(data_dir)
+    assert not earlier.exists()
+    # An empty answer is never kept, with or without the check.
+    empty = tmp_path / "empty" / module.ARCHIVE
+    empty.parent.mkdir()
+    empty.write_bytes(b"")
+    monkeypatch.setattr(module, "URL", empty.as_uri())
+    with pytest.raises(ConnectionError, match=r"sent nothing \(0 bytes\)"):
+        module.fetch_and_prepare(data_dir, verify=False)
+    assert not earlier.exists()
+
+
+@pytest.mark.parametrize("module", [T, I])
+def test_an_unwritable_data_dir_is_refused_before_reading_the_archive(tmp_path, monkeypatch, capsys, module):
+    not_a_folder = tmp_path / "a_file"
+    not_a_folder.write_text("")
+    monkeypatch.setattr(module, "read_archive", lambda *a: pytest.fail("read the archive first"))
+    assert module.main(["prepare", "--manual-dir", str(tmp_path), "--data-dir", str(not_a_folder)]) == 1
+    err = capsys.readouterr().err
+    assert f"cannot write into {not_a_folder / module.TASK}" in err and "choose another --data-dir" in err
