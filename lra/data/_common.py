@@ -293,13 +293,15 @@ def tokens_from_padded_bytes(raw: np.ndarray, lengths: np.ndarray) -> np.ndarray
 
 
 def check_writable(folder: Path, hint: str) -> None:
-    """Create ``folder`` and a file in it, or raise ValueError saying why not and ``hint``."""
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-test-"):
-            pass
-    except OSError as e:
-        raise ValueError(f"cannot write into {folder} ({type(e).__name__}: {e.strerror or e}); {hint}") from None
+    """Raise ValueError saying why and ``hint`` when ``folder`` could not be created or written (its nearest
+    existing ancestor is a file, or not writable: permissions, a read-only file system). Creates nothing."""
+    existing = Path(os.path.abspath(folder))
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ValueError(f"cannot write into {folder}: {existing} is a file, not a folder; {hint}")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ValueError(f"cannot write into {folder}: {existing} is not writable; {hint}")
 
 
 def prepare_main(argv, *, task: str, title: str, archive: str, fetch_and_prepare, report) -> int:

@@ -116,4 +116,9 @@ def test_an_unwritable_data_dir_is_refused_before_reading_the_archive(tmp_path, 
     monkeypatch.setattr(module, "read_archive", lambda *a: pytest.fail("read the archive first"))
     assert module.main(["prepare", "--manual-dir", str(tmp_path), "--data-dir", str(not_a_folder)]) == 1
     err = capsys.readouterr().err
-    assert f"cannot write into {not_a_folder / module.TASK}" in err and "choose another --data-dir" in err
+    assert f"cannot write into {not_a_folder / module.TASK}: {not_a_folder} is a file" in err
+    assert "choose another --data-dir" in err
+    # Not writable (what a read-only file system answers too), checked without creating anything.
+    monkeypatch.setattr(C.os, "access", lambda path, mode: False)
+    assert module.main(["prepare", "--manual-dir", str(tmp_path), "--data-dir", str(tmp_path / "new" / "d")]) == 1
+    assert f"{tmp_path} is not writable" in capsys.readouterr().err and not (tmp_path / "new").exists()
