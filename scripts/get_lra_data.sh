@@ -83,8 +83,10 @@ sha256_of() {
 
 # --------------------------------------------------------------------------- the archive
 
+OWN_DOWNLOAD=0
 if [[ -z $ARCHIVE ]]; then
   ARCHIVE="$DATA_DIR/downloads/lra_release.gz"
+  OWN_DOWNLOAD=1
   if [[ -f $ARCHIVE ]]; then
     echo "using the previously downloaded $ARCHIVE"
   else
@@ -103,13 +105,20 @@ if [[ -z $ARCHIVE ]]; then
   fi
 fi
 [[ -f $ARCHIVE ]] || die "archive not found: $ARCHIVE (download $URL, or check --archive)"
+# What to do with a bad archive: our own earlier download is reused by every run until it is deleted.
+if [[ $OWN_DOWNLOAD == 1 ]]; then
+  again="Delete it (rm '$ARCHIVE') and run this command again to download it anew."
+else
+  again="Download $URL again."
+fi
 
 magic=$(head -c 2 -- "$ARCHIVE" | od -An -tx1 | tr -d ' \n')
 [[ $magic == 1f8b ]] || die "$ARCHIVE is not a gzip file (first bytes '$magic', expected '1f8b'): \
-an interrupted download or an error page? Download $URL again."
+an interrupted download or an error page? $again"
 size=$(wc -c < "$ARCHIVE" | tr -d ' ')
 if [[ -n $EXPECTED_SIZE ]]; then
-  [[ $size == "$EXPECTED_SIZE" ]] || die "$ARCHIVE has $size bytes, expected $EXPECTED_SIZE: truncated or another file"
+  [[ $size == "$EXPECTED_SIZE" ]] || die "$ARCHIVE has $size bytes, expected $EXPECTED_SIZE: truncated or another \
+file. $again"
   echo "archive size: $size bytes, as expected"
 else
   echo "archive size: $size bytes (unchecked: the official size was not available offline; set LRA_RELEASE_SIZE)"
@@ -141,7 +150,7 @@ statuses=("${PIPESTATUS[@]}")
 set -e
 if [[ ${statuses[0]} != 0 ]]; then
   die "gzip integrity check failed for $ARCHIVE ($(tr '\n' ' ' < "$STAGE/gzip.log")): the file is corrupt or \
-truncated. Download $URL again."
+truncated. $again"
 fi
 
 # Folder of the staged tree that holds a member folder named $1 (the archive's prefix may vary).
@@ -200,11 +209,28 @@ staged_path() {
 bad=0
 checked=()
 if [[ -f $CHECKSUMS ]]; then
-  while read -r expected rel _; do
-    [[ -z $expected || $expected == \#* ]] && continue
-    rel=${rel#\*}
+  lineno=0
+  while IFS= read -r line || [[ -n $line ]]; do
+    lineno=$((lineno + 1))
+    line=${line%$'\r'}  # a file written on Windows
+    read -r expected rel _ <<< "$line"
+    [[ -z ${expected:-} || $expected == \#* ]] && continue
+    expected=${expected,,}  # sha256sum -c accepts upper-case digits too
+    rel=${rel#\*}; rel=${rel#./}
+    if [[ ! $expected =~ ^[0-9a-f]{64}$ || -z $rel ]]; then
+      echo "checksum file $CHECKSUMS line $lineno: not '<sha256>  <path>': $line" >&2
+      bad=1
+      continue
+    fi
     src=$(staged_path "$rel")
-    [[ -n $src ]] || continue  # a task that was not selected
+    if [[ -z $src ]]; then
+      case " $TASKS " in
+        *" ${rel%%/*} "*)  # a selected task, but not a file this script lays out
+          echo "checksum file $CHECKSUMS line $lineno: $rel is not a file this script lays out" >&2
+          bad=1 ;;
+      esac
+      continue  # otherwise a task that was not selected
+    fi
     if [[ ! -f $src ]]; then
       echo "checksum: $rel is listed in $CHECKSUMS but is not in the archive" >&2
       bad=1

@@ -241,6 +241,20 @@ def test_script_checksums(tmp_path):
     assert r.returncode == 0, r.stderr  # the pathfinder entry belongs to a task that was not selected
     assert f"{data}/listops/basic_train.tsv (sha256 ok)" in r.stdout
     assert f"{data}/listops/basic_val.tsv (unchecked: no checksum recorded)" in r.stdout
+    # CRLF line ends, "./" paths, upper-case digits and no final newline are read as sha256sum reads them.
+    sums.write_bytes(f"{good.upper()}  ./listops/basic_train.tsv\r\n{wrong}  retrieval/new_aan_pairs.eval.tsv"
+                     .encode())
+    r = run_script("--archive", archive, "--data-dir", data, "--only", "listops,retrieval", "--checksums", sums)
+    assert r.returncode != 0 and "checksum mismatch: retrieval/new_aan_pairs.eval.tsv" in r.stderr
+    sums.write_bytes(f"{good.upper()}  ./listops/basic_train.tsv\r\n".encode())
+    r = run_script("--archive", archive, "--data-dir", data, "--only", "listops", "--checksums", sums)
+    assert r.returncode == 0 and f"{data}/listops/basic_train.tsv (sha256 ok)" in r.stdout
+    # A line that cannot be used is reported, never skipped in silence.
+    for line, why in ((f"{good[:-1]}  listops/basic_train.tsv", "line 1: not '<sha256>  <path>'"),
+                      (f"{good}  listops/basic_train.tsv.bak", "line 1: listops/basic_train.tsv.bak is not a file")):
+        sums.write_text(line + "\n")
+        r = run_script("--archive", archive, "--data-dir", data, "--only", "listops", "--checksums", sums)
+        assert r.returncode != 0 and why in r.stderr, r.stderr
 
 
 @needs_tools
@@ -271,6 +285,13 @@ def test_script_rejects_bad_archives(tmp_path):
     assert r.returncode == 1 and "expected 123" in r.stderr
     r = run_script("--archive", tmp_path / "absent.gz", "--data-dir", tmp_path / "data")
     assert r.returncode == 1 and "archive not found" in r.stderr
+    # The script's own earlier download is reused by every run: a bad one must be named for deletion.
+    own = tmp_path / "data" / "downloads" / "lra_release.gz"
+    own.parent.mkdir(parents=True)
+    own.write_bytes(whole[: len(whole) // 2])
+    r = run_script("--data-dir", tmp_path / "data", "--only", "listops")
+    assert r.returncode == 1 and "using the previously downloaded" in r.stdout
+    assert f"gzip integrity check failed for {own}" in r.stderr and f"Delete it (rm '{own}')" in r.stderr
 
 
 @needs_tools
