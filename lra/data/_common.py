@@ -21,6 +21,7 @@ import http.client
 import json
 import logging
 import os
+import shlex
 import shutil
 import tarfile
 import tempfile
@@ -105,11 +106,16 @@ def read_manifest(folder: Path, hint: str = "prepare the data again") -> dict | 
     return manifest
 
 
+def q(path) -> str:
+    """``path`` as it must be typed in a shell command that a message suggests (quoted when it has spaces)."""
+    return shlex.quote(str(path))
+
+
 def prepare_hint(task: str, data_dir, folder: Path, source: str) -> str:
     """What to run when a prepared folder of ``task`` is damaged."""
     if source == "smoke":
         return f"delete {folder} (the smoke data is written again on the next run)"
-    return f"prepare them again with python -m lra.data.{task} prepare --data-dir {data_dir}"
+    return f"prepare them again with python -m lra.data.{task} prepare --data-dir {q(data_dir)}"
 
 
 def load_array(path: Path, hint: str, *, mmap: bool = False) -> np.ndarray:

@@ -174,7 +174,7 @@ def prepare(archive: str | Path, out: str | Path, *, verify: bool = True) -> Pat
 
 def _manual_hint(data_dir) -> str:
     return (f"Offline: download {URL} by hand on a machine with network access, put it in a folder DIR here, "
-            f"and run:\n    python -m lra.data.image prepare --manual-dir DIR --data-dir {data_dir}")
+            f"and run:\n    python -m lra.data.image prepare --manual-dir DIR --data-dir {C.q(data_dir)}")
 
 
 def fetch_and_prepare(data_dir, *, manual_dir=None, timeout: float = 60.0, verify: bool = True) -> Path:
@@ -201,9 +201,9 @@ def split_point(num_train_images: int) -> int:
 def _missing_message(data_dir, folder: Path) -> str:
     return (f"CIFAR-10 (LRA Image) data not prepared: {folder / C.MANIFEST} not found.\n"
             f"Prepare it once (downloads {ARCHIVE}, 170 MB, from {URL}) with:\n"
-            f"    python -m lra.data.image prepare --data-dir {data_dir}\n"
+            f"    python -m lra.data.image prepare --data-dir {C.q(data_dir)}\n"
             f"or, with the archive already downloaded into a folder DIR:\n"
-            f"    python -m lra.data.image prepare --manual-dir DIR --data-dir {data_dir}\n"
+            f"    python -m lra.data.image prepare --manual-dir DIR --data-dir {C.q(data_dir)}\n"
             f"The prepared arrays go to {folder}/.")
 
 

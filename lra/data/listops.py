@@ -435,7 +435,7 @@ def ensure_generated(
 def _cli_command(out: Path, **kw) -> str:
     kw = {**DEFAULTS, **kw}
     return (
-        f"python -m lra.data.listops --out {out} --num-train {kw['num_train']} --num-val {kw['num_val']} "
+        f"python -m lra.data.listops --out {_common.q(out)} --num-train {kw['num_train']} --num-val {kw['num_val']} "
         f"--num-test {kw['num_test']} --min-length {kw['min_length']} --max-length {kw['max_length']} "
         f"--seed {kw['seed']}"
     )

@@ -1052,7 +1052,7 @@ def split_indices(keys: Sequence[str | bytes], split: str, tfds_split: str = "ha
 
 def _cli_command(data_dir, resolution: int, difficulty: str | int) -> str:
     return (
-        f"python -m lra.data.pathfinder --out {data_dir} --resolution {resolution} "
+        f"python -m lra.data.pathfinder --out {_common.q(data_dir)} --resolution {resolution} "
         f"--difficulty {difficulty_name(difficulty)} --num {DEFAULTS['num']} --seed {DEFAULTS['seed']}"
     )
 
@@ -1062,7 +1062,8 @@ def _missing_message(data_dir, resolution: int, difficulty: str | int) -> str:
     return (
         f"Pathfinder data not found: {folder / 'metadata'} does not exist.\n"
         f"Generate it with:\n    {_cli_command(data_dir, resolution, difficulty)}\n"
-        f"or use the official LRA release: scripts/get_lra_data.sh --only pathfinder{resolution} --data-dir {data_dir} "
+        f"or use the official LRA release: scripts/get_lra_data.sh --only pathfinder{resolution} "
+        f"--data-dir {_common.q(data_dir)} "
         f"unpacks lra_release.gz there (or copy or symlink lra_release/lra_release/pathfinder{resolution} to "
         f"{Path(data_dir) / f'pathfinder{resolution}'}), so that the files lie in "
         f"{folder}/imgs/<k>/sample_<i>.png and {folder}/metadata/<k>.npy.\n"

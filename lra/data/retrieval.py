@@ -94,7 +94,7 @@ def read_tsv(path: str | os.PathLike, max_length: int = DEFAULT_MAX_LENGTH) -> d
     n = len(targets)
     if n == 0:
         raise ValueError(f"{path}: no rows (an empty or cut file); get it again with scripts/get_lra_data.sh "
-                         f"--data-dir {path.parent.parent} --only retrieval")
+                         f"--data-dir {C.q(path.parent.parent)} --only retrieval")
     return {
         "bytes1": np.frombuffer(buf1, dtype=np.uint8).reshape(n, max_length),
         "bytes2": np.frombuffer(buf2, dtype=np.uint8).reshape(n, max_length),
@@ -158,9 +158,9 @@ def _missing_message(data_dir, missing: list[Path]) -> str:
     folder = missing[0].parent
     return (f"AAN (LRA Retrieval) file(s) not found: {', '.join(str(p) for p in missing)}\n"
             f"Get them from the LRA release (lra_release.gz, 7.7 GB) with:\n"
-            f"    scripts/get_lra_data.sh --data-dir {data_dir} --only retrieval\n"
+            f"    scripts/get_lra_data.sh --data-dir {C.q(data_dir)} --only retrieval\n"
             f"or, with lra_release.gz already downloaded:\n"
-            f"    scripts/get_lra_data.sh --archive PATH/lra_release.gz --data-dir {data_dir} --only retrieval\n"
+            f"    scripts/get_lra_data.sh --archive PATH/lra_release.gz --data-dir {C.q(data_dir)} --only retrieval\n"
             f"which puts lra_release/tsv_data/new_aan_pairs.{{train,eval,test}}.tsv into {folder}/.")
 
 

@@ -130,7 +130,7 @@ def prepare(archive: str | Path, out: str | Path, *, verify: bool = True) -> Pat
 
 def _manual_hint(data_dir) -> str:
     return (f"Offline: download {URL} by hand on a machine with network access, put it in a folder DIR here, "
-            f"and run:\n    python -m lra.data.text prepare --manual-dir DIR --data-dir {data_dir}")
+            f"and run:\n    python -m lra.data.text prepare --manual-dir DIR --data-dir {C.q(data_dir)}")
 
 
 def fetch_and_prepare(data_dir, *, manual_dir=None, timeout: float = 60.0, verify: bool = True) -> Path:
@@ -151,9 +151,9 @@ def fetch_and_prepare(data_dir, *, manual_dir=None, timeout: float = 60.0, verif
 def _missing_message(data_dir, folder: Path) -> str:
     return (f"IMDB (LRA Text) data not prepared: {folder / C.MANIFEST} not found.\n"
             f"Prepare it once (downloads {ARCHIVE}, 84 MB, from {URL}) with:\n"
-            f"    python -m lra.data.text prepare --data-dir {data_dir}\n"
+            f"    python -m lra.data.text prepare --data-dir {C.q(data_dir)}\n"
             f"or, with the archive already downloaded into a folder DIR:\n"
-            f"    python -m lra.data.text prepare --manual-dir DIR --data-dir {data_dir}\n"
+            f"    python -m lra.data.text prepare --manual-dir DIR --data-dir {C.q(data_dir)}\n"
             f"The prepared arrays go to {folder}/.")
 
 

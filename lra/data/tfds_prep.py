@@ -83,7 +83,7 @@ def build(task: str, data_dir, *, manual_dir=None, verify: bool = True):
             builder.download_and_prepare(download_config=config)
         except Exception as e:  # tfds raises its own types (checksum mismatch, download errors)
             hint = (f"Put the official archive in a folder DIR and run: python -m lra.data.{task} prepare --via tfds "
-                    f"--manual-dir DIR --data-dir {data_dir}")
+                    f"--manual-dir DIR --data-dir {C.q(data_dir)}")
             raise ValueError(f"tensorflow-datasets could not build {name} ({type(e).__name__}: {e}).\n{hint}") from e
     log.info("tfds %s %s ready under %s (%.1fs)", name, builder.info.version, root, time.monotonic() - t0)
     return builder

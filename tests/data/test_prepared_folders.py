@@ -122,3 +122,13 @@ def test_an_unwritable_data_dir_is_refused_before_reading_the_archive(tmp_path, 
     monkeypatch.setattr(C.os, "access", lambda path, mode: False)
     assert module.main(["prepare", "--manual-dir", str(tmp_path), "--data-dir", str(tmp_path / "new" / "d")]) == 1
     assert f"{tmp_path} is not writable" in capsys.readouterr().err and not (tmp_path / "new").exists()
+
+
+def test_suggested_commands_quote_a_data_dir_with_spaces(tmp_path):
+    from lra import data
+
+    data_dir = tmp_path / "my data"
+    for task in ("text", "image", "retrieval", "pathfinder", "listops"):
+        with pytest.raises(FileNotFoundError) as e:
+            data.check_available(task, data_dir=data_dir, generate=None)
+        assert f"'{data_dir}" in str(e.value), task
