@@ -78,9 +78,9 @@ def scores(runs: list[dict], profile: str | None = None) -> tuple[dict[str, floa
             counts[r.get("profile")] += 1
         profile = max(counts, key=lambda p: (counts[p], str(p)))
     per = defaultdict(list)
-    for r in runs:
-        if r.get("profile") == profile and r.get("test_accuracy") is not None:
-            per[(r["task"], r["attention"])].append(float(r["test_accuracy"]))
+    for (task, attention, run_profile, _), r in results_lib.latest_per_seed(runs).items():   # a rerun replaces
+        if run_profile == profile:
+            per[(task, attention)].append(float(r["test_accuracy"]))
     tasks_of = defaultdict(set)
     for task, variant in per:
         tasks_of[variant].add(task)
@@ -92,11 +92,15 @@ def scores(runs: list[dict], profile: str | None = None) -> tuple[dict[str, floa
     return out, common, profile
 
 
+_MEASURES = ("length", "steps_per_second", "examples_per_second", "peak_memory_bytes")
+
+
 def bench_groups(rows: list[dict]) -> dict[tuple, list[dict]]:
-    """ok rows grouped by (preset, batch size, device)."""
+    """ok rows grouped by (preset, batch size, device); rows without a positive finite length, speed or memory
+    (an older format, a null) cannot be drawn and are left out."""
     groups = defaultdict(list)
     for r in rows:
-        if r.get("status") == "ok":
+        if r.get("status") == "ok" and all((results_lib.number(r.get(k)) or 0) > 0 for k in _MEASURES):
             groups[(r.get("bench"), r.get("batch_size"), r.get("device"))].append(r)
     return dict(groups)
 
@@ -463,6 +467,17 @@ def plot(results_dir: Path, out: Path, *, profile: str | None = None, bench: str
             "labels": labels, "files": [out, out.with_suffix(".html"), speed_png, memory_png]}
 
 
+def check_out(out: Path) -> None:
+    """Refuse, before drawing, a summary path that cannot be written: the charts go beside it."""
+    if out.suffix.lower() != ".png" or out.is_dir():
+        raise ValueError(f"--out {out}: give the summary PNG's file name, e.g. {out / 'lra_summary.png'} "
+                         f"(the HTML and the speed and memory charts are written beside it)")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ValueError(f"--out {out}: cannot create its folder ({e.strerror or e})") from None
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m lra.plot", description=__doc__.split("\n\n")[0])
     parser.add_argument("--results", default="results", help="folder with runs.jsonl and bench.jsonl")
@@ -474,6 +489,7 @@ def main(argv=None) -> int:
     results_dir = Path(args.results)
     out = Path(args.out) if args.out else results_dir / "lra_summary.png"
     try:
+        check_out(out)
         drawn = plot(results_dir, out, profile=args.profile, bench=args.bench, paper=not args.no_paper)
     except (FileNotFoundError, ValueError) as e:   # no records, or a malformed record line
         print(f"error: {e}")

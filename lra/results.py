@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+import math
 import os
 import platform
 import subprocess
@@ -40,9 +41,14 @@ def append_jsonl(path: str | os.PathLike, record: dict) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     line = (json.dumps(record, sort_keys=True, default=_json_default) + "\n").encode()
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
+        size = os.fstat(fd).st_size
+        if size and os.pread(fd, 1, size - 1) != b"\n":
+            # A line cut off by an older writer (a crash, a full disk, a hand edit): this record starts a line of
+            # its own, so that it stays readable and deleting the broken line never deletes it.
+            line = b"\n" + line
         written = os.write(fd, line)
         if written != len(line):  # disk full or similar: remove the partial line rather than leave it
             os.ftruncate(fd, os.fstat(fd).st_size - written)
@@ -53,17 +59,27 @@ def append_jsonl(path: str | os.PathLike, record: dict) -> None:
 
 
 def read_jsonl(path: str | os.PathLike) -> list[dict]:
-    """Records of a JSONL file; a malformed line raises ValueError naming the file and line."""
+    """Records of a JSONL file; a malformed line raises ValueError naming the file and line (a file that cannot
+    be read at all: ValueError naming it)."""
     records = []
-    with open(path) as f:
-        for number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{number}: not a JSON record ({e}); fix or delete that line, the "
-                                 f"other lines are read as they are") from None
+    try:
+        with open(path, "rb") as f:
+            lines = f.read().split(b"\n")
+    except IsADirectoryError:
+        raise ValueError(f"{path} is a folder, not a JSONL file of records") from None
+    for number, raw in enumerate(lines, 1):
+        if not raw.strip():
+            continue
+        fix = "fix or delete that line, the other lines are read as they are"
+        try:
+            record = json.loads(raw.decode("utf-8"))
+        except UnicodeDecodeError as e:
+            raise ValueError(f"{path}:{number}: not UTF-8 text ({e}); {fix}") from None
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}:{number}: not a JSON record ({e}); {fix}") from None
+        if not isinstance(record, dict):
+            raise ValueError(f"{path}:{number}: a JSON {type(record).__name__}, not a record (an object); {fix}")
+        records.append(record)
     return records
 
 
@@ -117,22 +133,44 @@ def device_description() -> str:
     return f"{platform_name}: {devices[0].device_kind} x{len(devices)}"
 
 
+def number(value) -> float | None:
+    """``value`` as a finite float, or None (absent, null, NaN, infinite, not a number: a record of an older
+    version or of a run that could not measure it)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value) if math.isfinite(value) else None
+
+
+def _fmt(value, spec: str, scale: float = 1.0, suffix: str = "") -> str:
+    x = number(value)
+    return "-" if x is None else f"{x * scale:{spec}}{suffix}"
+
+
+def latest_per_seed(records: list[dict]) -> dict[tuple, dict]:
+    """(task, attention, profile, seed) -> the latest record with a finite test accuracy: a rerun of a seed
+    replaces it, in every table and chart alike."""
+    latest: dict[tuple, dict] = {}
+    for r in records:
+        if number(r.get("test_accuracy")) is not None:
+            latest[(r.get("task"), r.get("attention"), r.get("profile"), r.get("seed"))] = r
+    return latest
+
+
 def runs_table(records: list[dict]) -> str:
     """Markdown table of run records, in file order (generated from the records, never typed by hand)."""
     columns = ["task", "attention", "profile", "seed", "params", "test acc", "best val acc (step)", "steps/s",
                "load", "compile s", "wall min", "device"]
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for r in records:
-        sps = r.get("steps_per_second")
-        params = f"{r.get('params', 0):,}"
-        if r.get("params_ratio") not in (None, 1.0):  # the LRA rule compares with the full Transformer
+        params = _fmt(r.get("params"), ",.0f")
+        if number(r.get("params_ratio")) not in (None, 1.0):  # the LRA rule compares with the full Transformer
             params += f" ({r['params_ratio']:.2f}x full)"
         cells = [r.get("task"), r.get("attention"), r.get("profile"), r.get("seed"), params,
-                 f"{100 * r['test_accuracy']:.2f}%", f"{100 * r['best_val_accuracy']:.2f}% ({r.get('best_step')})",
-                 "-" if sps is None else f"{sps:.2f}",
-                 "-" if r.get("load_average_1m") is None else f"{r['load_average_1m']:.1f}",
-                 f"{r.get('compile_seconds') or 0:.1f}",
-                 f"{(r.get('wall_seconds') or 0) / 60:.1f}", r.get("device")]
+                 _fmt(r.get("test_accuracy"), ".2f", 100, "%"),
+                 f"{_fmt(r.get('best_val_accuracy'), '.2f', 100, '%')} ({r.get('best_step')})",
+                 _fmt(r.get("steps_per_second"), ".2f"), _fmt(r.get("load_average_1m"), ".1f"),
+                 _fmt(r.get("compile_seconds"), ".1f"), _fmt(r.get("wall_seconds"), ".1f", 1 / 60),
+                 r.get("device")]
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")
     return "\n".join(lines)
 
@@ -162,8 +200,8 @@ def bench_table(rows: list[dict]) -> str:
     """Markdown table of benchmark rows: steps/s, speedup over full attention (its XLA path, same length, batch
     and device) and memory, per length; ``impl`` says whether a row ran the XLA path or the Pallas kernels."""
     ok = [r for r in rows if r.get("status") == "ok"]
-    full = {(r["length"], r["batch_size"], r.get("device")): r["steps_per_second"] for r in ok
-            if r["attention"] == "full" and (r.get("impl") or "xla") == "xla"}
+    full = {(r.get("length"), r.get("batch_size"), r.get("device")): number(r.get("steps_per_second")) for r in ok
+            if r.get("attention") == "full" and (r.get("impl") or "xla") == "xla"}
     lines = ["| attention | impl | length | batch | steps/s | speedup vs full (xla) | forward ms | GFLOP/s | "
              "memory (MiB) | memory method | device |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     order = sorted(rows, key=lambda r: (r.get("length", 0), r.get("batch_size", 0), r.get("attention", ""),
@@ -173,12 +211,12 @@ def bench_table(rows: list[dict]) -> str:
         if r.get("status") != "ok":
             lines.append(f"{head} {r.get('status')} | - | - | - | - | - | {r.get('device', '')} |")
             continue
-        base = full.get((r["length"], r["batch_size"], r.get("device")))
-        speedup = f"{r['steps_per_second'] / base:.2f}x" if base else "-"
-        fwd = f"{r['forward_ms']:,.0f}" if r.get("forward_ms") else "-"
-        gflops = f"{r['achieved_flops_per_second'] / 1e9:.1f}" if r.get("achieved_flops_per_second") else "-"
-        lines.append(f"{head} {r['steps_per_second']:.3f} | {speedup} | {fwd} | {gflops} | "
-                     f"{r['peak_memory_bytes'] / 2**20:,.0f} | {r['memory_method']} | {r['device']} |")
+        base, sps = full.get((r.get("length"), r.get("batch_size"), r.get("device"))), number(r.get("steps_per_second"))
+        speedup = f"{sps / base:.2f}x" if base and sps is not None else "-"
+        lines.append(f"{head} {_fmt(sps, '.3f')} | {speedup} | {_fmt(r.get('forward_ms'), ',.0f')} | "
+                     f"{_fmt(r.get('achieved_flops_per_second'), '.1f', 1e-9)} | "
+                     f"{_fmt(r.get('peak_memory_bytes'), ',.0f', 2**-20)} | {r.get('memory_method', '-')} | "
+                     f"{r.get('device', '')} |")
     return "\n".join(lines)
 
 
@@ -187,19 +225,15 @@ def summary_table(records: list[dict]) -> str:
     (task, attention, profile), with the mean steps/s; the latest record of a repeated seed counts."""
     import statistics
 
-    latest: dict[tuple, dict] = {}
-    for r in records:
-        if r.get("test_accuracy") is not None:
-            latest[(r.get("task"), r.get("attention"), r.get("profile"), r.get("seed"))] = r
     groups: dict[tuple, list[dict]] = {}
-    for (task, attention, profile, _), r in latest.items():
+    for (task, attention, profile, _), r in latest_per_seed(records).items():
         groups.setdefault((task, attention, profile), []).append(r)
     lines = ["| task | attention | profile | seeds | test acc mean | std | steps/s |", "|---|---|---|---|---|---|---|"]
     for key in sorted(groups, key=lambda k: tuple(str(x) for x in k)):
         runs = groups[key]
         accs = [100 * r["test_accuracy"] for r in runs]
         std = f"{statistics.stdev(accs):.2f}" if len(accs) > 1 else "-"
-        sps = [r["steps_per_second"] for r in runs if r.get("steps_per_second")]
+        sps = [number(r.get("steps_per_second")) for r in runs if number(r.get("steps_per_second"))]
         seeds = ",".join(str(r.get("seed")) for r in sorted(runs, key=lambda r: r.get("seed") or 0))
         speed = f"{statistics.fmean(sps):.2f}" if sps else "-"
         lines.append(f"| {key[0]} | {key[1]} | {key[2]} | {seeds} | {statistics.fmean(accs):.2f}% | {std} | {speed} |")

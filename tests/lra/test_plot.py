@@ -130,3 +130,36 @@ def test_a_profile_or_preset_that_was_not_recorded_is_named(results, capsys):
     assert plot.main(["--results", str(results), "--bench", "gpu"]) == 1
     assert "no ok rows of bench preset 'gpu'" in capsys.readouterr().out
     assert plot.main(["--results", str(results), "--profile", "lra", "--bench", "cpu"]) == 0
+
+
+def test_reruns_nulls_and_older_records_are_drawn_like_the_tables_read_them(results, capsys):
+    runs = plot.results_lib.read_jsonl(results / "runs.jsonl")
+    # A rerun of seed 0 replaces it (as in lra.results --summary); a NaN or missing accuracy counts for nothing.
+    runs += [run("listops", "full", 0.10), run("listops", "local", float("nan"), seed=1),
+             {"task": "listops", "attention": "local", "seed": 2, "profile": "cpu"}]
+    write(results / "runs.jsonl", runs)
+    score, _, _ = plot.scores(plot.results_lib.read_jsonl(results / "runs.jsonl"))
+    assert score == pytest.approx({"full": 20.0, "local": 20.0, "linear": 36.0})
+    assert "20.00%" in plot.results_lib.summary_table(runs)
+    # Bench rows without a speed or memory (null, an older format) are left out, not a traceback.
+    rows = plot.results_lib.read_jsonl(results / "bench.jsonl")
+    rows += [bench("sparse", 4096, None, 2**30), {**bench("bigbird", 4096, 0.3, 2**30), "peak_memory_bytes": None},
+             {k: v for k, v in bench("reformer", 4096, 0.3, 2**30).items() if k != "examples_per_second"}]
+    write(results / "bench.jsonl", rows)
+    assert plot.main(["--results", str(results), "--out", str(results / "c" / "s.png")]) == 0
+    out = capsys.readouterr().out
+    assert all(name not in out.split("no bench row")[0] for name in ("sparse", "bigbird", "reformer"))
+    assert "| sparse | xla | 4096 | 4 | - |" in plot.results_lib.bench_table(rows)
+    table = plot.results_lib.runs_table(runs)
+    assert table.count("| - |") >= 1 and "nan" not in table
+
+
+@pytest.mark.parametrize("out, why", [("folder", "give the summary PNG's file name"),
+                                      ("summary", "give the summary PNG's file name"),
+                                      ("a_file/s.png", "cannot create its folder")])
+def test_an_out_path_that_cannot_be_written_is_refused_before_drawing(results, capsys, monkeypatch, out, why):
+    (results / "folder").mkdir()
+    (results / "a_file").write_text("")
+    monkeypatch.setattr(plot, "plot", lambda *a, **k: pytest.fail("drew first"))
+    assert plot.main(["--results", str(results), "--out", str(results / out)]) == 1
+    assert why in capsys.readouterr().out

@@ -36,6 +36,34 @@ def test_write_json_atomic_and_read_errors(tmp_path):
         results.read_jsonl(bad)
 
 
+def test_a_record_appended_after_a_cut_line_stays_readable(tmp_path):
+    # An older writer left half a line (or a valid line without its newline): the next record starts a line of
+    # its own, so deleting the broken line, as the error says, never deletes a finished result.
+    path = tmp_path / "runs.jsonl"
+    path.write_text('{"a": 1}\n{"a": 2, "b"')
+    results.append_jsonl(path, {"a": 3})
+    with pytest.raises(ValueError, match="runs.jsonl:2: not a JSON record"):
+        results.read_jsonl(path)
+    lines = path.read_text().splitlines()
+    path.write_text("\n".join(lines[:1] + lines[2:]) + "\n")
+    assert results.read_jsonl(path) == [{"a": 1}, {"a": 3}]
+    path.write_text('{"a": 1}')   # valid, but no final newline
+    results.append_jsonl(path, {"a": 2})
+    assert results.read_jsonl(path) == [{"a": 1}, {"a": 2}]
+
+
+@pytest.mark.parametrize("content, match", [(b'{"a": 1}\n[1, 2]\n', "x.jsonl:2: a JSON list, not a record"),
+                                            (b'{"a": 1}\n"text"\n', "x.jsonl:2: a JSON str, not a record"),
+                                            (b'{"a": "\xff"}\n', "x.jsonl:1: not UTF-8 text")])
+def test_lines_that_are_not_records_are_named(tmp_path, content, match):
+    (tmp_path / "x.jsonl").write_bytes(content)
+    with pytest.raises(ValueError, match=match):
+        results.read_jsonl(tmp_path / "x.jsonl")
+    (tmp_path / "d.jsonl").mkdir()
+    with pytest.raises(ValueError, match="d.jsonl is a folder"):
+        results.read_jsonl(tmp_path / "d.jsonl")
+
+
 def test_cli_names_a_malformed_line(tmp_path, capsys):
     (tmp_path / "runs.jsonl").write_text('{"task": "listops"}\n\n{"task": \n')
     assert results.main(["--results", str(tmp_path)]) == 1
