@@ -200,6 +200,7 @@ def run(bench: dict) -> list[dict]:
             config_lib.check_impl(name, bench["impl"])
     rows = []
     out = Path(bench["results_dir"]) / "bench.jsonl"
+    results.check_appendable(out)   # before the first measurement
     for length in bench["lengths"]:
         for name in names:
             if bench.get("isolate", True):

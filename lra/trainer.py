@@ -322,6 +322,7 @@ def train(config: dict, run_dir: str | Path) -> dict:
     """Train, evaluate and record one run described by a resolved config dict. Returns the record."""
     wall_start = time.time()
     config_lib.validate(config)
+    results.check_appendable(Path(config["results_dir"]) / "runs.jsonl")
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     result_path = run_dir / "result.json"

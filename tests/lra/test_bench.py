@@ -103,6 +103,16 @@ def test_impossible_options_fail_before_measuring(tmp_path, changes, match):
     assert not (tmp_path / "bench.jsonl").exists()
 
 
+def test_a_results_dir_that_cannot_be_written_fails_before_measuring(tmp_path, monkeypatch):
+    (tmp_path / "a_file").write_text("")
+    monkeypatch.setattr(bench, "measure_isolated", lambda *a, **k: pytest.fail("measured first"))
+    with pytest.raises(ValueError, match="a_file is a file, not a folder; set results_dir"):
+        bench.run({**tiny_bench(tmp_path), "results_dir": str(tmp_path / "a_file")})
+    (tmp_path / "r" / "bench.jsonl").mkdir(parents=True)
+    with pytest.raises(ValueError, match="bench.jsonl is a folder"):
+        bench.run({**tiny_bench(tmp_path), "results_dir": str(tmp_path / "r")})
+
+
 def test_one_bare_variant_and_length_and_no_warmup(tmp_path):
     # attention=full lengths=64 on the command line arrive as a string and an int, not lists
     (row,) = bench.run(tiny_bench(tmp_path, variants="full", lengths=32, warmup=0))

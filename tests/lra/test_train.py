@@ -338,6 +338,15 @@ def test_official_release_files_are_read(isolated):
     assert record["test_examples"] == 16
 
 
+def test_a_results_dir_that_cannot_be_written_is_refused_before_training(isolated, monkeypatch):
+    paths, _ = isolated
+    (paths["results"].parent / "a_file").write_text("")
+    config = smoke_config(paths, f"results_dir={paths['results'].parent / 'a_file'}")
+    monkeypatch.setattr(trainer, "build_model", lambda *a: pytest.fail("built the model first"))
+    with pytest.raises(ValueError, match="a_file is a file, not a folder; set results_dir"):
+        trainer.train(config, paths["run"])
+
+
 def test_an_empty_split_is_refused_before_training(isolated, monkeypatch):
     paths, _ = isolated
     from lra.data import listops
