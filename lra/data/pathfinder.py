@@ -66,6 +66,7 @@ Generate the LRA sizes with::
 from __future__ import annotations
 
 import argparse
+import glob
 import hashlib
 import io
 import json
@@ -74,6 +75,8 @@ import math
 import os
 import re
 import shutil
+import signal
+import socket
 import struct
 import sys
 import tempfile
@@ -453,16 +456,20 @@ def generate(
     seed: int | Sequence[int] = 0,
     params: Params | None = None,
     return_markers: bool = False,
+    positives: int | None = None,
 ) -> tuple[np.ndarray, ...]:
     """``num`` Pathfinder images uint8 [num, resolution, resolution] and labels int32 [num] (1: the markers
-    are joined by a path). Exactly num // 2 positives, in shuffled order. Deterministic for a seed (an int
-    or a sequence of ints, e.g. (seed, folder)). With ``return_markers`` also the marker centres float
-    [num, 2, 2] as (x, y) = (column, row) in pixel units."""
+    are joined by a path). Exactly ``positives`` (default num // 2) positives, in shuffled order. Deterministic
+    for a seed (an int or a sequence of ints, e.g. (seed, folder)). With ``return_markers`` also the marker
+    centres float [num, 2, 2] as (x, y) = (column, row) in pixel units."""
     if num < 0:
         raise ValueError(f"num must be >= 0, got {num}")
+    positives = num // 2 if positives is None else positives
+    if not 0 <= positives <= num:
+        raise ValueError(f"positives must be in [0, num={num}], got {positives}")
     p = params if params is not None else params_for(resolution, difficulty)
     rng = np.random.default_rng(seed)
-    canvas, labels, markers = _matched_markers(rng, num, p)
+    canvas, labels, markers = _matched_markers(rng, num, p, positives)
     images = _render(canvas, markers, p)
     return (images, labels, markers) if return_markers else (images, labels)
 
@@ -486,8 +493,9 @@ def _concat(parts: list[_Canvas]) -> _Canvas:
 _MARKER_PAIRS = ((0, 1), (2, 3), (0, 2), (0, 3), (1, 2), (1, 3))
 
 
-def _matched_markers(rng: np.random.Generator, num: int, p: Params) -> tuple[_Canvas, np.ndarray, np.ndarray]:
-    """The images' geometry, labels (exactly num // 2 positives, shuffled) and marker centres [num, 2, 2], with
+def _matched_markers(rng: np.random.Generator, num: int, p: Params, n_pos: int
+                     ) -> tuple[_Canvas, np.ndarray, np.ndarray]:
+    """The images' geometry, labels (exactly n_pos positives, shuffled) and marker centres [num, 2, 2], with
     the placement of the marker pair distributed alike in both classes.
 
     Markers go on both ends of one target path (positive) or on one end of each target path (negative). Left
@@ -501,7 +509,7 @@ def _matched_markers(rng: np.random.Generator, num: int, p: Params) -> tuple[_Ca
     the loop below. Images left without one are discarded: about 1.4 pictures are drawn per image kept."""
     if num == 0:
         return _draw_geometry(rng, 0, p), np.zeros(0, np.int32), np.zeros((0, 2, 2))
-    n_pos, n_neg = num // 2, num - num // 2
+    n_neg = num - n_pos
     width = p.resolution / 64
     options = np.array(_MARKER_PAIRS)                                  # [6, 2]: 0-1 positive, 2-5 negative
     kept = ([], [])                                                    # by label: (image in all pools, option)
@@ -610,16 +618,28 @@ def folder_sizes(num: int, per_folder: int) -> list[int]:
     return [min(per_folder, num - k * per_folder) for k in range(-(-num // per_folder))]
 
 
+def folder_positives(sizes: list[int]) -> list[int]:
+    """Positives per folder, num // 2 in all: half of each folder, and of the folders with an odd size every
+    second one gets the odd image as a positive (per_folder=1 or 3 used to give no or a third of positives)."""
+    out, odd = [], 0
+    for count in sizes:
+        out.append(count // 2 + (odd % 2 if count % 2 else 0))
+        odd += count % 2
+    return out
+
+
 def _atomic_write(path: Path, data: bytes) -> None:
     with _common.atomic_path(path) as tmp:
         tmp.write_bytes(data)
 
 
-def write_folder(folder: str | os.PathLike, k: int, count: int, *, params: Params, seed: int) -> int:
+def write_folder(folder: str | os.PathLike, k: int, count: int, *, params: Params, seed: int,
+                 positives: int | None = None) -> int:
     """Generate folder ``k`` of a release (seeded from (seed, k)): ``imgs/<k>/sample_<i>.png`` for i < count
-    and the text file ``metadata/<k>.npy``. Returns the number of positives."""
+    and the text file ``metadata/<k>.npy``, ``positives`` of them positive (default count // 2). Returns the
+    number of positives."""
     folder = Path(folder)
-    images, labels = generate(count, params=params, seed=(seed, k))
+    images, labels = generate(count, params=params, seed=(seed, k), positives=positives)
     img_dir = folder / "imgs" / str(k)
     img_dir.mkdir(parents=True, exist_ok=True)
     lines = []
@@ -633,8 +653,8 @@ def write_folder(folder: str | os.PathLike, k: int, count: int, *, params: Param
 
 
 def _write_folder_task(args) -> tuple[int, int, int]:
-    folder, k, count, params, seed = args
-    return k, count, write_folder(folder, k, count, params=params, seed=seed)
+    folder, k, count, params, seed, positives = args
+    return k, count, write_folder(folder, k, count, params=params, seed=seed, positives=positives)
 
 
 def write_release(
@@ -659,7 +679,8 @@ def write_release(
     sizes = folder_sizes(num, per_folder)
     (folder / "imgs").mkdir(parents=True, exist_ok=True)
     (folder / "metadata").mkdir(parents=True, exist_ok=True)
-    tasks = [(str(folder), k, count, p, seed) for k, count in enumerate(sizes)]
+    tasks = [(str(folder), k, count, p, seed, pos)
+             for k, (count, pos) in enumerate(zip(sizes, folder_positives(sizes)))]
     done = positives = 0
     next_report = time.monotonic() + 10.0
 
@@ -681,9 +702,14 @@ def write_release(
 
         # spawn, not fork: the caller may hold threads (jax) that a fork would copy in a broken state.
         ctx = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(max_workers=min(workers, len(tasks)), mp_context=ctx) as pool:
+        pool = ProcessPoolExecutor(max_workers=min(workers, len(tasks)), mp_context=ctx)
+        try:
             for _, count, pos in pool.map(_write_folder_task, tasks):
                 report(count, pos)
+        except BaseException:   # Ctrl-C, SIGTERM, a failed folder: the queued folders are not started
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
+        pool.shutdown()
     record = {
         "generator": "lra.data.pathfinder",
         "version": GENERATOR_VERSION,
@@ -704,6 +730,27 @@ def _is_ours(folder: Path) -> bool:
     return (folder / PROVENANCE_NAME).is_file()
 
 
+def _tmp_prefix(folder: Path) -> str:
+    return f".{folder.name}.tmp-{socket.gethostname()}-"
+
+
+def _remove_abandoned(folder: Path) -> None:
+    """Remove the temporary folders of generations on this host whose process is gone (killed with SIGKILL, or
+    the machine stopped): ``.<name>.tmp-<host>-<pid>-*`` beside ``folder``. Those of live processes stay."""
+    prefix = _tmp_prefix(folder)
+    for tmp in folder.parent.glob(f"{glob.escape(prefix)}*"):
+        pid = tmp.name[len(prefix):].split("-", 1)[0]
+        if not pid.isdigit():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            log.info("removing %s, left by generation process %s which is gone", tmp, pid)
+            shutil.rmtree(tmp, ignore_errors=True)
+        except PermissionError:   # alive, another user's
+            pass
+
+
 def generate_release(
     folder: str | os.PathLike,
     num: int,
@@ -720,13 +767,18 @@ def generate_release(
     half data set behind. An existing folder written by this generator is replaced; any other existing
     folder (e.g. the official release) only with ``force``."""
     folder = Path(folder)
+    if num < 1:   # before any folder is created
+        raise ValueError(f"num must be >= 1, got {num}")
+    folder_sizes(num, per_folder)   # per_folder >= 1
     if folder.exists() and not _is_ours(folder) and not force:
         raise FileExistsError(
             f"{folder} exists and was not written by this generator (no {PROVENANCE_NAME}); remove it, choose "
             f"another --out, or pass --force to replace it"
         )
+    _common.check_writable(folder.parent, "choose another --out")
     folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.tmp-"))
+    _remove_abandoned(folder)
+    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f"{_tmp_prefix(folder)}{os.getpid()}-"))
     try:
         os.chmod(tmp, 0o755)  # mkdtemp creates 0700
         record = write_release(
@@ -1135,6 +1187,17 @@ def main(argv=None) -> int:
         "--force", action="store_true", help="replace an existing folder that this generator did not write"
     )
     a = parser.parse_args(argv)
+    if a.workers < 1:
+        parser.error(f"--workers must be >= 1, got {a.workers}")
+    # SIGTERM (a batch system's stop) unwinds like Ctrl-C: the temporary folder is removed, workers stopped.
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    try:
+        return _generate_command(a)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _generate_command(a) -> int:
     folder = release_dir(a.out, a.resolution, a.difficulty)
     if folder.name == "curv_baseline":  # we always write the curv_contour_length_<n> name
         folder = folder.parent / f"curv_contour_length_{contour_length_of(a.difficulty)}"
@@ -1151,7 +1214,7 @@ def main(argv=None) -> int:
             progress=True,
             force=a.force,
         )
-    except (FileExistsError, ValueError) as e:
+    except (OSError, ValueError) as e:   # FileExistsError: a folder not ours; OSError: a full disk
         print(f"error: {e}", file=sys.stderr)
         return 2
     dt = time.monotonic() - t0

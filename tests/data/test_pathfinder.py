@@ -91,6 +91,16 @@ def test_labels_balanced_per_folder(release):
         assert labels != sorted(labels) and labels != sorted(labels, reverse=True)  # shuffled, not in blocks
 
 
+@pytest.mark.parametrize("num, per_folder", [(10, 1), (10, 3), (7, 2)])
+def test_labels_balanced_with_odd_folders(tmp_path, num, per_folder):
+    # Each folder used to get count // 2 positives: per_folder=1 gave none at all, per_folder=3 a third.
+    record = PF.write_release(tmp_path / "r", num, per_folder=per_folder, seed=3)
+    labels = [int(line.split()[3]) for path in sorted((tmp_path / "r" / "metadata").iterdir())
+              for line in path.read_text().splitlines()]
+    assert len(labels) == num and sum(labels) == record["positives"] == num // 2
+    assert PF.folder_positives([3, 3, 3, 2, 1]) == [1, 2, 1, 1, 1]
+
+
 def test_generate_nothing():
     images, labels, markers = PF.generate(0, resolution=RES, return_markers=True)
     assert images.shape == (0, RES, RES) and labels.shape == (0,) and markers.shape == (0, 2, 2)
@@ -655,3 +665,56 @@ def test_pathx_without_a_resolution_is_128_not_pathfinder(tmp_path):
         data.check_available("pathx", data_dir=tmp_path, max_length=16384)
     with pytest.raises(FileNotFoundError, match="pathfinder128"):
         data.source("pathx", "train", data_dir=tmp_path, max_length=16384)
+
+
+def test_bad_cli_input_leaves_nothing_behind(tmp_path, capsys):
+    assert PF.main(["--out", str(tmp_path / "o"), "--num", "0"]) == 2
+    assert "num must be >= 1" in capsys.readouterr().err and not (tmp_path / "o").exists()
+    assert PF.main(["--out", str(tmp_path / "o"), "--num", "4", "--per-folder", "0"]) == 2
+    assert "per_folder must be >= 1" in capsys.readouterr().err and not (tmp_path / "o").exists()
+    (tmp_path / "a_file").write_text("")
+    assert PF.main(["--out", str(tmp_path / "a_file"), "--num", "4"]) == 2
+    assert "a_file is a file, not a folder; choose another --out" in capsys.readouterr().err
+
+
+def _dead_pid() -> int:
+    pid = 999_999
+    while True:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return pid
+        except PermissionError:
+            pass
+        pid -= 1
+
+
+def test_a_killed_generations_temporary_folder_is_removed_by_the_next(tmp_path):
+    folder = PF.release_dir(tmp_path, RES, "hard")
+    folder.parent.mkdir(parents=True)
+    dead = folder.parent / f"{PF._tmp_prefix(folder)}{_dead_pid()}-x1"
+    alive = folder.parent / f"{PF._tmp_prefix(folder)}{os.getpid()}-x2"   # a generation still running
+    for tmp in (dead, alive):
+        (tmp / "imgs" / "0").mkdir(parents=True)
+    PF.generate_release(folder, 4, resolution=RES)
+    assert not dead.exists() and alive.exists() and (folder / PF.PROVENANCE_NAME).is_file()
+
+
+def test_sigterm_stops_a_generation_and_its_workers_cleanly(tmp_path, subprocess_env):
+    import signal
+    import subprocess
+
+    from tests.conftest import ROOT, cli
+
+    proc = subprocess.Popen(cli("lra.data.pathfinder", "--out", str(tmp_path), "--num", "100000", "--per-folder",
+                                "200", "--workers", "2"), cwd=ROOT, env=subprocess_env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    parent = tmp_path / f"pathfinder{RES}"
+    deadline = time.time() + 120
+    while not any(parent.glob(".*.tmp-*/metadata/*.npy")):   # workers are writing folders
+        assert proc.poll() is None and time.time() < deadline, proc.stdout.read()
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=60)   # the queued folders are not started: it ends within a folder's time
+    assert proc.returncode == 128 + signal.SIGTERM, out
+    assert not list(parent.iterdir()), "temporary folder left behind"
