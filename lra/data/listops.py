@@ -363,10 +363,49 @@ def _complete(folder: Path) -> bool:
 
 
 def write_splits(out: str | os.PathLike, splits: dict[str, list[tuple[str, int]]]) -> None:
+    """Write the three TSVs: each into a temporary file first, then the three renamed in a row, so an
+    interruption while writing leaves the old set (the window for a mixed one is three renames)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    for s in SPLITS:
-        write_tsv(out / split_filename(s), splits[s])
+    staged = [(out / f".{split_filename(s)}.staged-{os.getpid()}", out / split_filename(s)) for s in SPLITS]
+    try:
+        for (tmp, _), s in zip(staged, SPLITS):
+            write_tsv(tmp, splits[s])
+        for tmp, final in staged:
+            os.replace(tmp, final)
+    finally:
+        for tmp, _ in staged:
+            tmp.unlink(missing_ok=True)
+
+
+PROVENANCE_NAME = "generator.json"   # in a folder the CLI wrote; other basic_*.tsv files are not replaced
+
+
+def _check_cli_args(p: argparse.ArgumentParser, a) -> None:
+    """Impossible arguments, refused before generating (argparse's error: usage, message, exit status 2)."""
+    for name in ("num_train", "num_val", "num_test"):
+        if getattr(a, name) < 1:
+            p.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(a, name)}")
+    if not 0 <= a.min_length < a.max_length - 1:
+        p.error(f"need 0 <= --min-length < --max-length - 1, got {a.min_length} and {a.max_length}")
+    if a.max_depth < 1 or a.max_args < 2:
+        p.error(f"need --max-depth >= 1 and --max-args >= 2, got {a.max_depth} and {a.max_args}")
+    if a.max_length <= 5:   # only leaves (length 1) and one operator over two digits (length 4) fit
+        capacity = 10 * (a.min_length < 1) + 4 * 10 * 10 * (a.min_length < 4 < a.max_length)
+        total = a.num_train + a.num_val + a.num_test
+        if total > capacity:
+            p.error(f"only {capacity} distinct expressions have {a.min_length} < length < {a.max_length}; "
+                    f"{total} were asked for")
+    out = Path(a.out)
+    ours = (out / PROVENANCE_NAME).is_file()
+    existing = [split_filename(s) for s in SPLITS if (out / split_filename(s)).exists()]
+    if existing and not ours and not a.force:
+        p.error(f"{out} holds {', '.join(existing)} that this command did not write (the official release?); "
+                f"choose another --out, or pass --force to replace them")
+    try:
+        _common.check_writable(out, "choose another --out")
+    except ValueError as e:
+        p.error(str(e))
 
 
 def ensure_generated(
@@ -489,22 +528,24 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=DEFAULTS["seed"])
     p.add_argument("--max-depth", type=int, default=MAX_DEPTH)
     p.add_argument("--max-args", type=int, default=MAX_ARGS)
+    p.add_argument("--force", action="store_true", help="replace basic_*.tsv files this command did not write")
     a = p.parse_args(argv)
+    _check_cli_args(p, a)
     t0 = time.monotonic()
-    splits = generate_splits(
-        a.num_train,
-        a.num_val,
-        a.num_test,
-        min_length=a.min_length,
-        max_length=a.max_length,
-        seed=a.seed,
-        max_depth=a.max_depth,
-        max_args=a.max_args,
-        progress=True,
-    )
-    t_gen = time.monotonic() - t0
-    write_splits(a.out, splits)
     out = Path(a.out)
+    try:
+        splits = generate_splits(a.num_train, a.num_val, a.num_test, min_length=a.min_length,
+                                 max_length=a.max_length, seed=a.seed, max_depth=a.max_depth,
+                                 max_args=a.max_args, progress=True)
+        t_gen = time.monotonic() - t0
+        out.mkdir(parents=True, exist_ok=True)
+        (out / PROVENANCE_NAME).unlink(missing_ok=True)   # written last: present only beside a complete set
+        write_splits(out, splits)
+        args = {k: v for k, v in vars(a).items() if k not in ("out", "force")}
+        _common.write_json(out / PROVENANCE_NAME, {"generator": "lra.data.listops", **args})
+    except (OSError, RuntimeError) as e:   # a full disk; a length range too narrow for the count
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     for s in SPLITS:
         print(f"{out / split_filename(s)}: {len(splits[s])} examples")
     print(f"generated in {t_gen:.1f}s, total {time.monotonic() - t0:.1f}s")

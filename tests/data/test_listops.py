@@ -341,3 +341,59 @@ def test_data_package_does_not_import_jax():
     code = "import sys, lra.data; from lra.data import listops; assert 'jax' not in sys.modules"
     r = subprocess.run([sys.executable, "-c", code], cwd=REPO, check=False, capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
+
+
+CLI_SMALL = ["--num-train", "6", "--num-val", "2", "--num-test", "2", "--min-length", "10", "--max-length", "40"]
+
+
+@pytest.mark.parametrize("changes, message", [
+    (["--num-train", "-5"], "--num-train must be >= 1, got -5"),
+    (["--num-val", "0"], "--num-val must be >= 1, got 0"),
+    (["--min-length", "50", "--max-length", "20"], "need 0 <= --min-length < --max-length - 1, got 50 and 20"),
+    (["--min-length", "0", "--max-length", "3", "--num-train", "20"], "only 10 distinct expressions"),
+    (["--max-args", "1"], "need --max-depth >= 1 and --max-args >= 2"),
+])
+def test_cli_refuses_impossible_arguments_before_generating(tmp_path, capsys, monkeypatch, changes, message):
+    monkeypatch.setattr(L, "generate_splits", lambda *a, **k: pytest.fail("generated first"))
+    with pytest.raises(SystemExit) as e:
+        L.main(["--out", str(tmp_path / "o"), *CLI_SMALL, *changes])
+    assert e.value.code == 2 and message in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_cli_keeps_files_it_did_not_write(tmp_path, capsys):
+    official = tmp_path / "listops"
+    official.mkdir()
+    (official / "basic_train.tsv").write_text("Source\tTarget\n( [MAX 2 9 ] )\t9\n")
+    with pytest.raises(SystemExit):
+        L.main(["--out", str(official), *CLI_SMALL])
+    assert "did not write (the official release?)" in capsys.readouterr().err
+    assert L.main(["--out", str(official), *CLI_SMALL, "--force"]) == 0
+    assert len(read_rows(official / "basic_train.tsv")) == 6
+    assert L.main(["--out", str(official), *CLI_SMALL, "--seed", "2"]) == 0   # its own files: replaced
+    assert sorted(p.name for p in official.iterdir()) == ["basic_test.tsv", "basic_train.tsv", "basic_val.tsv",
+                                                         "generator.json"]   # no staged file left
+    (tmp_path / "a_file").write_text("")
+    with pytest.raises(SystemExit):
+        L.main(["--out", str(tmp_path / "a_file" / "listops"), *CLI_SMALL])
+    assert "a_file is a file, not a folder; choose another --out" in capsys.readouterr().err
+
+
+def test_write_splits_keeps_the_old_set_when_interrupted(tmp_path, monkeypatch):
+    old = L.generate_splits(3, 1, 1, min_length=5, max_length=30, seed=1)
+    L.write_splits(tmp_path, old)
+    new = L.generate_splits(3, 1, 1, min_length=5, max_length=30, seed=2)
+    real = L.write_tsv
+    calls = []
+
+    def dies_on_the_third(path, rows):
+        calls.append(path)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        real(path, rows)
+
+    monkeypatch.setattr(L, "write_tsv", dies_on_the_third)
+    with pytest.raises(KeyboardInterrupt):
+        L.write_splits(tmp_path, new)
+    assert {s: read_rows(tmp_path / f"basic_{s}.tsv") for s in ("train", "val", "test")} == old
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["basic_test.tsv", "basic_train.tsv", "basic_val.tsv"]
