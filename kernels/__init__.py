@@ -19,7 +19,8 @@ import numpy as np
 
 from kernels import masks
 
-__all__ = ["attention", "linear_attention", "dropout", "random_bits", "masks", "IMPLS", "FEATURE_MAPS"]
+__all__ = ["attention", "linear_attention", "check_inputs", "dropout", "random_bits", "masks", "IMPLS",
+           "FEATURE_MAPS"]
 
 IMPLS = ("xla", "pallas")
 
@@ -27,6 +28,42 @@ IMPLS = ("xla", "pallas")
 def _check_impl(impl: str) -> None:
     if impl not in IMPLS:
         raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
+
+
+def check_inputs(q, k, v, *, kv_valid=None, scale=None, dropout_rate=0.0, dropout_rng=None,
+                 same_value_dim: bool = False) -> None:
+    """Refuse, at trace time and before any kernel is compiled, inputs the kernels would misread: q, k, v not
+    floating [batch, length, heads, head_dim] arrays that agree (batch and heads everywhere, head_dim of q and k,
+    length of k and v; v's head_dim too with ``same_value_dim``), ``kv_valid`` not bool [batch, kv_len], a
+    scale that is not a finite scalar, a dropout rate outside [0, 1) or one without its key. A Pallas kernel
+    given such inputs would read out of bounds or drop columns without a word; plain XLA would cast a scale to
+    an integer, or broadcast."""
+    shapes = f"q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}"
+    if not (q.ndim == k.ndim == v.ndim == 4):
+        raise ValueError(f"q, k, v must be [batch, length, heads, head_dim] arrays; got {shapes}")
+    for name, x in (("q", q), ("k", k), ("v", v)):
+        if not jnp.issubdtype(x.dtype, jnp.floating):
+            raise TypeError(f"{name} must be a floating-point array (float32, bfloat16, ...), got {x.dtype}")
+    (b, _, h, d), (bk, lk, hk, dk), (bv, lv, hv, dv) = q.shape, k.shape, v.shape
+    if not (b == bk == bv and h == hk == hv and d == dk and lk == lv and (dv == d or not same_value_dim)):
+        want = "v [batch, kv_len, heads, head_dim]" if same_value_dim else "v [batch, kv_len, heads, v_dim]"
+        raise ValueError(f"expected q [batch, q_len, heads, head_dim], k [batch, kv_len, heads, head_dim], "
+                         f"{want}; got {shapes}")
+    if kv_valid is not None:
+        shape, dtype = getattr(kv_valid, "shape", None), getattr(kv_valid, "dtype", None)
+        if shape is None or tuple(shape) != (b, lk) or dtype != jnp.bool_:
+            raise ValueError(f"kv_valid must be a bool array [batch, kv_len] = [{b}, {lk}] marking real keys; got "
+                             f"{type(kv_valid).__name__} of shape {shape} and dtype {dtype}")
+    if scale is not None:
+        if isinstance(scale, bool) or not (isinstance(scale, int | float) or getattr(scale, "shape", None) == ()):
+            raise ValueError(f"scale must be a number (default 1/sqrt(head_dim)), got {scale!r}")
+        if not isinstance(scale, jax.core.Tracer) and not math.isfinite(float(scale)):
+            raise ValueError(f"scale must be finite, got {scale!r}")
+    if isinstance(dropout_rate, bool) or not isinstance(dropout_rate, int | float) or not 0.0 <= dropout_rate < 1.0:
+        raise ValueError(f"dropout rate must be a number in [0, 1), got {dropout_rate!r}")
+    if dropout_rate > 0.0 and dropout_rng is None:
+        raise ValueError(f"dropout_rate={dropout_rate} needs dropout_rng (a PRNG key); pass dropout_rate=0.0 "
+                         f"for no dropout")
 
 
 def _allowed_pairs(mask, kv_valid, q_len: int, kv_len: int):
@@ -61,6 +98,8 @@ def attention(q, k, v, *, mask=None, kv_valid=None, scale: float | None = None, 
     dropout_rate/dropout_rng: dropout on the attention weights (training only).
     """
     _check_impl(impl)
+    check_inputs(q, k, v, kv_valid=kv_valid, scale=scale, dropout_rate=dropout_rate, dropout_rng=dropout_rng,
+                 same_value_dim=impl == "pallas")
     if impl == "pallas":
         from kernels.flash import flash_attention
 
@@ -189,6 +228,7 @@ def linear_attention(q, k, v, *, feature_map: str | Callable = "elu1", kv_valid=
     A query whose normaliser is zero (no valid key) returns zeros.
     """
     _check_impl(impl)
+    check_inputs(q, k, v, kv_valid=kv_valid)
     if isinstance(feature_map, str):
         if feature_map not in FEATURE_MAPS:
             raise ValueError(f"feature_map must be one of {sorted(FEATURE_MAPS)} or a callable, got {feature_map!r}")

@@ -48,9 +48,15 @@ def block_sparse_attention(q, k, v, mask: masks_lib.Mask, *, block: int, kv_vali
     q, k, v [B, L, H, D] with L a multiple of ``block``; kv_valid bool [B, L]. Equals
     ``kernels.attention(q, k, v, mask=mask, kv_valid=kv_valid)`` (rows with no allowed key give zeros).
     """
+    from kernels import check_inputs
     from kernels import dropout as dropout_fn
 
+    check_inputs(q, k, v, kv_valid=kv_valid, scale=scale, dropout_rate=dropout_rate, dropout_rng=dropout_rng,
+                 same_value_dim=True)
     b, length, h, d = q.shape
+    if k.shape[1] != length or length % block:
+        raise ValueError(f"block-sparse attention needs keys as long as queries and a length that is a multiple "
+                         f"of block={block}; got q {q.shape}, k {k.shape}")
     scale = 1.0 / math.sqrt(d) if scale is None else scale
     key_blocks, element = block_plan(mask, length, block)
     n, slots = key_blocks.shape

@@ -560,6 +560,10 @@ def flash_attention(q, k, v, *, mask: masks_lib.Mask | None = None, kv_valid=Non
     blocks: its tiles hold more float32 state per pair than the forward's (scores, probabilities and their
     gradients), so smaller blocks can avoid register spills on a GPU.
     """
+    from kernels import check_inputs
+
+    check_inputs(q, k, v, kv_valid=kv_valid, scale=scale, dropout_rate=dropout_rate, dropout_rng=dropout_rng,
+                 same_value_dim=True)
     b, length, h, d = q.shape
     if k.shape[1] != length or v.shape[1] != length:
         raise ValueError(f"impl='pallas' needs keys as long as queries; got q {q.shape}, k {k.shape}, v {v.shape}")

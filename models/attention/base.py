@@ -1,6 +1,8 @@
 """Shared pieces of the attention variants: capability flags and the fused QKV / output projections."""
 from __future__ import annotations
 
+import functools
+
 import jax.numpy as jnp
 from flax import nnx
 
@@ -39,6 +41,30 @@ class AttentionBase(nnx.Module):
     length_multiple: int = 1
     pallas: bool = False
     pallas_kernel: str = "flash"
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        call = cls.__dict__.get("__call__")
+        if call is not None:   # every variant's call checks its inputs first (see check_call)
+            @functools.wraps(call)
+            def checked(self, x, valid=None, *args, **kw):
+                self.check_call(x, valid)
+                return call(self, x, valid, *args, **kw)
+
+            cls.__call__ = checked
+
+    def check_call(self, x, valid) -> None:
+        """x must be [batch, length, dim] and valid None or bool [batch, length]: a valid mask of another length
+        was padded or indexed past its end without a word by some variants, a wrong x failed deep inside."""
+        name = type(self).__name__
+        shape = tuple(getattr(x, "shape", ()))
+        if len(shape) != 3 or shape[-1] != self.dim:
+            raise ValueError(f"{name}: x must be [batch, length, {self.dim}], got shape {shape}")
+        if valid is not None:
+            vshape, dtype = tuple(getattr(valid, "shape", ())), getattr(valid, "dtype", None)
+            if vshape != shape[:2] or dtype != jnp.bool_:
+                raise ValueError(f"{name}: valid must be a bool array [batch, length] = {list(shape[:2])} (True at "
+                                 f"real tokens), got shape {vshape} and dtype {dtype}")
 
     def __init__(self, *, dim: int, num_heads: int, qkv_dim: int | None, rngs: nnx.Rngs):
         qkv_dim = dim if qkv_dim is None else qkv_dim

@@ -23,6 +23,10 @@ class FullAttention(AttentionBase):
     def __init__(self, *, dim: int, num_heads: int, max_len: int, rngs: nnx.Rngs, qkv_dim: int | None = None,
                  dropout: float = 0.0, impl: str = "xla"):
         super().__init__(dim=dim, num_heads=num_heads, qkv_dim=qkv_dim, rngs=rngs)
+        if impl not in kernels.IMPLS:   # at build time, as every other variant
+            raise ValueError(f"impl must be one of {kernels.IMPLS}, got {impl!r}")
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
         self.dropout, self.impl = dropout, impl
 
     def __call__(self, x, valid=None, deterministic: bool = True, rngs: nnx.Rngs | None = None):

@@ -118,6 +118,48 @@ def test_bad_arguments():
         kernels.attention(q, k, v, mask=np.ones((3, 3), bool))
 
 
+def _misread_inputs():
+    """(name, q, k, v, keyword arguments, error, message) of inputs a kernel would misread."""
+    q, k, v = (jnp.asarray(x, jnp.float32) for x in qkv(b=2, q_len=8, kv_len=8, h=2, d=4))
+    wide = jnp.concatenate([k, k], axis=-1)
+    valid = jnp.ones((2, 8), bool)
+    shape = "expected q \\[batch, q_len, heads, head_dim\\]"
+    return [
+        ("int", q.astype(jnp.int32), k.astype(jnp.int32), v.astype(jnp.int32), {}, TypeError, "floating-point"),
+        ("head_dim of k", q, wide, v, {}, ValueError, shape),
+        ("batch of k", q, k[:1], v[:1], {}, ValueError, shape),
+        ("heads of k", q, k[:, :, :1], v[:, :, :1], {}, ValueError, shape),
+        ("rank 3", q[..., 0], k[..., 0], v[..., 0], {}, ValueError, "must be \\[batch, length, heads, head_dim\\]"),
+        ("kv_valid batch", q, k, v, {"kv_valid": jnp.ones((3, 8), bool)}, ValueError, "kv_valid must be a bool"),
+        ("kv_valid length", q, k, v, {"kv_valid": valid[:, :7]}, ValueError, "kv_valid must be a bool"),
+        ("kv_valid int", q, k, v, {"kv_valid": valid.astype(jnp.int32)}, ValueError, "kv_valid must be a bool"),
+        ("kv_valid list", q, k, v, {"kv_valid": [[True] * 8] * 2}, ValueError, "kv_valid must be a bool"),
+        ("scale inf", q, k, v, {"scale": float("inf")}, ValueError, "scale must be finite"),
+        ("scale array", q, k, v, {"scale": jnp.ones(2)}, ValueError, "scale must be a number"),
+    ]
+
+
+@pytest.mark.parametrize("impl", kernels.IMPLS)
+def test_inputs_the_kernels_would_misread_are_refused(impl):
+    # Each of these used to run: the Pallas kernel read out of bounds or dropped v's columns, XLA cast the scale
+    # of integer inputs to 0; or they failed deep inside Pallas or an einsum.
+    for _name, q, k, v, kwargs, error, message in _misread_inputs():
+        with pytest.raises(error, match=message):
+            kernels.attention(q, k, v, impl=impl, **kwargs)
+        if "scale" not in kwargs:
+            with pytest.raises(error, match=message):
+                kernels.linear_attention(q, k, v, impl=impl, **kwargs)
+    q, k, v = (jnp.asarray(x, jnp.float32) for x in qkv(b=2, q_len=8, kv_len=8, h=2, d=4))
+    with pytest.raises(ValueError, match="dropout_rate=0.5 needs dropout_rng"):   # used to skip dropout silently
+        kernels.attention(q, k, v, impl=impl, dropout_rate=0.5)
+    wide_v = jnp.concatenate([v, v], axis=-1)   # XLA attends with a wider v; the flash kernel would drop half
+    if impl == "pallas":
+        with pytest.raises(ValueError, match="v \\[batch, kv_len, heads, head_dim\\]"):
+            kernels.attention(q, k, wide_v, impl=impl)
+    else:
+        assert kernels.attention(q, k, wide_v, impl=impl).shape == (2, 8, 2, 8)
+
+
 def linear_reference(q, k, v, valid, fmap):
     fq, fk = fmap(q), fmap(k)
     if valid is not None:

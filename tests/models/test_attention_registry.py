@@ -167,3 +167,22 @@ def test_every_shipped_config_passes_the_type_check(name):
     floats = [k for k, v in shipped_options(name).items() if isinstance(v, float)]
     if floats:   # an integer where a float is annotated is fine (temperature=1)
         check_options(name, {**shipped_options(name), floats[0]: 1})
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_inputs_of_the_wrong_shape_are_named(name):
+    # A valid mask of another length used to be padded (reformer, sinkhorn) or read past its end (strided,
+    # sparse) without a word; the others failed deep inside a reshape or an einsum.
+    module = make(name, 16)
+    x, valid = inputs(8, [8, 5])
+    for bad in (valid[:, :5], valid[:, :1], valid[0], valid.astype(jnp.int32)):
+        with pytest.raises(ValueError, match=r"valid must be a bool array \[batch, length\] = \[2, 8\]"):
+            module(x, bad)
+    for bad in (x[0], x[None], x[..., :DIM - 1]):
+        with pytest.raises(ValueError, match=rf"x must be \[batch, length, {DIM}\]"):
+            module(bad, None)
+
+
+def test_full_refuses_an_unknown_impl_when_built():
+    with pytest.raises(ValueError, match="impl must be one of"):
+        build("full", dim=DIM, num_heads=HEADS, max_len=8, rngs=nnx.Rngs(0), impl="foo")
