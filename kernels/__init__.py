@@ -57,7 +57,11 @@ def check_inputs(q, k, v, *, kv_valid=None, scale=None, dropout_rate=0.0, dropou
     if scale is not None:
         if isinstance(scale, bool) or not (isinstance(scale, int | float) or getattr(scale, "shape", None) == ()):
             raise ValueError(f"scale must be a number (default 1/sqrt(head_dim)), got {scale!r}")
-        if not isinstance(scale, jax.core.Tracer) and not math.isfinite(float(scale)):
+        try:
+            value = float(scale)
+        except Exception:   # noqa: BLE001  (a traced scale under jit: its value is not known here)
+            value = 0.0
+        if not math.isfinite(value):
             raise ValueError(f"scale must be finite, got {scale!r}")
     if isinstance(dropout_rate, bool) or not isinstance(dropout_rate, int | float) or not 0.0 <= dropout_rate < 1.0:
         raise ValueError(f"dropout rate must be a number in [0, 1), got {dropout_rate!r}")
