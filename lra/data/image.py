@@ -145,14 +145,15 @@ def read_archive(archive: str | Path) -> dict[str, tuple[np.ndarray, np.ndarray]
     return out
 
 
-def prepare(archive: str | Path, out: str | Path, *, verify: bool = True) -> Path:
+def prepare(archive: str | Path, out: str | Path, *, verify: bool = True, verified: bool = False) -> Path:
     """Prepare grayscale arrays of ``archive`` into folder ``out`` (see the module docstring); returns ``out``.
 
-    ``verify`` checks the archive's size and SHA-256 against the official file first."""
+    ``verify`` checks the archive's size and SHA-256 against the official file first; ``verified`` says the caller
+    has just checked them (``fetch_archive``), so the archive is not read a second time for its checksum."""
     archive, out = Path(archive), Path(out)
     t0 = time.monotonic()
-    sha = None
-    if verify:
+    sha = ARCHIVE_SHA256 if verified else None
+    if verify and not verified:
         C.verify_file(archive, size=ARCHIVE_SIZE, sha256=ARCHIVE_SHA256,
                       hint=f"Use the official {URL}, or pass --no-verify to prepare this file anyway.")
         sha = ARCHIVE_SHA256
@@ -186,6 +187,7 @@ def fetch_and_prepare(data_dir, *, manual_dir=None, timeout: float = 60.0, verif
     else:
         archive = C.fetch_archive(out / "source" / ARCHIVE, URL, size=ARCHIVE_SIZE, sha256=ARCHIVE_SHA256,
                                   timeout=timeout, manual_hint=_manual_hint(data_dir), verify=verify)
+        return prepare(archive, out, verify=False, verified=verify)   # fetch_archive checked them when verify
     return prepare(archive, out, verify=verify)
 
 

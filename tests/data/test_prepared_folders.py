@@ -109,6 +109,31 @@ def test_a_bad_download_is_never_reused(tmp_path, monkeypatch, module, write, ca
     assert not earlier.exists()
 
 
+@pytest.mark.parametrize("module, write", [(T, lambda d: fixtures.write_imdb_archive(d, num_per_class=3, num_unsup=1)),
+                                           (I, lambda d: fixtures.write_cifar_archive(d, num_train=10, num_test=5))])
+def test_a_download_is_hashed_once_and_its_checksum_recorded(tmp_path, monkeypatch, module, write):
+    good = write(tmp_path / "server")
+    sha = C.sha256_file(good)
+    monkeypatch.setattr(module, "URL", good.as_uri())
+    monkeypatch.setattr(module, "ARCHIVE_SIZE", good.stat().st_size)
+    monkeypatch.setattr(module, "ARCHIVE_SHA256", sha)
+    hashed = []
+    real = C.sha256_file
+    monkeypatch.setattr(C, "sha256_file", lambda path, *a, **k: hashed.append(path) or real(path, *a, **k))
+    data_dir = tmp_path / "data"
+    out = module.fetch_and_prepare(data_dir)                 # downloaded, checked once, prepared
+    assert len(hashed) == 1 and C.read_manifest(out)["archive_sha256"] == sha
+    hashed.clear()
+    module.fetch_and_prepare(data_dir)                       # the earlier download: checked once again
+    assert len(hashed) == 1
+    hashed.clear()
+    out = module.fetch_and_prepare(data_dir, verify=False)   # no check, no checksum claimed
+    assert hashed == [] and C.read_manifest(out)["archive_sha256"] is None
+    hashed.clear()
+    module.fetch_and_prepare(data_dir, manual_dir=good.parent)   # a file the user gives: checked by prepare
+    assert hashed == [good]
+
+
 @pytest.mark.parametrize("module", [T, I])
 def test_an_unwritable_data_dir_is_refused_before_reading_the_archive(tmp_path, monkeypatch, capsys, module):
     not_a_folder = tmp_path / "a_file"
