@@ -26,14 +26,15 @@ def maybe_initialize_distributed() -> None:
         jax.distributed.initialize()
 
 
-def data_mesh(batch_size: int) -> Mesh | None:
-    """A 1-d mesh ("batch",) over all devices, or None with one device. The batch must split evenly."""
+def data_mesh(batch_size: int, key: str = "train.batch_size") -> Mesh | None:
+    """A 1-d mesh ("batch",) over all devices, or None with one device. The batch must split evenly (``key``
+    names the config key of ``batch_size`` in the error)."""
     n = jax.device_count()
     if n == 1:
         return None
     if batch_size % n:
         options = ", ".join(str(n * k) for k in range(1, 5))
-        raise ConfigError(f"train.batch_size={batch_size} does not split evenly over {n} devices; use a multiple "
+        raise ConfigError(f"{key}={batch_size} does not split evenly over {n} devices; use a multiple "
                           f"of {n} (e.g. {options})")
     return jax.make_mesh((n,), ("batch",), axis_types=(jax.sharding.AxisType.Auto,))  # GSPMD propagation
 

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "configs")
@@ -34,6 +35,7 @@ def main(cfg: DictConfig) -> float | None:
                              **task.get("data", {}))
     except (FileNotFoundError, ValueError) as e:
         _fail(e)
+        return None
 
     from lra import parallel, trainer
     from lra.checkpoint import CheckpointUnreadable
@@ -45,15 +47,36 @@ def main(cfg: DictConfig) -> float | None:
     except (ConfigError, FileNotFoundError, trainer.DoesNotFit, trainer.TrainingDiverged, CheckpointUnreadable,
             ValueError) as e:
         _fail(e)
+        return None
     return record["test_accuracy"]
 
 
+# The runs of a sweep (-m) that failed on bad input, divergence or a memory refusal: the sweep goes on with its
+# other runs and the process exits with status 1 at its end, naming them.
+FAILED_RUNS: list[str] = []
+
+
 def _fail(error: Exception) -> None:
-    """A clear reason instead of a traceback; the exit status says the run failed."""
+    """A clear reason instead of a traceback; the exit status says the run failed. In a sweep run by Hydra's basic
+    launcher (its runs share this process) the failure is remembered and the sweep goes on."""
     log.error("%s: %s", type(error).__name__, error)
     print(f"error: {error}", file=sys.stderr)
+    hydra_config = HydraConfig.get()
+    if hydra_config.mode == RunMode.MULTIRUN and hydra_config.launcher.get("_target_", "").endswith("BasicLauncher"):
+        FAILED_RUNS.append(f"{' '.join(hydra_config.overrides.task)}: {error}")
+        return
     sys.exit(1)
 
 
-if __name__ == "__main__":
+def run() -> None:
+    """``main`` as a command: exit status 1 when any run of a sweep failed (each named on stderr)."""
     main()
+    if FAILED_RUNS:
+        print(f"error: {len(FAILED_RUNS)} run(s) of this sweep failed (the others finished):", file=sys.stderr)
+        for line in FAILED_RUNS:
+            print(f"  {line.splitlines()[0]}", file=sys.stderr)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    run()

@@ -30,7 +30,7 @@ from flax import nnx
 from lra import batching, loggers, optim, parallel, results
 from lra import config as config_lib
 from lra import data as data_lib
-from lra.checkpoint import RunCheckpoints, has_checkpoints
+from lra.checkpoint import CheckpointUnreadable, RunCheckpoints, has_checkpoints
 from models import Classifier, EncoderConfig, count_params
 
 log = logging.getLogger("lra.train")
@@ -278,7 +278,11 @@ def evaluate(steps: Steps, params, rest, arrays: dict, config: dict, mesh=None) 
     t = config["train"]
     totals = {"correct": 0.0, "loss_sum": 0.0, "count": 0.0}
     outputs = []
-    for batch in batching.eval_batches(arrays, t["eval_batch_size"], max_length=config["task"]["max_length"],
+    # Never a batch larger than the split (rounded up to split over the devices): padding rows cost as much as
+    # examples, so a large eval_batch_size on a small split would compute mostly padding.
+    n, devices = len(arrays["targets"]), (jax.device_count() if mesh is not None else 1)
+    batch_size = min(t["eval_batch_size"], -(-n // devices) * devices)
+    for batch in batching.eval_batches(arrays, batch_size, max_length=config["task"]["max_length"],
                                        bucket_size=t["bucket_size"]):
         batch = parallel.shard_batch(batch, mesh)
         outputs.append(steps.compiled("eval", params, rest, batch)(params, rest, batch))
@@ -327,7 +331,13 @@ def train(config: dict, run_dir: str | Path) -> dict:
     run_dir.mkdir(parents=True, exist_ok=True)
     result_path = run_dir / "result.json"
     if result_path.exists():
-        record = json.loads(result_path.read_text())
+        record = _read_json(result_path, "the record of a finished run")
+        changes = config_lib.diff(config_lib.resume_view(record.get("config") or {}),
+                                  json.loads(json.dumps(config_lib.resume_view(config))))
+        if changes:
+            raise config_lib.ConfigError(
+                f"{run_dir} holds a finished run of a different config ({'; '.join(changes[:5])}); choose another "
+                f"hydra.run.dir, or delete {result_path.name} and the checkpoints there to train it again")
         log.info("run already finished (%s); delete it or choose another hydra.run.dir to train again",
                  result_path)
         _ensure_recorded(record, Path(config["results_dir"]) / "runs.jsonl")
@@ -344,7 +354,7 @@ def train(config: dict, run_dir: str | Path) -> dict:
     # Data parallelism over all devices (a no-op with one): parameters replicated, batches split.
     mesh = parallel.data_mesh(t["batch_size"])
     if mesh is not None:
-        parallel.data_mesh(t["eval_batch_size"])  # the evaluation batch must split evenly too
+        parallel.data_mesh(t["eval_batch_size"], "train.eval_batch_size")  # the evaluation batch must split evenly too
         params, opt_state, rest = parallel.replicate((params, opt_state, rest), mesh)
     steps = Steps(graphdef, tx, config["seed"])
     log.info("%s on %s: %s parameters, run dir %s", config["attention"]["name"], config["task"]["name"],
@@ -383,6 +393,8 @@ def train(config: dict, run_dir: str | Path) -> dict:
     # A run killed between saving "best" and "latest" at one evaluation left a best newer than this step: the
     # evaluations from here on decide again (meta's best_step is the best before it, still on disk).
     ckpt.discard_after("best", start_step)
+    if restored is not None:   # the best must be readable too, or the record would name a best it cannot test
+        _restore_best(ckpt, train_state(params, opt_state, rest), meta, at_end=False)
     # Several hosts: process 0 writes the metrics log and talks to W&B; the others train silently.
     writer = parallel.is_writer()
     if writer:   # rows after the resume step are written again by this run
@@ -446,6 +458,12 @@ def train(config: dict, run_dir: str | Path) -> dict:
                 pending, untimed = [], 0
                 if is_eval:
                     val = evaluate(steps, params, rest, val_arrays, config, mesh)
+                    if not (math.isfinite(val["loss"]) and _all_finite(params)):   # never saved as best/latest
+                        raise TrainingDiverged(
+                            f"the validation loss became {val['loss']} at step {done} (parameters "
+                            f"{'finite' if _all_finite(params) else 'no longer finite'}); nothing of this step was "
+                            f"saved, the checkpoints of the last finite evaluation are kept in {ckpt.directory}. "
+                            f"Lower train.lr or set train.grad_clip.")
                     meta["last_val"] = val
                     metrics_log.write(json.dumps({"step": done, "val_accuracy": val["accuracy"],
                                                   "val_loss": val["loss"]}) + "\n")
@@ -474,11 +492,8 @@ def train(config: dict, run_dir: str | Path) -> dict:
         progress.close()
         metrics_log.close()
 
-    best = ckpt.restore("best", train_state(params, opt_state, rest))
-    if best is not None and best[1]["step"] != meta["best_step"]:
-        log.warning("the best checkpoint on disk is of step %d, the record's best_step %s", best[1]["step"],
-                    meta["best_step"])
-    best_params, best_rest = (best[0]["params"], best[0].get("rest", rest)) if best is not None else (params, rest)
+    best = _restore_best(ckpt, train_state(params, opt_state, rest), meta, at_end=True)
+    best_params, best_rest = (best["params"], best.get("rest", rest)) if best is not None else (params, rest)
     test = evaluate(steps, best_params, best_rest, test_arrays, config, mesh)
     ckpt.close()
 
@@ -515,6 +530,42 @@ def train(config: dict, run_dir: str | Path) -> dict:
     return record
 
 
+def _all_finite(tree) -> bool:
+    return bool(jax.jit(lambda t: jnp.all(jnp.stack([jnp.isfinite(x).all() for x in jax.tree.leaves(t)])))(tree))
+
+
+def _restore_best(ckpt: RunCheckpoints, abstract_state, meta: dict, *, at_end: bool):
+    """The state of the best checkpoint, with ``meta``'s best_step and best_val_accuracy made to describe it.
+
+    The record's test accuracy is measured on this state, so its best_step must be this checkpoint's. When the
+    newest best cannot be read, ``restore`` falls back to the one before, and meta follows it; when none can be
+    read (or the folder is gone), a resumed run lets its next evaluations choose the best again, and a finished
+    run is tested on its final parameters, recorded as the best of its last evaluation. Returns None then."""
+    try:
+        best = ckpt.restore("best", abstract_state)
+    except CheckpointUnreadable as e:
+        log.error("%s", e)
+        best = None
+    if best is not None:
+        state, best_meta = best
+        if best_meta["step"] != meta["best_step"]:
+            log.warning("the best checkpoint that could be read is of step %d (validation accuracy %.4f), not of "
+                        "step %s: the record names step %d", best_meta["step"], best_meta["best_val_accuracy"],
+                        meta["best_step"], best_meta["step"])
+            meta["best_step"], meta["best_val_accuracy"] = best_meta["step"], best_meta["best_val_accuracy"]
+        return state
+    if at_end:
+        last = meta.get("last_val") or {}
+        log.warning("no best checkpoint could be read: the test runs on the final parameters, recorded as the best "
+                    "(step %d, validation accuracy %s)", meta["step"], last.get("accuracy"))
+        meta["best_step"], meta["best_val_accuracy"] = meta["step"], last.get("accuracy")
+    elif meta["best_step"] is not None:
+        log.warning("the best checkpoint of step %s is gone or unreadable: the evaluations from step %d on choose "
+                    "the best again", meta["best_step"], meta["step"])
+        meta["best_step"], meta["best_val_accuracy"] = None, -1.0
+    return None
+
+
 def _ensure_recorded(record: dict, runs_path: Path) -> None:
     """Append a finished run's record to ``runs_path`` unless it is there already (a rerun with another
     results_dir, or a record lost between result.json and the append, still ends up recorded exactly once)."""
@@ -531,8 +582,12 @@ def _claim_run_dir(run_dir: Path, config: dict) -> None:
     holds nothing to resume, so the corrected run takes it over."""
     path = run_dir / "run_config.json"
     view = config_lib.resume_view(config)
+    if has_checkpoints(run_dir / "checkpoints") and not path.exists():
+        raise config_lib.ConfigError(
+            f"{run_dir} holds checkpoints but no {path.name}, so whether they belong to this config cannot be "
+            f"told; choose another hydra.run.dir, or delete {run_dir / 'checkpoints'} to train this run afresh")
     if path.exists() and has_checkpoints(run_dir / "checkpoints"):
-        old = json.loads(path.read_text())
+        old = _read_json(path, "the config of the run that owns this directory")
         changes = config_lib.diff(old, json.loads(json.dumps(view)))
         if changes:
             raise config_lib.ConfigError(
@@ -540,6 +595,19 @@ def _claim_run_dir(run_dir: Path, config: dict) -> None:
                 f"choose another hydra.run.dir or delete that directory")
     else:
         results.write_json_atomic(path, view)
+
+
+def _read_json(path: Path, what: str) -> dict:
+    """A JSON object from ``path``; ValueError naming the file and what to do when it is not one."""
+    try:
+        value = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path}, {what}, is not readable JSON ({e}); it was cut short or edited. Delete the run "
+                         f"directory {path.parent} to train the run again, or choose another hydra.run.dir") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"{path}, {what}, holds a {type(value).__name__}, not a JSON object. Delete the run "
+                         f"directory {path.parent} to train the run again, or choose another hydra.run.dir")
+    return value
 
 
 def _relative(path: Path) -> str:

@@ -7,6 +7,7 @@ scalar (number of real tokens). Kept free of jax imports; task modules are impor
 
 from __future__ import annotations
 
+import inspect
 import operator
 import os
 from collections.abc import Callable
@@ -53,6 +54,7 @@ class ArraySource:
 
 # Task name -> the module that loads it (lazily imported). Every module has
 # ``load(split, *, data_dir, max_length, **options) -> dict of arrays`` and ``check_available(*, data_dir, **options)``.
+# The options a task accepts (task.data) are the keyword parameters of its ``load`` (_data_keys); others are refused.
 _MODULES = {"listops": "listops", "text": "text", "retrieval": "retrieval", "image": "image",
             "pathfinder": "pathfinder", "pathx": "pathfinder"}
 
@@ -61,6 +63,26 @@ def _module(task: str):
     import importlib
 
     return importlib.import_module(f"{__name__}.{_MODULES[task]}")
+
+
+def _data_keys(task: str) -> list[str]:
+    """The ``task.data`` keys of ``task``: the keyword parameters of its module's ``load`` other than split,
+    data_dir and max_length (``task.max_length``, passed beside them)."""
+    kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    return [p.name for p in inspect.signature(_module(task).load).parameters.values()
+            if p.kind in kinds and p.name not in ("split", "data_dir", "max_length")]
+
+
+def _check_options(task: str, options: dict) -> None:
+    """Refuse options the task's loader does not read: a typo, or a key added with '+', would otherwise be
+    ignored (a ``**_`` catch-all) or crash the loader after compilation."""
+    valid = _data_keys(task)
+    unknown = [k for k in options if k not in valid and k != "max_length"]
+    if unknown:
+        names = ", ".join(f"task.data.{k}" for k in unknown)
+        raise ValueError(f"unknown option{'s' if len(unknown) > 1 else ''} {names} for task {task} (a typo, or a "
+                         f"key added with '+' that nothing reads): remove it; valid: "
+                         f"{', '.join(f'task.data.{k}' for k in valid)} (and task.max_length)")
 
 
 def _task_options(task: str, options: dict) -> dict:
@@ -87,6 +109,7 @@ def _check_pathfinder_length(task: str, options: dict) -> None:
 
 def _loader(task: str) -> Callable[..., dict[str, np.ndarray]]:
     def load(split: str, *, data_dir, **options) -> dict[str, np.ndarray]:
+        _check_options(task, options)
         options = _task_options(task, options)
         _check_pathfinder_length(task, options)
         return _module(task).load(split, data_dir=data_dir, **options)
@@ -100,17 +123,19 @@ TASKS: dict[str, Callable[..., dict[str, np.ndarray]]] = {task: _loader(task) fo
 
 def check_available(task: str, *, data_dir=None, **options) -> None:
     """Raise FileNotFoundError naming the command that gets the data when ``task``'s files are missing and
-    cannot be generated (ValueError for options that cannot work). Cheap: checks paths only, so a run fails on
-    missing data in well under a second."""
+    cannot be generated (ValueError for options that cannot work, and for options the task's ``load`` does not
+    take). Cheap: checks paths only, so a run fails on missing data in well under a second."""
     if task not in TASKS:
         raise ValueError(f"unknown LRA task {task!r}; valid tasks: {', '.join(sorted(TASKS))}")
+    _check_options(task, options)
     options = _task_options(task, options)
     _check_pathfinder_length(task, options)
     _module(task).check_available(data_dir=default_data_dir(data_dir), **options)
 
 
 def source(task: str, split: str, *, data_dir=None, **options) -> ArraySource:
-    """Examples of ``task``/``split``; ``options`` (e.g. max_length, generate) go to the task loader."""
+    """Examples of ``task``/``split``; ``options`` (e.g. max_length, generate) go to the task loader, which
+    must take each of them (ValueError naming an unknown one)."""
     if task not in TASKS:
         raise ValueError(f"unknown LRA task {task!r}; valid tasks: {', '.join(sorted(TASKS))}")
     return ArraySource(TASKS[task](split, data_dir=default_data_dir(data_dir), **options))

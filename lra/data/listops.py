@@ -23,13 +23,16 @@ Generate the standard sizes with::
 from __future__ import annotations
 
 import argparse
+import inspect
 import logging
+import numbers
 import os
 import random
 import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -306,6 +309,11 @@ def read_tsv(path: str | os.PathLike, max_length: int) -> dict[str, np.ndarray]:
     """Read a ListOps TSV into ``inputs`` int32 [N, max_length] (0-padded, truncated), ``targets`` and
     ``lengths`` int32 [N]. The ``Source\\tTarget`` header is optional; empty lines are skipped.
     A malformed row raises ValueError naming the file and its 1-based line number."""
+    return _read_tsv(path, max_length)[0]
+
+
+def _read_tsv(path: str | os.PathLike, max_length: int) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """read_tsv's arrays and the int64 [N] token counts of the expressions before truncation."""
     if max_length < 1:
         raise ValueError(f"max_length must be >= 1, got {max_length}")
     path = Path(path)
@@ -340,14 +348,16 @@ def read_tsv(path: str | os.PathLike, max_length: int) -> dict[str, np.ndarray]:
                     raise bad(str(e)) from None
             if ids.size == 0:
                 raise bad("empty expression")
-            seqs.append(ids[:max_length])
+            seqs.append(ids)
             targets.append(target)
     n = len(seqs)
     inputs = np.zeros((n, max_length), dtype=np.int32)
-    lengths = np.fromiter((s.size for s in seqs), dtype=np.int32, count=n)
+    full = np.fromiter((s.size for s in seqs), dtype=np.int64, count=n)
+    lengths = np.minimum(full, max_length).astype(np.int32)
     for i, seq in enumerate(seqs):
-        inputs[i, : seq.size] = seq
-    return {"inputs": inputs, "targets": np.asarray(targets, dtype=np.int32).reshape(n), "lengths": lengths}
+        inputs[i, : lengths[i]] = seq[:max_length]
+    arrays = {"inputs": inputs, "targets": np.asarray(targets, dtype=np.int32).reshape(n), "lengths": lengths}
+    return arrays, full
 
 
 # --------------------------------------------------------------------------- cached generation / loading
@@ -381,6 +391,18 @@ def write_splits(out: str | os.PathLike, splits: dict[str, list[tuple[str, int]]
 PROVENANCE_NAME = "generator.json"   # in a folder the CLI wrote; other basic_*.tsv files are not replaced
 
 
+def _capacity_error(min_length: int, max_length: int, total: int) -> str | None:
+    """Why ``total`` distinct expressions with min_length < length < max_length cannot exist, or None when they
+    may. Decided for max_length <= 5 only, where just leaves (length 1) and one operator over two digits
+    (length 4) fit; longer ranges hold far more than any count asked for."""
+    if max_length > 5:
+        return None
+    capacity = 10 * (min_length < 1) + 4 * 10 * 10 * (min_length < 4 < max_length)
+    if total <= capacity:
+        return None
+    return f"only {capacity} distinct expressions have {min_length} < length < {max_length}; {total} were asked for"
+
+
 def _check_cli_args(p: argparse.ArgumentParser, a) -> None:
     """Impossible arguments, refused before generating (argparse's error: usage, message, exit status 2)."""
     for name in ("num_train", "num_val", "num_test"):
@@ -390,12 +412,9 @@ def _check_cli_args(p: argparse.ArgumentParser, a) -> None:
         p.error(f"need 0 <= --min-length < --max-length - 1, got {a.min_length} and {a.max_length}")
     if a.max_depth < 1 or a.max_args < 2:
         p.error(f"need --max-depth >= 1 and --max-args >= 2, got {a.max_depth} and {a.max_args}")
-    if a.max_length <= 5:   # only leaves (length 1) and one operator over two digits (length 4) fit
-        capacity = 10 * (a.min_length < 1) + 4 * 10 * 10 * (a.min_length < 4 < a.max_length)
-        total = a.num_train + a.num_val + a.num_test
-        if total > capacity:
-            p.error(f"only {capacity} distinct expressions have {a.min_length} < length < {a.max_length}; "
-                    f"{total} were asked for")
+    too_few = _capacity_error(a.min_length, a.max_length, a.num_train + a.num_val + a.num_test)
+    if too_few:
+        p.error(too_few)
     out = Path(a.out)
     ours = (out / PROVENANCE_NAME).is_file()
     existing = [split_filename(s) for s in SPLITS if (out / split_filename(s)).exists()]
@@ -433,6 +452,7 @@ def ensure_generated(
     )
     if _complete(folder):
         return folder
+    _common.check_writable(folder.parent, _WRITE_HINT)   # before generating, not at the first write after it
     folder.parent.mkdir(parents=True, exist_ok=True)
     t0 = time.monotonic()
     splits = generate_splits(num_train, num_val, num_test, min_length=min_length, max_length=max_length, seed=seed)
@@ -471,6 +491,64 @@ def ensure_generated(
     return folder
 
 
+_WRITE_HINT = "set data_dir=<a folder you can write to> (or $LRA_DATA), where the generated ListOps data is cached"
+
+
+def generate_options(generate) -> dict:
+    """The ensure_generated keyword arguments that ``task.data.generate`` asks for, its defaults filled in.
+
+    Checked before anything is generated: ValueError naming ``task.data.generate.<key>`` for a key that
+    ensure_generated does not take (listing those it does), a value that is not an integer, or sizes that
+    cannot be generated."""
+    params = inspect.signature(ensure_generated).parameters
+    valid = [name for name in params if name != "data_dir"]
+    if not isinstance(generate, Mapping):
+        raise ValueError(f"task.data.generate must be a mapping of {', '.join(valid)} "
+                         f"(e.g. {{num_train: 128, num_val: 40, num_test: 40, min_length: 10, max_length: 64, "
+                         f"seed: 0}}) or null (read the release files in <data_dir>/listops/), got {generate!r}")
+    unknown = [k for k in generate if k not in valid]
+    if unknown:
+        names = ", ".join(f"task.data.generate.{k}" for k in unknown)
+        raise ValueError(f"unknown option{'s' if len(unknown) > 1 else ''} {names} for ListOps generation (a typo, "
+                         f"or a key added with '+' that nothing reads): remove it; valid: "
+                         f"{', '.join(f'task.data.generate.{k}' for k in valid)}")
+    for key, value in generate.items():
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+            raise ValueError(f"task.data.generate.{key} must be an integer, got {value!r}")
+    kw = {name: params[name].default for name in valid} | {k: int(v) for k, v in generate.items()}
+    for name in ("num_train", "num_val", "num_test"):
+        if kw[name] < 1:
+            raise ValueError(f"task.data.generate.{name} must be >= 1, got {kw[name]}")
+    if not 0 <= kw["min_length"] < kw["max_length"] - 1:
+        raise ValueError(f"need 0 <= task.data.generate.min_length < task.data.generate.max_length - 1 (expressions "
+                         f"have min_length < length < max_length), got {kw['min_length']} and {kw['max_length']}")
+    too_few = _capacity_error(kw["min_length"], kw["max_length"], kw["num_train"] + kw["num_val"] + kw["num_test"])
+    if too_few:
+        raise ValueError(f"task.data.generate: {too_few}")
+    return kw
+
+
+def _fit_advice(max_length: int, gen: dict) -> str:
+    """What to set so that generated expressions fit in ``max_length`` tokens. The generator counts an
+    expression's length as the tokenizer does (operators, digits and ``]``; parentheses neither counts), and
+    keeps min_length < length < max_length."""
+    return (f"set task.data.generate.max_length <= {max_length + 1} (generated lengths stay below it, counted in "
+            f"tokens like task.max_length: operators, digits and ']', not parentheses)"
+            + (f" with task.data.generate.min_length < {max_length}" if gen["min_length"] >= max_length else "")
+            + f", or raise task.max_length to {gen['max_length'] - 1}")
+
+
+def _check_generated_fit(gen: dict, max_length) -> None:
+    """Refuse, before generating, the sizes that certainly truncate: every generated expression has more than
+    ``min_length`` tokens, so ``min_length >= max_length`` cuts all of them. (Longer maxima than max_length + 1
+    cut only some, if any: load counts them once the data exists.)"""
+    known = isinstance(max_length, numbers.Integral) and not isinstance(max_length, bool)  # else config refuses it
+    if known and gen["min_length"] >= max_length:
+        raise ValueError(f"every generated ListOps expression has more than task.data.generate.min_length="
+                         f"{gen['min_length']} tokens, so none fits in task.max_length={max_length}: each would be "
+                         f"cut and its label no longer follow from the input; {_fit_advice(max_length, gen)}")
+
+
 def _cli_command(out: Path, **kw) -> str:
     kw = {**DEFAULTS, **kw}
     return (
@@ -486,14 +564,30 @@ def load(split: str, *, data_dir, max_length: int = 2000, generate: dict | None 
     With ``generate`` (a dict of ensure_generated keyword arguments) the data set is generated and
     cached under ``data_dir/listops/generated-...``; otherwise the files are read from
     ``data_dir/listops/basic_{split}.tsv`` (the official ``lra_release/listops-1000/`` files, or the
-    output of the CLI)."""
+    output of the CLI).
+
+    Expressions longer than ``max_length`` tokens are cut, and their labels no longer follow from the input: in
+    generated data that is refused (ValueError saying what to set); in files read as they are (the release) it
+    is LRA's own truncation, done with a warning that counts them."""
     fname = split_filename(split)
     if generate is not None:
-        folder = ensure_generated(data_dir, **generate)
+        gen = generate_options(generate)
+        _check_generated_fit(gen, max_length)
+        folder = ensure_generated(data_dir, **gen)
     else:
         folder = Path(data_dir) / "listops"
     _require_file(folder / fname)
-    return read_tsv(folder / fname, max_length)
+    arrays, full = _read_tsv(folder / fname, max_length)
+    cut = int((full > max_length).sum())
+    if cut and generate is not None:
+        raise ValueError(f"{cut} of {full.size} generated ListOps {split} expressions (in {folder}) are longer than "
+                         f"task.max_length={max_length} tokens (the longest has {int(full.max())}): they would be cut "
+                         f"and their labels no longer follow from the input; {_fit_advice(max_length, gen)}")
+    if cut:
+        log.warning("%s: %d of %d ListOps expressions are longer than max_length=%d tokens (the longest has %d) and "
+                    "are cut to it, as LRA's input pipeline cuts them; task.max_length=%d keeps them whole",
+                    folder / fname, cut, full.size, max_length, int(full.max()), int(full.max()))
+    return arrays
 
 
 def _require_file(path: Path) -> None:
@@ -507,11 +601,19 @@ def _require_file(path: Path) -> None:
         )
 
 
-def check_available(*, data_dir, generate: dict | None = None, **_) -> None:
-    """Fail fast (no generation, no reading) when files that cannot be generated are missing."""
+def check_available(*, data_dir, max_length: int = 2000, generate: dict | None = None) -> None:
+    """Fail fast (no generation, no reading): FileNotFoundError when files that cannot be generated are missing;
+    ValueError for ``generate`` options that cannot work (see generate_options), sizes whose expressions are
+    all longer than ``max_length``, and data that must be generated where it cannot be written."""
     if generate is None:
         for split in SPLITS:
             _require_file(Path(data_dir) / "listops" / split_filename(split))
+        return
+    gen = generate_options(generate)
+    _check_generated_fit(gen, max_length)
+    folder = generated_dir(data_dir, **gen)
+    if not _complete(folder):
+        _common.check_writable(folder.parent, _WRITE_HINT)
 
 
 # --------------------------------------------------------------------------- CLI

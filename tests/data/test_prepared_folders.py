@@ -155,5 +155,6 @@ def test_suggested_commands_quote_a_data_dir_with_spaces(tmp_path):
     data_dir = tmp_path / "my data"
     for task in ("text", "image", "retrieval", "pathfinder", "listops"):
         with pytest.raises(FileNotFoundError) as e:
-            data.check_available(task, data_dir=data_dir, generate=None)
+            data.check_available(task, data_dir=data_dir,
+                                 **({"generate": None} if task in ("listops", "pathfinder") else {}))
         assert f"'{data_dir}" in str(e.value), task

@@ -240,9 +240,8 @@ def test_a_run_that_stopped_before_its_first_checkpoint_does_not_block_the_corre
     assert record["attention"] == "local" and (paths["run"] / "result.json").exists()
 
 
-def test_nan_loss_stops_with_the_step_and_keeps_checkpoints(isolated, monkeypatch):
-    paths, _ = isolated
-    config = smoke_config(paths, "train.eval_every=10", "train.log_every=5")
+def poison_step(monkeypatch, at: int, poison) -> None:
+    """The train step of index ``at`` returns ``poison(params, metrics)`` instead of its own params and metrics."""
     original = trainer.Steps.compiled
 
     def poisoned(self, kind, *args):
@@ -252,12 +251,18 @@ def test_nan_loss_stops_with_the_step_and_keeps_checkpoints(isolated, monkeypatc
 
         def step_fn(params, opt_state, rest, batch, step):
             params, opt_state, rest, metrics = fn(params, opt_state, rest, batch, step)
-            if int(step) == 13:
-                metrics = {**metrics, "loss": metrics["loss"] * np.nan}
+            if int(step) == at:
+                params, metrics = poison(params, metrics)
             return params, opt_state, rest, metrics
         return step_fn
 
     monkeypatch.setattr(trainer.Steps, "compiled", poisoned)
+
+
+def test_nan_loss_stops_with_the_step_and_keeps_checkpoints(isolated, monkeypatch):
+    paths, _ = isolated
+    config = smoke_config(paths, "train.eval_every=10", "train.log_every=5")
+    poison_step(monkeypatch, 13, lambda params, metrics: (params, {**metrics, "loss": metrics["loss"] * np.nan}))
     with pytest.raises(trainer.TrainingDiverged, match="at step 13"):
         trainer.train(config, paths["run"])
     assert RunCheckpoints(paths["run"] / "checkpoints").latest_step() == 10
