@@ -13,10 +13,12 @@ the message; the sweep goes on. Rows are appended to <results_dir>/bench.jsonl.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -143,15 +145,32 @@ def measure_isolated(bench: dict, name: str, length: int, timeout: float) -> dic
     base = {"attention": name, "length": length, "batch_size": bench["batch_size"], "impl": bench.get("impl")}
     try:
         r = subprocess.run([sys.executable, "-m", "lra.bench", "--one", spec], capture_output=True, text=True,
-                           timeout=timeout, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                           timeout=timeout, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                           preexec_fn=_die_with_parent)
     except subprocess.TimeoutExpired:
         return {**base, "status": "error", "message": f"timed out after {timeout:.0f} s"}
     lines = [line for line in r.stdout.splitlines() if line.startswith("{")]
+    if r.returncode < 0:   # killed by a signal: its stderr's last line says nothing about why
+        sig = signal.Signals(-r.returncode).name if -r.returncode in signal.valid_signals() else -r.returncode
+        killed = sig == "SIGKILL"
+        return {**base, "status": "oom" if killed else "error",
+                "message": f"the measuring process was killed by {sig}" + (
+                    " (most likely the kernel's out-of-memory killer: lower batch_size or the length, or set "
+                    "memory_limit_gb below what this machine has)" if killed else "")}
     if r.returncode or not lines:
         tail = error_line(r.stderr)
         status = "oom" if "RESOURCE_EXHAUSTED" in r.stderr or "Out of memory" in r.stderr else "error"
         return {**base, "status": status, "message": tail[-500:]}
     return json.loads(lines[-1])
+
+
+def _die_with_parent() -> None:
+    """In the measuring child before it runs (Linux): SIGKILL it when the benchmark process dies (a SIGTERM from
+    a scheduler or `timeout`), so that no measurement goes on holding memory with nobody to read its row."""
+    with contextlib.suppress(Exception):
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)   # 1 = PR_SET_PDEATHSIG
 
 
 def error_line(stderr: str) -> str:
@@ -191,13 +210,21 @@ def check_bench(bench: dict) -> dict:
 def run(bench: dict) -> list[dict]:
     from lra import config as config_lib
     from lra import results
+    from models import EncoderConfig
+    from models.attention import check_options
 
     bench = check_bench(bench)
     names = list(bench["variants"])
-    for name in names:  # unknown names, and impl=pallas for a variant without a kernel, fail before measuring
-        attention_config(name)
+    for name in names:  # unknown names, impl=pallas for a variant without a kernel, a model that cannot be built:
+        attention_config(name)   # each fails once, before measuring, not as an error row per measurement
         if bench.get("impl"):
             config_lib.check_impl(name, bench["impl"])
+        config = run_config(bench, name, bench["lengths"][0])
+        config_lib.validate(config)
+        options = {k: v for k, v in config["attention"].items() if k != "name"}
+        check_options(name, {k: v for k, v in options.items() if k != "impl"})
+        EncoderConfig(vocab_size=bench["vocab_size"], num_classes=bench["num_classes"], max_length=1,
+                      attention=name, attention_options=options, **bench["model"])
     rows = []
     out = Path(bench["results_dir"]) / "bench.jsonl"
     results.check_appendable(out)   # before the first measurement
@@ -209,7 +236,8 @@ def run(bench: dict) -> list[dict]:
                 try:
                     row = measure(bench, name, int(length))
                 except Exception as e:  # one failing variant never stops the sweep
-                    row = {"attention": name, "length": length, "status": "error", "message": repr(e)[-500:]}
+                    row = {"attention": name, "length": length, "batch_size": bench["batch_size"],
+                           "impl": bench.get("impl"), "status": "error", "message": repr(e)[-500:]}
             row["bench"] = bench.get("preset")
             results.append_jsonl(out, row)
             rows.append(row)
@@ -229,10 +257,10 @@ def log_to_wandb(bench: dict, rows: list[dict], out_dir: Path) -> None:
 
     options = bench.get("logger") or {}
     mode = loggers.resolve_mode(options.get("mode", "auto"))
-    run = wandb.init(project=options.get("project") or "lra", entity=options.get("entity"), group="bench",
-                     job_type="bench", tags=[f"bench:{bench.get('preset')}", f"impl:{bench.get('impl')}"],
-                     config={k: v for k, v in bench.items() if k != "logger"}, dir=str(out_dir), mode=mode,
-                     settings=wandb.Settings(init_timeout=float(options.get("init_timeout", 60)), silent=True))
+    run, _ = loggers.init_wandb(mode, float(options.get("init_timeout", 60)), project=options.get("project") or "lra",
+                                entity=options.get("entity"), group="bench", job_type="bench",
+                                tags=[f"bench:{bench.get('preset')}", f"impl:{bench.get('impl')}"],
+                                config={k: v for k, v in bench.items() if k != "logger"}, dir=str(out_dir))
     columns = sorted({k for r in rows for k in r if not isinstance(r[k], (dict, list))})
     run.log({"bench/rows": wandb.Table(columns=columns, data=[[r.get(c) for c in columns] for r in rows])})
     ok = [r for r in rows if r.get("status") == "ok"]
@@ -245,13 +273,24 @@ def log_to_wandb(bench: dict, rows: list[dict], out_dir: Path) -> None:
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="bench")
 def main(cfg: DictConfig) -> None:
+    from lra.train import fail_run
+
     bench = OmegaConf.to_container(cfg, resolve=True)
+    wandb = (bench.get("logger") or {}).get("name") == "wandb"
     try:
+        if wandb:   # a bad logger.mode fails now, not after the measurements
+            from lra import loggers
+
+            loggers.resolve_mode((bench.get("logger") or {}).get("mode", "auto"))
         rows = run(bench)
-    except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)
-    if (bench.get("logger") or {}).get("name") == "wandb":
+    except ValueError as e:   # in a sweep (-m) the other benchmarks still run; the exit status is 1 at the end
+        fail_run(e)
+        return
+    if rows and all(r["status"] == "error" for r in rows):
+        fail_run(RuntimeError(f"every measurement failed ({len(rows)} rows with status error in "
+                              f"{Path(bench['results_dir']) / 'bench.jsonl'}); the first: {rows[0].get('message')}"))
+        return
+    if wandb:
         log_to_wandb(bench, rows, Path(HydraConfig.get().runtime.output_dir))
 
 
@@ -267,5 +306,7 @@ if __name__ == "__main__":
         logging.getLogger("absl").setLevel(logging.WARNING)
         print(json.dumps(measure(spec["bench"], spec["name"], spec["length"]), default=float))
     else:
+        from lra.train import run_command
+
         sys.argv = [sys.argv[0], *_cli_args(sys.argv[1:])]
-        main()
+        run_command(main)

@@ -25,13 +25,18 @@ Each (implementation, length, dtype) is compiled once for the forward and once f
 gradient of sum(out * cotangent) with respect to q, k and v), run ``--warmup`` times, then timed as the median
 of ``--repeats`` runs of ``--steps`` calls (``block_until_ready`` after each run). Memory is the compiler's
 ``memory_analysis()`` of the forward+backward program (temporaries + arguments + outputs), the same number on
-every backend. FLOPs count the matmuls of the allowed (visited) blocks: 4 B H L^2 D x fraction for the forward,
-2.5 times that for the backward (FlashAttention's convention, recomputation included); for linear attention
+every backend; before running, the compiled programs' need (``lra.trainer.memory_needs``) is compared with the
+memory available (free memory, or ``--memory-limit-gb``): a program that would not fit is not run, its row has
+status ``oom`` and says why. FLOPs count the matmuls of the allowed (visited) blocks: 4 B H L^2 D x fraction for
+the forward, 2.5 times that for the backward (FlashAttention's convention, recomputation included); for linear attention
 4 B H L D^2 (features = head dim), and again 2.5 times that for the backward, which is exactly what the Pallas
 kernels compute. Linear attention computes in float32 whatever the dtype of q, k and v, so its rows use the
 float32 matmul precision. ``--matmul`` also times
 a square matmul in the same dtype, so TFLOP/s can be read as a fraction of what the card's matmul reaches.
-Rows are appended to ``--out`` (JSON lines) and printed as a table. On CPU the Pallas kernels run in interpret
+Dtypes (``--dtypes``): float32, bfloat16, float16, each recorded as the dtype the arrays really have. Rows are
+appended to ``--out`` (JSON lines, one at a time: a row measured is never lost) and printed as a table; bad
+arguments, an ``--out`` that could not be written and unreadable ``--report`` files are refused before anything
+is measured. On CPU the Pallas kernels run in interpret
 mode (compiled by XLA, not Python-slow). Several ``--block`` values time every block-sized impl at each; several
 ``--num-warps`` / ``--num-stages`` / ``--dq`` values time the Triton kernels (``pallas_*``) at each combination,
 recorded in the row (``--dq atomic``: dQ by atomic adds in the dK/dV kernel; the Mosaic GPU kernels take none of
@@ -40,7 +45,6 @@ these).
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import statistics
 import sys
@@ -55,6 +59,8 @@ BLOCK_SIZED = ("pallas_flash", "pallas_local", "mgpu_flash", "mgpu_local", "xla_
 BWD_BLOCKED = ("pallas_flash", "pallas_local", "mgpu_flash", "mgpu_local")   # our flash kernels
 TRITON_TUNED = ("pallas_flash", "pallas_local")                             # num_warps, num_stages, dQ
 LINEAR = ("xla_linear", "pallas_linear")
+# The dtypes rows are computed in. float64 is not one: without jax_enable_x64 JAX computes it in float32.
+DTYPES = ("float32", "bfloat16", "float16")
 # JAX's own kernels, which a JAX version may not ship (0.12.1 removed the Pallas Triton ops, attention included).
 JAX_MODULES = {"jax_triton": "jax.experimental.pallas.ops.gpu.attention",
                "jax_mgpu": "jax.experimental.pallas.ops.gpu.attention_mgpu"}
@@ -183,14 +189,41 @@ def _memory(compiled) -> int | None:
         return None
 
 
+def _does_not_fit(programs: list[tuple[str, object]], limit_gb: float | None) -> str | None:
+    """Why the first of the (name, compiled program) pairs that needs more memory than is available (free memory,
+    or ``limit_gb``) would not fit, or None. The need is ``lra.trainer.memory_needs``'s (the training check's)."""
+    from lra import trainer
+
+    have = trainer.available_bytes(limit_gb)
+    if have is None:
+        return None
+    try:
+        needs = trainer.memory_needs(programs)
+    except Exception:  # not every backend reports memory_analysis()
+        return None
+    for what, want, extra in needs:
+        if want is not None and want > have:
+            how = f"{want / 2**30:.3f} GiB"
+            if extra:
+                how += f" (with {extra / 2**30:.3f} GiB that XLA's CPU runtime allocates beyond memory_analysis())"
+            source = f"--memory-limit-gb {limit_gb}" if limit_gb else "free memory"
+            return (f"{what} needs {how} but {have / 2**30:.3f} GiB is available ({source}); not run: time a shorter "
+                    f"length, a smaller --batch or --heads, or an impl whose memory grows linearly (pallas_local, "
+                    f"xla_local, xla_linear, pallas_linear)")
+    return None
+
+
 def measure(impl: str, length: int, dtype: str, *, batch: int, heads: int, head_dim: int, window: int, block: int,
             warmup: int, steps: int, repeats: int, num_warps: int | None = None,
             num_stages: int | None = None, dq: str = "kernel", bwd_block: int | None = None,
-            f32_precision: str = "highest", forward_times: dict | None = None) -> dict:
+            f32_precision: str = "highest", forward_times: dict | None = None,
+            memory_limit_gb: float | None = None) -> dict:
     """One row: the forward and forward+backward times of ``impl``. ``forward_times`` (a dict kept across
     calls) reuses the forward's time for settings that change only the backward (``dq``, ``bwd_block``).
     float32 products run at ``f32_precision`` in every impl ("highest": full float32, what the Pallas kernels
-    do; "default": TF32 on a GPU's tensor cores in the XLA and cuDNN paths)."""
+    do; "default": TF32 on a GPU's tensor cores in the XLA and cuDNN paths). After compiling and before running,
+    the programs' memory is compared with what is available (``memory_limit_gb``, or free memory): a row that
+    would not fit gets status "oom" and is not run."""
     import jax
     import jax.numpy as jnp
 
@@ -218,6 +251,8 @@ def measure(impl: str, length: int, dtype: str, *, batch: int, heads: int, head_
         keys = jax.random.split(jax.random.PRNGKey(0), 4)
         shape = (batch, length, heads, head_dim)
         q, k, v, cot = (jax.random.normal(key, shape, jnp.float32).astype(dt) for key in keys)
+        if q.dtype != dt:  # e.g. float64 without jax_enable_x64: it would be timed in float32 under its name
+            raise ValueError(f"{dtype} arrays are {q.dtype} with this JAX configuration; valid: {', '.join(DTYPES)}")
         f = _fn(impl, window, block, triton, bwd_block)
         # The cotangent is an argument, not a constant folded into the program.
         train = jax.jit(jax.grad(lambda q, k, v, cot: (f(q, k, v).astype(jnp.float32) * cot.astype(jnp.float32)).sum(),
@@ -230,6 +265,12 @@ def measure(impl: str, length: int, dtype: str, *, batch: int, heads: int, head_
             train_c = train.lower(q, k, v, cot).compile()
             row["compile_s"] = round(time.perf_counter() - t0, 3)
         row["memory_bytes"] = _memory(train_c)
+        at = f"L={length}, batch={batch}, heads={heads}, head_dim={head_dim}, {dtype}"
+        refusal = _does_not_fit([(f"the forward+backward of {impl} ({at})", train_c)]
+                                + ([(f"the forward of {impl} ({at})", fwd_c)] if fwd_c is not None else []),
+                                memory_limit_gb)
+        if refusal:
+            return {**row, "status": "oom", "error": refusal}
         row["fwd_ms"] = cached or 1e3 * _time(fwd_c, (q, k, v), warmup, steps, repeats)
         if forward_times is not None:
             forward_times[fwd_key] = row["fwd_ms"]
@@ -246,17 +287,23 @@ def measure(impl: str, length: int, dtype: str, *, batch: int, heads: int, head_
     return row
 
 
-def matmul_rate(dtype: str, n: int, f32_precision: str = "highest") -> dict:
+def matmul_rate(dtype: str, n: int, f32_precision: str = "highest", memory_limit_gb: float | None = None) -> dict:
     import jax
     import jax.numpy as jnp
 
     precision = _precision(dtype, f32_precision)
+    row = {"impl": "matmul", "dtype": dtype, "n": n, "matmul_precision": precision, "device": device_description(),
+           "jax": jax.__version__}
     a = jax.random.normal(jax.random.PRNGKey(0), (n, n), jnp.float32).astype(dtype)
+    if a.dtype != jnp.dtype(dtype):
+        return {**row, "status": "error", "error": f"{dtype} arrays are {a.dtype} with this JAX configuration"}
     with _precision_scope(precision):
         f = jax.jit(lambda a: a @ a).lower(a).compile()
+    refusal = _does_not_fit([(f"the {n} x {n} {dtype} matmul", f)], memory_limit_gb)
+    if refusal:
+        return {**row, "status": "oom", "error": refusal.replace("time a shorter length", "time a smaller --matmul")}
     sec = _time(f, (a,), 2, 5, 3)
-    return {"impl": "matmul", "dtype": dtype, "n": n, "ms": 1e3 * sec, "tflops": 2 * n**3 / sec / 1e12,
-            "matmul_precision": precision, "device": device_description(), "jax": jax.__version__, "status": "ok"}
+    return {**row, "ms": 1e3 * sec, "tflops": 2 * n**3 / sec / 1e12, "status": "ok"}
 
 
 def _settings(impl: str, a) -> list[tuple[int, int | None, int | None, str, int | None]]:
@@ -292,11 +339,30 @@ TARGETS = [
 ]
 
 
+def _positive(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
+
+
+def timing_row(row) -> bool:
+    """Whether ``row`` is a timing of this tool that ``report`` reads: status ok with the fields of its kind (a row
+    of lra.bench, or a failed row, is not)."""
+    if not isinstance(row, dict) or row.get("status") != "ok" or not isinstance(row.get("dtype"), str):
+        return False
+    impl = row.get("impl")
+    if impl == "matmul":
+        return _positive(row.get("tflops"))
+    if impl == "dispatch":
+        return _positive(row.get("ms"))
+    return (impl in IMPLS and isinstance(row.get("length"), int) and not isinstance(row.get("length"), bool)
+            and all(_positive(row.get(k)) for k in ("fwd_ms", "fwd_bwd_ms"))
+            and isinstance(row.get("tflops_fwd_bwd"), (int, float)) and not isinstance(row.get("tflops_fwd_bwd"), bool))
+
+
 def report(rows: list[dict]) -> str:
     """A Markdown report of timing rows (those of several files together): per dtype and length, the fastest
     setting of each impl with its TFLOP/s as a fraction of the same dtype's matmul rate, then each of the issue's
     targets that the rows can answer (speedup of forward+backward against the reference impl, met or not)."""
-    ok = [r for r in rows if r.get("status") == "ok"]
+    ok = [r for r in rows if timing_row(r)]  # other rows (failed ones, lra.bench's) are left out
     rate = {r["dtype"]: r["tflops"] for r in ok if r["impl"] == "matmul"}
     floor = {r["dtype"]: r["ms"] for r in ok if r["impl"] == "dispatch"}
     best: dict[tuple, dict] = {}
@@ -306,7 +372,7 @@ def report(rows: list[dict]) -> str:
         key = (r["dtype"], r["length"], r["impl"])
         if key not in best or r["fwd_bwd_ms"] < best[key]["fwd_bwd_ms"]:
             best[key] = r
-    devices = sorted({r["device"] for r in ok})
+    devices = sorted({str(r.get("device", "unknown device")) for r in ok})
     lines = [f"Device: {', '.join(devices) or 'none'}; matmul rate: "
              + (", ".join(f"{d} {t:.1f} TFLOP/s" for d, t in sorted(rate.items())) or "not measured")
              + "; per-call dispatch floor: "
@@ -316,7 +382,7 @@ def report(rows: list[dict]) -> str:
              "memory MiB |", "|---|---|---|---|---|---|---|---|---|"]
     for (dtype, length, impl), r in sorted(best.items(), key=lambda kv: (kv[0][0], kv[0][1], IMPLS.index(kv[0][2]))):
         frac = f"{r['tflops_fwd_bwd'] / rate[dtype]:.0%}" if rate.get(dtype) else "-"
-        mem = f"{r['memory_bytes'] / 2**20:.0f}" if r.get("memory_bytes") else "-"
+        mem = f"{r['memory_bytes'] / 2**20:.0f}" if _positive(r.get("memory_bytes")) else "-"
         star = "*" if floor.get(dtype) and r["fwd_ms"] < 2 * floor[dtype] else ""
         lines.append(f"| {dtype} | {length} | {impl} | {_setting(r)} | {r['fwd_ms']:.3f}{star} | "
                      f"{r['fwd_bwd_ms']:.3f} | {r['tflops_fwd_bwd']:.2f} | {frac} | {mem} |")
@@ -339,7 +405,8 @@ def report(rows: list[dict]) -> str:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m lra.bench_kernels", description=__doc__.splitlines()[0])
     p.add_argument("--lengths", type=int, nargs="+", default=[1024, 4096])
-    p.add_argument("--dtypes", nargs="+", default=["float32"])
+    p.add_argument("--dtypes", nargs="+", default=["float32"], choices=DTYPES,
+                   help="dtype(s) of q, k and v (float64 is not offered: JAX computes it in float32 by default)")
     p.add_argument("--impls", nargs="+", default=list(IMPLS), choices=IMPLS)
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--heads", type=int, default=4)
@@ -362,6 +429,8 @@ def main(argv=None) -> int:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--matmul", type=int, default=0, help="also time an n x n matmul per dtype (0: skip)")
     p.add_argument("--out", default=None, help="JSONL file to append the rows to")
+    p.add_argument("--memory-limit-gb", type=float, default=None,
+                   help="refuse (status oom, not run) a program that needs more than this (default: free memory)")
     p.add_argument("--report", nargs="+", metavar="JSONL", default=None,
                    help="time nothing: print the Markdown report (fastest settings, targets) of these row files")
     a = p.parse_args(argv)
@@ -371,17 +440,52 @@ def main(argv=None) -> int:
         missing = [f for f in a.report if not Path(f).is_file()]
         if missing:
             p.error(f"no such file: {', '.join(missing)} (python -m lra.bench_kernels ... --out FILE writes one)")
-        print(report([row for f in a.report for row in read_jsonl(f)]), end="")
+        rows, empty = [], []
+        for f in a.report:
+            try:
+                found = read_jsonl(f)
+            except ValueError as e:  # names the file and line
+                p.error(f"--report: {e}")
+            except OSError as e:
+                p.error(f"--report: cannot read {f} ({e.strerror or e}); give a readable file")
+            timed = [r for r in found if timing_row(r)]
+            if not timed:
+                ours = [r for r in found if r.get("impl") in (*IMPLS, "matmul", "dispatch")]
+                statuses = sorted({str(r.get("status")) for r in ours})
+                empty.append(f"{f} ({len(ours)} lra.bench_kernels rows, none timed: status {', '.join(statuses)})"
+                             if ours else f"{f} (no lra.bench_kernels rows: {len(found)} other rows)")
+            rows += timed
+        if not rows:
+            p.error(f"nothing to report: {'; '.join(empty)}; give --report the --out file of "
+                    f"python -m lra.bench_kernels (a bench.jsonl of lra.bench holds other rows)")
+        for note in empty:
+            print(f"left out {note}", file=sys.stderr)
+        print(report(rows), end="")
         return 0
     stages = [n for n in a.num_stages if n is not None]
-    for name, value in (("--batch", a.batch), ("--heads", a.heads), ("--head-dim", a.head_dim),
-                        *(("--block", b) for b in a.block), *(("--num-stages", n) for n in stages)):
-        if value < 1:
-            p.error(f"{name} must be >= 1, got {value}")
+    for name, value, least in (("--batch", a.batch, 1), ("--heads", a.heads, 1), ("--head-dim", a.head_dim, 1),
+                               ("--window", a.window, 1), ("--steps", a.steps, 1), ("--repeats", a.repeats, 1),
+                               ("--warmup", a.warmup, 0), ("--matmul", a.matmul, 0),
+                               *(("--lengths", n, 1) for n in a.lengths), *(("--block", b, 1) for b in a.block),
+                               *(("--num-stages", n, 1) for n in stages)):
+        if value < least:
+            what = {"--matmul": " (0: no matmul)", "--warmup": " (0: no warm-up runs)"}.get(name, "")
+            p.error(f"{name} must be >= {least}{what}, got {value}")
+    if a.memory_limit_gb is not None and not (math.isfinite(a.memory_limit_gb) and a.memory_limit_gb > 0):
+        p.error(f"--memory-limit-gb must be a positive number of GiB (leave it out: free memory), "
+                f"got {a.memory_limit_gb}")
     for name, values in (("--block", a.block), ("--num-warps", [w for w in a.num_warps if w is not None]),
                          ("--bwd-block", [b for b in a.bwd_block if b is not None])):
         if any(v < 1 or v & (v - 1) for v in values):
             p.error(f"{name} must be a power of two, got {values}")
+    out = Path(a.out) if a.out else None
+    if out:
+        from lra import results
+
+        try:  # before anything is measured: a sweep must not run and then fail to record
+            results.check_appendable(out, hint="give --out a file in a folder this process can write")
+        except ValueError as e:
+            p.error(f"--out: {e}")
     import jax
 
     gpu = jax.default_backend() == "gpu"
@@ -393,20 +497,16 @@ def main(argv=None) -> int:
             print(f"skipped {impl}: {reason}", flush=True)
             impls.remove(impl)
     rows = []
-    out = Path(a.out) if a.out else None
-    if out:
-        out.parent.mkdir(parents=True, exist_ok=True)
 
     def emit(row):
         rows.append(row)
         if out:
-            with open(out, "a", encoding="utf-8") as f:
-                f.write(json.dumps(row, sort_keys=True) + "\n")
+            results.append_jsonl(out, row)  # one whole line under a lock, as soon as the row is measured
 
     forward_times: dict = {}
     for dtype in a.dtypes:
         if a.matmul:
-            emit(matmul_rate(dtype, a.matmul, a.f32_precision))
+            emit(matmul_rate(dtype, a.matmul, a.f32_precision, a.memory_limit_gb))
         if a.dispatch:
             emit(dispatch_floor((a.batch, min(a.lengths), a.heads, a.head_dim), dtype, a.warmup, a.steps, a.repeats))
         for length in a.lengths:
@@ -417,7 +517,8 @@ def main(argv=None) -> int:
                     row = measure(impl, length, dtype, batch=a.batch, heads=a.heads, head_dim=a.head_dim,
                                   window=a.window, block=block, warmup=a.warmup, steps=a.steps, repeats=a.repeats,
                                   num_warps=warps, num_stages=stages, dq=dq, bwd_block=bwd,
-                                  f32_precision=a.f32_precision, forward_times=forward_times)
+                                  f32_precision=a.f32_precision, forward_times=forward_times,
+                                  memory_limit_gb=a.memory_limit_gb)
                     emit(row)
                     tags = (("b", row["block"] if len(a.block) > 1 else None), ("bb", row.get("bwd_block")),
                             ("w", warps), ("s", stages), ("dq:", "atomic" if dq == "atomic" else None))

@@ -21,11 +21,13 @@ set in the environment wins over the config.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import netrc
 import os
+import urllib.parse
 import warnings
 from pathlib import Path
 
@@ -70,13 +72,47 @@ def trim_metrics(path: Path, step: int) -> int:
     return len(lines) - len(keep)
 
 
+def _wandb_hosts() -> list[str]:
+    """The hosts a ``wandb login`` may have written into ~/.netrc: that of the server wandb talks to
+    (WANDB_BASE_URL, else the installed wandb's default, which is no longer api.wandb.ai in every version), and
+    api.wandb.ai."""
+    url = os.environ.get("WANDB_BASE_URL")
+    if not url:
+        with contextlib.suppress(Exception):
+            import wandb
+
+            url = wandb.Settings().base_url
+    host = urllib.parse.urlparse(url).hostname if url else None
+    return [h for h in (host, "api.wandb.ai") if h] if host != "api.wandb.ai" else ["api.wandb.ai"]
+
+
 def api_key_configured() -> bool:
     if os.environ.get("WANDB_API_KEY"):
         return True
     try:
-        return netrc.netrc().authenticators("api.wandb.ai") is not None
+        entries = netrc.netrc()
     except (OSError, netrc.NetrcParseError):
         return False
+    return any(entries.authenticators(host) is not None for host in _wandb_hosts())
+
+
+def init_wandb(mode: str, timeout: float, **kwargs):
+    """``wandb.init`` in ``mode``; (run, mode it runs in). An online start that fails (no network, a wrong key, a
+    server that does not answer within ``timeout`` seconds) warns and starts offline instead: training and the
+    benchmark never stop for W&B. wandb keeps the failed run's id claimed in its service, so the service is torn
+    down before the offline start (without that, the retry fails with "run ID ... is in use")."""
+    import wandb
+
+    try:
+        return wandb.init(mode=mode, settings=wandb.Settings(init_timeout=timeout, silent=True), **kwargs), mode
+    except Exception as e:  # noqa: BLE001  (any failure to reach W&B: keep going, log offline)
+        if mode != "online":
+            raise
+        warnings.warn(f"W&B online start failed ({str(e).splitlines()[0] if str(e) else type(e).__name__}); "
+                      f"logging offline instead (wandb sync uploads later)", RuntimeWarning, stacklevel=2)
+    with contextlib.suppress(Exception):
+        wandb.teardown()
+    return wandb.init(mode="offline", settings=wandb.Settings(silent=True), **kwargs), "offline"
 
 
 def resolve_mode(mode: str) -> str:
@@ -121,20 +157,11 @@ class WandbLogger(Logger):
                       name=options.get("name") or f"{task}-{attention}-{profile}-seed{config['seed']}",
                       job_type=options.get("job_type") or "train", config={**config, "meta": meta},
                       dir=str(run_dir), id=run_id(run_dir), resume="allow")
-        timeout = float(options.get("init_timeout", 60))
-        try:
-            self.run = wandb.init(mode=mode, settings=wandb.Settings(init_timeout=timeout, silent=True), **kwargs)
-        except Exception as e:  # noqa: BLE001  (any failure to reach W&B: keep training, log offline)
-            if mode != "online":
-                raise
-            warnings.warn(f"W&B online start failed ({e}); logging offline instead (wandb sync uploads later)",
-                          RuntimeWarning, stacklevel=2)
-            self.run = wandb.init(mode="offline", settings=wandb.Settings(silent=True), **kwargs)
-        self.mode = mode
+        self.run, self.mode = init_wandb(mode, float(options.get("init_timeout", 60)), **kwargs)
         # A resumed W&B run starts after the last step it holds; the steps up to there that this run repeats
         # (after its checkpoint) are not sent again.
         self.first_step = int(getattr(self.run, "starting_step", 0) or 0)
-        log.info("W&B run %s (%s mode) in %s%s", self.run.id, mode, run_dir,
+        log.info("W&B run %s (%s mode) in %s%s", self.run.id, self.mode, run_dir,
                  f", resumed at step {self.first_step}" if self.first_step else "")
 
     def log(self, metrics: dict, step: int) -> None:

@@ -58,17 +58,19 @@ def append_jsonl(path: str | os.PathLike, record: dict) -> None:
         os.close(fd)
 
 
-def check_appendable(path: str | os.PathLike) -> None:
+def check_appendable(path: str | os.PathLike, hint: str = "set results_dir to a folder this process can write") -> None:
     """Refuse, before any work, a records file that could not be appended to (its folder is a file or not
-    writable, or the file is a folder): a run must not train for hours and then fail to record."""
+    writable, or the file is a folder): a run must not train for hours and then fail to record. ``hint`` says
+    what to do (which setting names the file)."""
     from lra.data._common import check_writable
 
     path = Path(path)
     if path.is_dir():
-        raise ValueError(f"{path} is a folder; records are appended to a file of that name (remove the folder)")
-    check_writable(path.parent, "set results_dir to a folder this process can write")
+        raise ValueError(f"{path} is a folder; records are appended to a file of that name (remove the folder, "
+                         f"or {hint})")
+    check_writable(path.parent, hint)
     if path.exists() and not os.access(path, os.W_OK):
-        raise ValueError(f"{path} is not writable; set results_dir to a folder this process can write")
+        raise ValueError(f"{path} is not writable; {hint}")
 
 
 def read_jsonl(path: str | os.PathLike) -> list[dict]:

@@ -34,7 +34,7 @@ def main(cfg: DictConfig) -> float | None:
         data.check_available(task["name"], data_dir=config["data_dir"], max_length=task["max_length"],
                              **task.get("data", {}))
     except (FileNotFoundError, ValueError) as e:
-        _fail(e)
+        fail_run(e)
         return None
 
     from lra import parallel, trainer
@@ -46,7 +46,7 @@ def main(cfg: DictConfig) -> float | None:
         record = trainer.train(config, HydraConfig.get().runtime.output_dir)
     except (ConfigError, FileNotFoundError, trainer.DoesNotFit, trainer.TrainingDiverged, CheckpointUnreadable,
             ValueError) as e:
-        _fail(e)
+        fail_run(e)
         return None
     return record["test_accuracy"]
 
@@ -56,7 +56,7 @@ def main(cfg: DictConfig) -> float | None:
 FAILED_RUNS: list[str] = []
 
 
-def _fail(error: Exception) -> None:
+def fail_run(error: Exception) -> None:
     """A clear reason instead of a traceback; the exit status says the run failed. In a sweep run by Hydra's basic
     launcher (its runs share this process) the failure is remembered and the sweep goes on."""
     log.error("%s: %s", type(error).__name__, error)
@@ -68,8 +68,8 @@ def _fail(error: Exception) -> None:
     sys.exit(1)
 
 
-def run() -> None:
-    """``main`` as a command: exit status 1 when any run of a sweep failed (each named on stderr)."""
+def run_command(main) -> None:
+    """A Hydra ``main`` as a command: exit status 1 when any run of a sweep failed (each named on stderr)."""
     main()
     if FAILED_RUNS:
         print(f"error: {len(FAILED_RUNS)} run(s) of this sweep failed (the others finished):", file=sys.stderr)
@@ -79,4 +79,4 @@ def run() -> None:
 
 
 if __name__ == "__main__":
-    run()
+    run_command(main)

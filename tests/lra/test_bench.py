@@ -40,7 +40,7 @@ def test_bench_cli_rows(tmp_path, subprocess_env):
     assert rows[1]["train_step_flops"] > rows[0]["train_step_flops"]
 
 
-def test_oom_and_errors_do_not_stop_the_sweep(tmp_path):
+def test_oom_and_errors_do_not_stop_the_sweep(tmp_path, monkeypatch):
     config = {"variants": ["full"], "lengths": [32], "batch_size": 2, "impl": "xla", "warmup": 1, "steps": 1,
               "repeats": 1, "isolate": False, "memory_limit_gb": 1e-6, "results_dir": str(tmp_path),
               "vocab_size": 257, "num_classes": 2,
@@ -48,10 +48,24 @@ def test_oom_and_errors_do_not_stop_the_sweep(tmp_path):
                         "attention_dropout": 0.0, "pooling": "cls", "positions": "sinusoidal"}}
     rows = bench.run(config)
     assert rows[0]["status"] == "oom" and "GiB" in rows[0]["message"]
-    config.update(memory_limit_gb=None, model={**config["model"], "num_heads": 3})  # 16 % 3: build fails
+    config.update(memory_limit_gb=None, variants=["local", "full"])
+    measure = bench.measure
+
+    def failing(bench_config, name, length):   # an error met while measuring (compiling, running) one variant
+        if name == "local":
+            raise RuntimeError("XlaRuntimeError: INTERNAL: something went wrong")
+        return measure(bench_config, name, length)
+
+    monkeypatch.setattr(bench, "measure", failing)
     rows = bench.run(config)
-    assert rows[0]["status"] == "error" and "divisible" in rows[0]["message"]
-    assert len(results.read_jsonl(tmp_path / "bench.jsonl")) == 2
+    assert [(r["attention"], r["status"]) for r in rows] == [("local", "error"), ("full", "ok")]
+    assert "something went wrong" in rows[0]["message"] and rows[0]["batch_size"] == 2
+    assert len(results.read_jsonl(tmp_path / "bench.jsonl")) == 3
+    # A model that cannot be built fails once, before measuring (tests/lra/test_bench_runs.py)
+    config.update(model={**config["model"], "num_heads": 3})  # 16 % 3
+    with pytest.raises(ValueError, match="divisible"):
+        bench.run(config)
+    assert len(results.read_jsonl(tmp_path / "bench.jsonl")) == 3
 
 
 def test_error_rows_quote_the_exception_not_the_traceback_note():

@@ -128,3 +128,41 @@ def test_none_logger_and_bad_names():
     assert type(loggers.make_logger(compose_config(["profile=smoke"]), ".")) is loggers.Logger
     with pytest.raises(ValueError, match="logger.name"):
         loggers.make_logger({"logger": {"name": "tensorboard"}}, ".")
+
+
+def test_a_real_online_start_that_fails_goes_on_offline(no_wandb_key, monkeypatch, tmp_path):
+    # The real wandb, with a key and a server that refuses connections: the online start times out, and the
+    # offline start after it must not find the run id still claimed ("run ID ... is in use", before the teardown).
+    monkeypatch.setenv("WANDB_API_KEY", "0" * 40)
+    monkeypatch.setenv("WANDB_BASE_URL", "http://127.0.0.1:9")
+    config = compose_config(["profile=smoke", "logger=wandb", "logger.init_timeout=5"])
+    with pytest.warns(RuntimeWarning, match="logging offline instead"):
+        logger = loggers.make_logger(config, tmp_path / "run")
+    try:
+        assert logger.mode == "offline"
+        logger.log({"train/loss": 1.0}, 1)
+    finally:
+        logger.finish()
+    assert glob.glob(str(tmp_path / "run" / "wandb" / "offline-run-*"))
+
+
+@pytest.mark.parametrize("base_url, host", [(None, None), ("https://wandb.example.org:8443", "wandb.example.org")])
+def test_a_wandb_login_is_found_for_the_server_wandb_uses(no_wandb_key, monkeypatch, tmp_path, base_url, host):
+    # `wandb login` writes ~/.netrc for the host of the server the installed wandb talks to, which is not always
+    # api.wandb.ai (wandb 0.31's default is another one).
+    import urllib.parse
+
+    import wandb
+
+    if base_url:
+        monkeypatch.setenv("WANDB_BASE_URL", base_url)
+    else:
+        monkeypatch.delenv("WANDB_BASE_URL", raising=False)
+        host = urllib.parse.urlparse(wandb.Settings().base_url).hostname
+    assert loggers.api_key_configured() is False
+    netrc_file = tmp_path / "home" / ".netrc"
+    netrc_file.write_text(f"machine {host}\n  login user\n  password {'1' * 40}\n")
+    netrc_file.chmod(0o600)
+    assert loggers.api_key_configured() is True and loggers.resolve_mode("auto") == "online"
+    netrc_file.write_text(f"machine api.wandb.ai\n  login user\n  password {'1' * 40}\n")   # the classic host
+    assert loggers.api_key_configured() is True
