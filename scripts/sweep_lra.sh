@@ -13,7 +13,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY="${PYTHON:-.venv/bin/python}"
 
-usage() { sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
+# The comment block above, up to its first line that is not a comment.
+usage() { awk 'NR == 1 { next } /^#/ { sub(/^# ?/, ""); print; next } { exit }' "$0"; exit "${1:-0}"; }
+value() { [[ $# -ge 2 && -n "$2" && "$2" != --* ]] || { echo "error: $1 needs a value (see --help)" >&2; exit 2; }; }
 [[ $# -ge 1 ]] || usage 2
 case "$1" in -h|--help) usage 0 ;; esac
 profile="$1"; shift
@@ -23,19 +25,20 @@ seeds="0,1,2"
 launcher=""
 while [[ $# -gt 0 ]]; do
   case "$1" in
-    --tasks) tasks="$2"; shift 2 ;;
-    --variants) variants="$2"; shift 2 ;;
-    --seeds) seeds="$2"; shift 2 ;;
-    --launcher) launcher="hydra/launcher=$2"; shift 2 ;;
+    --tasks) value "$@"; tasks="$2"; shift 2 ;;
+    --variants) value "$@"; variants="$2"; shift 2 ;;
+    --seeds) value "$@"; seeds="$2"; shift 2 ;;
+    --launcher) value "$@"; launcher="hydra/launcher=$2"; shift 2 ;;
     --) shift; break ;;
     -h|--help) usage 0 ;;
     *) echo "error: unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
 done
 [[ -f "configs/profile/$profile.yaml" ]] || { echo "error: no profile '$profile' (configs/profile/: $(ls configs/profile | sed 's/\.yaml$//' | paste -sd' ' -))" >&2; exit 2; }
-# Every name and seed before the first run: a typo in the middle of a list would stop the sweep there.
+# Every name and seed before the first run: a typo would otherwise fail a run of every combination it is in.
 for pair in "task:$tasks" "attention:$variants"; do
   group="${pair%%:*}"; IFS=, read -ra names <<< "${pair#*:}"
+  [[ ${#names[@]} -gt 0 ]] || { echo "error: no $group named (an empty list)" >&2; exit 2; }
   for name in "${names[@]}"; do
     [[ -f "configs/$group/$name.yaml" ]] || { echo "error: no $group '$name' (configs/$group/: $(ls "configs/$group" | sed 's/\.yaml$//' | paste -sd' ' -))" >&2; exit 2; }
   done

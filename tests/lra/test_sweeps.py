@@ -56,6 +56,10 @@ def test_summary_mean_and_std_over_seeds():
     (["--tasks", "listops,txt"], "error: no task 'txt' (configs/task/: image listops"),
     (["--seeds", "0,a"], "error: --seeds takes non-negative integers"),
     (["--bogus"], "error: unknown option --bogus"),
+    (["--tasks"], "error: --tasks needs a value"),
+    (["--tasks", ""], "error: --tasks needs a value"),
+    (["--seeds", "--variants", "full"], "error: --seeds needs a value"),
+    (["--tasks", "listops,,text"], "error: no task ''"),
 ])
 def test_sweep_script_refuses_typos_before_the_first_run(args, message, tmp_path):
     # PYTHON points nowhere: a run started would fail differently, so the refusal is the script's own.
@@ -63,3 +67,10 @@ def test_sweep_script_refuses_typos_before_the_first_run(args, message, tmp_path
                        env={"PATH": "/usr/bin:/bin", "PYTHON": str(tmp_path / "no-python")}, capture_output=True,
                        text=True, timeout=60)
     assert r.returncode == 2 and message in r.stderr, r.stderr
+
+
+def test_sweep_script_help_is_its_comment_block():
+    r = subprocess.run(["bash", str(ROOT / "scripts" / "sweep_lra.sh"), "--help"], cwd=ROOT, capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode == 0 and r.stdout.startswith("The whole LRA table for one profile")
+    assert "python -m lra.results --summary" in r.stdout and "set -euo" not in r.stdout and "cd " not in r.stdout
