@@ -31,8 +31,11 @@ def main(cfg: DictConfig) -> float | None:
     try:
         # Missing data that cannot be generated fails here, before jax is even imported.
         task = config["task"]
-        data.check_available(task["name"], data_dir=config["data_dir"], max_length=task["max_length"],
-                             **task.get("data", {}))
+        options = task.get("data") or {}
+        if not isinstance(options, dict) or "max_length" in options:
+            raise ValueError(f"task.data must be a mapping of the task's data options without max_length (set "
+                             f"task.max_length), got {options!r}")
+        data.check_available(task["name"], data_dir=config["data_dir"], max_length=task["max_length"], **options)
     except (FileNotFoundError, ValueError) as e:
         fail_run(e)
         return None

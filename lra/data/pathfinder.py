@@ -808,6 +808,24 @@ def generated_dir(data_dir, *, resolution: int, difficulty: str | int, num: int,
     return Path(data_dir) / f"pathfinder{resolution}" / name / f"curv_contour_length_{contour_length_of(difficulty)}"
 
 
+def generate_options(generate) -> dict:
+    """``task.data.generate`` checked before anything is generated: a mapping of ensure_generated's own options
+    (num, seed, per_folder, workers), each an integer in range; ValueError naming the key otherwise."""
+    valid = {"num": 1, "seed": 0, "per_folder": 1, "workers": 1}   # name: the least value
+    if not isinstance(generate, dict):
+        raise ValueError(f"task.data.generate must be a mapping of {', '.join(valid)} (e.g. {{num: 2000, seed: 0}}) "
+                         f"or null (read the release files), got {generate!r}")
+    unknown = [k for k in generate if k not in valid]
+    if unknown:
+        raise ValueError(f"unknown option(s) {', '.join(f'task.data.generate.{k}' for k in unknown)} for Pathfinder "
+                         f"generation (a typo, or a key added with '+' that nothing reads); valid: "
+                         f"{', '.join(f'task.data.generate.{k}' for k in valid)}")
+    for key, value in generate.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < valid[key]:
+            raise ValueError(f"task.data.generate.{key} must be an integer >= {valid[key]}, got {value!r}")
+    return dict(generate)
+
+
 def ensure_generated(
     data_dir,
     *,
@@ -1126,8 +1144,11 @@ def _missing_message(data_dir, resolution: int, difficulty: str | int) -> str:
 def check_available(
     *, data_dir, resolution: int = 32, difficulty: str | int = "hard", generate: dict | None = None, **_
 ) -> None:
-    """Fail fast (paths only, no reading) when the data is missing and cannot be generated."""
+    """Fail fast (paths only, no reading) when the data is missing and cannot be generated, or when ``generate``
+    asks for something ensure_generated cannot do (generate_options)."""
     contour_length_of(difficulty)
+    if generate is not None:
+        generate_options(generate)
     if generate is None and not (release_dir(data_dir, resolution, difficulty) / "metadata").is_dir():
         raise FileNotFoundError(_missing_message(data_dir, resolution, difficulty))
 
@@ -1146,7 +1167,8 @@ def load(
     if split not in SPLITS:
         raise ValueError(f"unknown Pathfinder split {split!r}; valid splits: {', '.join(SPLITS)}")
     if generate is not None:
-        folder = ensure_generated(data_dir, resolution=resolution, difficulty=difficulty, **generate)
+        folder = ensure_generated(data_dir, resolution=resolution, difficulty=difficulty,
+                                  **generate_options(generate))
     else:
         check_available(data_dir=data_dir, resolution=resolution, difficulty=difficulty)
         folder = release_dir(data_dir, resolution, difficulty)

@@ -3,7 +3,6 @@
 than task.max_length, and a data_dir where generated data cannot be written."""
 import logging
 import subprocess
-import time
 
 import numpy as np
 import pytest
@@ -34,10 +33,8 @@ def test_check_available_refuses_an_unknown_option_and_takes_the_configs_own(tas
         data.check_available(task, data_dir=tmp_path, **options)
     except FileNotFoundError:
         pass
-    start = time.monotonic()
     with pytest.raises(ValueError) as e:
         data.check_available(task, data_dir=tmp_path, **options, foo=1)
-    assert time.monotonic() - start < 1.0
     message = str(e.value)
     assert "task.data.foo" in message and task in message
     for key in config["data"]:   # lists the valid keys
@@ -175,6 +172,7 @@ def test_generating_into_a_file_or_an_unwritable_folder_is_refused_early(tmp_pat
     ("+task.data.foo=1", "unknown option task.data.foo for task listops"),
     ("+task.data.generate.foo=1", "unknown option task.data.generate.foo for ListOps generation"),
     ("data_dir=FILE", "is a file, not a folder; set data_dir="),
+    ("+task.data.max_length=5", "without max_length (set task.max_length)"),
 ])
 def test_train_refuses_bad_data_options_before_jax(override, message, isolated, subprocess_env, tmp_path):
     paths, overrides = isolated
@@ -183,9 +181,22 @@ def test_train_refuses_bad_data_options_before_jax(override, message, isolated, 
     override = override.replace("FILE", str(not_a_folder))
     if override.startswith("data_dir="):
         overrides = [o for o in overrides if not o.startswith("data_dir=")]
-    start = time.monotonic()
     r = subprocess.run(cli("lra.train", "task=listops", "attention=full", "profile=smoke", *overrides, override),
                        cwd=ROOT, env=subprocess_env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 1 and message in r.stderr, r.stderr[-2000:]
     assert "Traceback" not in r.stderr and not paths["results"].exists()
-    assert time.monotonic() - start < 30   # interpreter and Hydra start-up included; no compilation
+
+
+@pytest.mark.parametrize("generate, match", [
+    ({"num": 10, "foo": 1}, "unknown option.* task.data.generate.foo for Pathfinder generation"),
+    ({"num": 0}, "task.data.generate.num must be an integer >= 1, got 0"),
+    ({"num": 10, "per_folder": 2.5}, "task.data.generate.per_folder must be an integer >= 1"),
+    ({"num": 10, "seed": -1}, "task.data.generate.seed must be an integer >= 0"),
+    ([10], "task.data.generate must be a mapping"),
+])
+def test_bad_pathfinder_generate_options_are_refused_before_generating(generate, match, tmp_path):
+    for call in (lambda: data.check_available("pathfinder", data_dir=tmp_path, generate=generate),
+                 lambda: data.source("pathfinder", "train", data_dir=tmp_path, generate=generate)):
+        with pytest.raises(ValueError, match=match):
+            call()
+    assert not any(tmp_path.iterdir())   # nothing generated, no folder made
