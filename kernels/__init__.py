@@ -59,8 +59,8 @@ def check_inputs(q, k, v, *, kv_valid=None, scale=None, dropout_rate=0.0, dropou
             raise ValueError(f"scale must be a number (default 1/sqrt(head_dim)), got {scale!r}")
         try:
             value = float(scale)
-        except Exception:   # noqa: BLE001  (a traced scale under jit: its value is not known here)
-            value = 0.0
+        except Exception:   # noqa: BLE001  (a traced scale under jit/grad: its value is not known here; the
+            value = 0.0     # kernels fold it into q, see static_scale)
         if not math.isfinite(value):
             raise ValueError(f"scale must be finite, got {scale!r}")
     if isinstance(dropout_rate, bool) or not isinstance(dropout_rate, int | float) or not 0.0 <= dropout_rate < 1.0:
@@ -68,6 +68,35 @@ def check_inputs(q, k, v, *, kv_valid=None, scale=None, dropout_rate=0.0, dropou
     if dropout_rate > 0.0 and dropout_rng is None:
         raise ValueError(f"dropout_rate={dropout_rate} needs dropout_rng (a PRNG key); pass dropout_rate=0.0 "
                          f"for no dropout")
+    q_len = q.shape[1]
+    if dropout_rate > 0.0 and b * h * q_len * lk > _MAX_BITS:
+        # XLA's mask and the Pallas kernels' in-kernel mask both count the [B, H, Lq, Lk] weights with a uint32
+        # counter: beyond it, the XLA path could not draw the mask and the kernels would repeat their bits.
+        raise ValueError(f"attention dropout at batch {b}, {h} heads, length {q_len} x {lk} needs a mask of "
+                         f"{b * h * q_len * lk:,} elements (batch x heads x length^2), beyond the 2**32 - 1 "
+                         f"that its random bits can index: {_DROPOUT_ADVICE}")
+
+
+def static_scale(q, scale):
+    """(q, scale as a Python float) for kernels that take the scale as a compile-time constant.
+
+    A scale given as a Python number or a concrete scalar is used as is (default 1/sqrt(head_dim)). A traced one
+    (``jax.jit(lambda s: attention(q, k, v, scale=s))``, or the scale under ``jax.grad``) has no value at trace
+    time: it is folded into the queries instead, q * scale with scale 1.0, which gives the same logits
+    (q * s) . k and lets gradients reach it through that product."""
+    if scale is None:
+        return q, 1.0 / math.sqrt(q.shape[-1])
+    try:
+        return q, float(scale)
+    except jax.errors.ConcretizationTypeError:
+        return q * jnp.asarray(scale, q.dtype), 1.0
+
+
+# Attention dropout draws its mask with random_bits, whose uint32 counter indexes fewer than 2**32 elements.
+_MAX_BITS = 2**32 - 1
+_DROPOUT_ADVICE = ("set model.attention_dropout=0 (no attention dropout), use a smaller batch_size or length, or "
+                   "a variant that does not form the L x L matrix (e.g. attention=local, block_local, bigbird, "
+                   "linear or performer)")
 
 
 def _allowed_pairs(mask, kv_valid, q_len: int, kv_len: int):
@@ -109,12 +138,12 @@ def attention(q, k, v, *, mask=None, kv_valid=None, scale: float | None = None, 
 
         return flash_attention(q, k, v, mask=mask, kv_valid=kv_valid, scale=scale, dropout_rate=dropout_rate,
                                dropout_rng=dropout_rng)
-    q_len, kv_len, head_dim = q.shape[1], k.shape[1], q.shape[-1]
-    scale = 1.0 / math.sqrt(head_dim) if scale is None else float(scale)
-    allowed = _allowed_pairs(mask, kv_valid, q_len, kv_len)
+    q_len, kv_len = q.shape[1], k.shape[1]
     rate = float(dropout_rate) if dropout_rng is not None else 0.0
     if not 0.0 <= rate < 1.0:
         raise ValueError(f"dropout rate must be in [0, 1), got {rate}")
+    q, scale = static_scale(q, scale)
+    allowed = _allowed_pairs(mask, kv_valid, q_len, kv_len)
     return _softmax_attention(q, k, v, allowed, dropout_rng if rate > 0.0 else None, scale, rate)
 
 
@@ -175,8 +204,10 @@ def random_bits(rng, shape) -> jax.Array:
     ample for dropout (tests check rates, uniformity and neighbour independence), not for cryptography.
     """
     size = math.prod(shape)
-    if size >= 2**32:
-        raise ValueError(f"random_bits supports fewer than 2**32 elements, got shape {shape}")
+    if size > _MAX_BITS:
+        raise ValueError(f"random_bits draws at most 2**32 - 1 elements (a uint32 counter), got shape {tuple(shape)} "
+                         f"= {size:,} elements. As an attention-dropout mask that is batch x heads x the L x L "
+                         f"weights: {_DROPOUT_ADVICE}")
     seed = jax.random.bits(rng, (2,), jnp.uint32)
     index = jnp.zeros(shape, jnp.uint32)
     stride = 1

@@ -560,7 +560,7 @@ def flash_attention(q, k, v, *, mask: masks_lib.Mask | None = None, kv_valid=Non
     blocks: its tiles hold more float32 state per pair than the forward's (scores, probabilities and their
     gradients), so smaller blocks can avoid register spills on a GPU.
     """
-    from kernels import check_inputs
+    from kernels import check_inputs, static_scale
 
     check_inputs(q, k, v, kv_valid=kv_valid, scale=scale, dropout_rate=dropout_rate, dropout_rng=dropout_rng,
                  same_value_dim=True)
@@ -577,7 +577,7 @@ def flash_attention(q, k, v, *, mask: masks_lib.Mask | None = None, kv_valid=Non
                         block_k_bwd=block_k_bwd)
     if interpret is None:
         interpret = jax.default_backend() == "cpu"
-    scale = 1.0 / math.sqrt(d) if scale is None else float(scale)
+    q, scale = static_scale(q, scale)   # a traced scale is folded into q (the kernels take a constant)
     rate = float(dropout_rate) if dropout_rng is not None else 0.0
     if not 0.0 <= rate < 1.0:
         raise ValueError(f"dropout rate must be in [0, 1), got {rate}")

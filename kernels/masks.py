@@ -170,9 +170,22 @@ class BigBird(Mask):
         return np.repeat(blocks, self.block, axis=1)[:, :kv_len].copy()
 
     def _allowed(self, i, j):
-        # Element-wise evaluation needs the sequence length, which (i, j) alone do not give: take it from them.
-        q_len, kv_len = int(np.max(i)) + 1, int(np.max(j)) + 1
-        return self.dense(q_len, kv_len)[i, j]
+        # Element-wise evaluation needs the sequence length, which (i, j) alone do not give. BigBird is a
+        # self-attention pattern, so take one length L for queries and keys: the largest index + 1. ``rows``
+        # passes every key index 0..kv_len-1, so any subset of rows of ``dense(L, L)`` gets the right L (the
+        # largest query index alone would not: rows 8..11 of a length-40 mask are not a length-12 mask). A
+        # q_len != kv_len pattern is only defined through ``rows`` / ``dense``, which take both lengths.
+        i, j = np.asarray(i), np.asarray(j)
+        if i.size == 0 or j.size == 0:
+            return np.zeros(np.broadcast_shapes(i.shape, j.shape), dtype=bool)
+        length = int(max(np.max(i), np.max(j))) + 1
+        n = -(-length // self.block)
+        qb, kb = i // self.block, j // self.block
+        allowed = (np.abs(qb - kb) <= 1) | (qb == 0) | (kb == 0) | (qb == n - 1) | (kb == n - 1)
+        rand = self.random_blocks(n, n)                                   # the same draw as rows(.., L, L)
+        if rand.shape[1]:
+            allowed = allowed | (rand[qb] == np.asarray(kb)[..., None]).any(axis=-1)
+        return allowed
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -197,10 +210,11 @@ class Explicit(Mask):
 
 
 def _check_pos(name: str, value: int) -> None:
-    if not isinstance(value, (int, np.integer)) or value < 1:
+    # bool is an int in Python: Strided(True) would be stride 1; the model options refuse it too.
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
         raise ValueError(f"{name} must be a positive integer, got {value!r}")
 
 
 def _check_nonneg(name: str, value: int) -> None:
-    if not isinstance(value, (int, np.integer)) or value < 0:
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 0:
         raise ValueError(f"{name} must be a non-negative integer, got {value!r}")

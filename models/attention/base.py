@@ -2,12 +2,31 @@
 from __future__ import annotations
 
 import functools
+import math
+import numbers
 
 import jax.numpy as jnp
 from flax import nnx
 
 # LRA's attention layers initialise their projections with Xavier-uniform.
 dense_init = nnx.initializers.xavier_uniform()
+
+
+def check_rate(name: str, option: str, value) -> float:
+    """``value`` as a float in [0, 1), else a ValueError naming ``attention.<option>``. NaN and inf are refused
+    (``x < 0`` style checks let NaN through, and a NaN rate silently turned dropout off)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) \
+            or not 0.0 <= value < 1.0:
+        raise ValueError(f"{name}: attention.{option} must be a finite number in [0, 1), got {value!r}")
+    return float(value)
+
+
+def check_positive(name: str, option: str, value) -> float:
+    """``value`` as a finite float > 0, else a ValueError naming ``attention.<option>`` (NaN and inf refused)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{name}: attention.{option} must be a finite number > 0, got {value!r}")
+    return float(value)
+
 
 # name -> class; filled by @register in each variant's module (models/attention/<variant>.py).
 REGISTRY: dict[str, type] = {}

@@ -18,10 +18,11 @@ import warnings
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import errors, nnx
 
 import kernels
-from models.attention.base import AttentionBase, dense_init, register
+from models.attention.base import AttentionBase, check_positive, check_rate, dense_init, register
 from models.attention.sparse_patterns import LocalPattern
 
 NEG = jnp.finfo(jnp.float32).min
@@ -126,6 +127,14 @@ class ReformerAttention(AttentionBase):
         if num_buckets > 1 and num_buckets % 2:
             raise ValueError(f"num_buckets must be 1 or even (angular LSH takes argmax over [xR, -xR]), "
                              f"got {num_buckets}")
+        dropout = check_rate("reformer", "dropout", dropout)
+        if hash_seed is not None and (isinstance(hash_seed, bool) or not isinstance(hash_seed, int | np.integer)
+                                      or not 0 <= hash_seed < 2**32):
+            # jax.random.key takes at most a signed 64-bit seed (beyond: a raw OverflowError) and, without
+            # jax_enable_x64, keeps only its low 32 bits: a larger or negative seed would repeat another one.
+            raise ValueError(f"reformer: attention.hash_seed must be an integer in [0, 2**32 - 1] = [0, "
+                             f"{2**32 - 1}] (the seed of the fixed LSH rotations; null draws one from the init "
+                             f"rngs), got {hash_seed!r}")
         if hash_seed is None:
             key = rngs.params()
             try:
@@ -277,7 +286,7 @@ class RoutingAttention(AttentionBase):
             raise ValueError(f"num_clusters must be positive, got {num_clusters}")
         if not 0.0 <= decay < 1.0:
             raise ValueError(f"decay must be in [0, 1), got {decay}")
-        self.dropout, self.impl = dropout, impl
+        self.dropout, self.impl = check_rate("routing", "dropout", dropout), impl
         self.num_clusters, self.window, self.decay = num_clusters, window, decay
         init = jax.random.normal(rngs.params(), (num_heads - self.local_heads, num_clusters, self.head_dim),
                                  jnp.float32)
@@ -397,11 +406,12 @@ class SinkhornAttention(AttentionBase):
                  temperature: float = 0.75):
         super().__init__(dim=dim, num_heads=num_heads, qkv_dim=qkv_dim, rngs=rngs)
         _check_impl(impl, "sinkhorn")
-        if block < 1 or sinkhorn_iters < 0 or temperature <= 0:
-            raise ValueError(f"need block >= 1, sinkhorn_iters >= 0, temperature > 0; got {block}, "
-                             f"{sinkhorn_iters}, {temperature}")
-        self.dropout, self.impl = dropout, impl
-        self.block, self.sinkhorn_iters, self.temperature = block, sinkhorn_iters, float(temperature)
+        if block < 1 or sinkhorn_iters < 0:
+            raise ValueError(f"need block >= 1, sinkhorn_iters >= 0; got {block}, {sinkhorn_iters}")
+        # math.isfinite: a NaN passed `temperature <= 0` and trained to a NaN loss; inf made every sort uniform.
+        temperature = check_positive("sinkhorn", "temperature", temperature)
+        self.dropout, self.impl = check_rate("sinkhorn", "dropout", dropout), impl
+        self.block, self.sinkhorn_iters, self.temperature = block, sinkhorn_iters, temperature
         self.max_blocks = max(1, -(-max_len // block))
         self.sort_hidden = nnx.Linear(dim, dim, kernel_init=dense_init, rngs=rngs)
         self.sort_out = nnx.Linear(dim, num_heads * self.max_blocks, kernel_init=dense_init, rngs=rngs)

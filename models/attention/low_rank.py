@@ -18,7 +18,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 import kernels
-from models.attention.base import AttentionBase, register
+from models.attention.base import AttentionBase, check_rate, register
 
 KERNELS = ("favor+", "relu")
 REDUCTIONS = ("linear", "conv")
@@ -50,7 +50,7 @@ class LinearAttention(AttentionBase):
                  dropout: float = 0.0, impl: str = "xla"):
         super().__init__(dim=dim, num_heads=num_heads, qkv_dim=qkv_dim, rngs=rngs)
         _check_impl(impl, "linear", pallas=True)
-        self.dropout, self.impl, self.max_len = dropout, impl, max_len
+        self.dropout, self.impl, self.max_len = check_rate("linear", "dropout", dropout), impl, max_len
 
     def __call__(self, x, valid=None, deterministic: bool = True, rngs: nnx.Rngs | None = None):
         q, k, v = self.project_qkv(x)
@@ -159,7 +159,7 @@ class PerformerAttention(AttentionBase):
             raise ValueError(f"performer kernel must be one of {KERNELS}, got {kernel!r}")
         if not isinstance(num_features, int) or num_features < 1:
             raise ValueError(f"performer num_features must be a positive integer, got {num_features!r}")
-        self.dropout, self.impl, self.max_len = dropout, impl, max_len
+        self.dropout, self.impl, self.max_len = check_rate("performer", "dropout", dropout), impl, max_len
         self.kernel, self.num_features = kernel, num_features
         self.features = RandomFeatures(orthogonal_gaussian(rngs.params(), num_features, self.head_dim))
 
@@ -196,7 +196,7 @@ class LinformerAttention(AttentionBase):
             raise ValueError(f"linformer k must be a positive integer, got {k!r}")
         if reduction not in REDUCTIONS:
             raise ValueError(f"linformer reduction must be one of {REDUCTIONS}, got {reduction!r}")
-        self.dropout, self.impl, self.max_len = dropout, impl, max_len
+        self.dropout, self.impl, self.max_len = check_rate("linformer", "dropout", dropout), impl, max_len
         self.k, self.share_kv, self.reduction = k, bool(share_kv), reduction
         if reduction == "linear":
             init = nnx.initializers.lecun_normal(in_axis=1, out_axis=0)  # fan-in = max_len

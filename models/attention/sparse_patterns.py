@@ -22,7 +22,7 @@ are computed separately against all keys (a few rows x L), so the gathered block
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -56,9 +56,10 @@ class FixedSparse(masks_lib.Mask):
     summary: int
 
     def __post_init__(self):
-        if not isinstance(self.block, (int, np.integer)) or self.block < 1:
+        if isinstance(self.block, bool) or not isinstance(self.block, int | np.integer) or self.block < 1:
             raise ValueError(f"sparse block must be a positive integer, got {self.block!r}")
-        if not isinstance(self.summary, (int, np.integer)) or not 0 <= self.summary <= self.block:
+        if isinstance(self.summary, bool) or not isinstance(self.summary, int | np.integer) \
+                or not 0 <= self.summary <= self.block:
             raise ValueError(f"sparse summary must be an integer in [0, block={self.block}], got {self.summary!r}")
 
     def _allowed(self, i, j):
@@ -609,6 +610,12 @@ class MixedHeadsAttention(_GlobalTokens):
                  dilation: int | None = None, summary: int | None = None, num_random_blocks: int | None = None,
                  seed: int | None = None, mode: str = "first"):
         self._setup(dim, num_heads, qkv_dim, rngs, dropout, impl)
+        if isinstance(heads, str | bytes | Mapping) or not isinstance(heads, Sequence):
+            # list("local") would be five one-letter entries, list(5) a raw TypeError
+            what = f"the string {heads!r}" if isinstance(heads, str | bytes) else f"{type(heads).__name__} {heads!r}"
+            raise ValueError(f"mixed_heads: attention.heads must be a list of pattern names (or dicts with 'name' "
+                             f"and options), one per head group, e.g. attention.heads=[local,global], or "
+                             f"attention.heads=[local] for one pattern in every head; got {what}")
         heads = list(heads)
         if not heads or num_heads % len(heads):
             raise ValueError(f"mixed_heads: heads has {len(heads)} entries; it must be num_heads ({num_heads}) "
