@@ -39,7 +39,7 @@ TEST_WORKERS ?= 2
 # a compilation cache shared by the whole run; with both, the suite took 10:54 instead of 16:46 (README, Tests).
 FAST_XLA_FLAGS := --xla_backend_optimization_level=0
 test: setup ## the test suite: tiny shapes and the smoke profile, no GPU, no network
-	XLA_FLAGS="$(FAST_XLA_FLAGS) $$XLA_FLAGS" $(BIN)/python -m pytest -m "not slow" -q -n $(TEST_WORKERS)
+	XLA_FLAGS="$(FAST_XLA_FLAGS) $$XLA_FLAGS" $(BIN)/python -m pytest -m "not slow" -q -n $(TEST_WORKERS) --durations=15
 
 test-slow: setup ## the slow tests too (real cpu-profile training)
 	$(BIN)/python -m pytest -q

@@ -62,6 +62,11 @@ def check_options(name: str, options: dict) -> None:
         if kinds <= _SIMPLE_TYPES and not _type_ok(value, kinds):
             wanted = " or ".join("null" if k == "None" else k for k in sorted(kinds, key=lambda k: k == "None"))
             raise AttentionOptionError(f"attention.{key} of {name} must be {wanted}, got {value!r}")
+        # Sizes and counts become array dimensions: beyond int64 they fail deep inside numpy or JAX with an
+        # OverflowError. (Seeds are the variants' own: numpy takes any size, jax.random.key does not.)
+        if (isinstance(value, int) and not isinstance(value, bool) and "seed" not in key
+                and not -(2**63) <= value < 2**63):
+            raise AttentionOptionError(f"attention.{key} of {name} must fit in 64 bits, got {value!r}")
 
 
 def build(name: str, *, dim: int, num_heads: int, max_len: int, rngs, **options) -> AttentionBase:

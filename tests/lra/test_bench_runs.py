@@ -73,6 +73,7 @@ def test_a_model_that_cannot_be_built_fails_once_before_measuring(tmp_path, monk
     assert measured == [] and not (tmp_path / "results" / "bench.jsonl").exists()
 
 
+@pytest.mark.slow   # the same mechanism as lra.train's (lra.train.fail_run), which the fast suite runs
 def test_a_bad_benchmark_does_not_stop_the_sweep(tmp_path, subprocess_env):
     r = subprocess.run(cli("lra.bench", "-m", "batch_size=0,1", *WHAT, *HOW, "isolate=false",
                            f"results_dir={tmp_path / 'results'}", f"hydra.sweep.dir={tmp_path / 's'}"),

@@ -140,3 +140,13 @@ def test_fixed_sparse_takes_numpy_integers():
 def test_bigbird_mask_behind_the_variant_refuses_bool_seed():
     with pytest.raises(ValueError, match="BigBird.seed"):
         masks.BigBird(4, 1, True)
+
+
+@pytest.mark.parametrize("name, key", [("local", "window"), ("linformer", "k"), ("strided", "stride"),
+                                       ("reformer", "chunk_size")])
+def test_integer_options_beyond_64_bits_are_refused_by_name(name, key):
+    from models.attention import AttentionOptionError, check_options
+
+    with pytest.raises(AttentionOptionError, match=f"attention.{key} of {name} must fit in 64 bits"):
+        check_options(name, {key: 10**25})
+    check_options(name, {key: 2})
