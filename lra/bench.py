@@ -181,15 +181,34 @@ def error_line(stderr: str) -> str:
     return errors[-1] if errors else lines[-1]
 
 
+# The options of configs/bench.yaml (and its bench/ presets): any other key is a typo or a '+' that nothing reads.
+BENCH_KEYS = {"variants", "lengths", "batch_size", "impl", "warmup", "steps", "repeats", "forward", "isolate",
+              "timeout_s", "memory_limit_gb", "results_dir", "vocab_size", "num_classes", "model", "logger", "preset"}
+
+
 def check_bench(bench: dict) -> dict:
     """The benchmark's options, checked before any measurement (ValueError naming the option and a valid form).
     One variant or one length may be given bare (``attention=full``, ``lengths=1024``)."""
     from lra.config import _is_int
 
     b = dict(bench)
+    unknown = sorted(set(b) - BENCH_KEYS)
+    if unknown:
+        hint = " (attention=[...] names the variants: without '+')" if "attention" in unknown else ""
+        raise ValueError(f"unknown benchmark option(s) {', '.join(unknown)}{hint}; "
+                         f"valid: {', '.join(sorted(BENCH_KEYS))}")
     for key in ("variants", "lengths"):
         if isinstance(b.get(key), str) or _is_int(b.get(key)):
             b[key] = [b[key]]
+        if isinstance(b.get(key), list):   # each measured once
+            try:
+                unique = list(dict.fromkeys(b[key]))
+            except TypeError:   # not names or numbers: refused below
+                unique = b[key]
+            if len(unique) < len(b[key]):
+                log.warning("%s lists %s more than once: each is measured once", key,
+                            sorted({str(x) for x in b[key] if b[key].count(x) > 1}))
+                b[key] = unique
     names = b.get("variants")
     if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
         raise ValueError(f"attention must name variants, e.g. attention=[full,local]; got {bench.get('variants')!r}")
@@ -199,6 +218,9 @@ def check_bench(bench: dict) -> dict:
     for key, low in (("batch_size", 1), ("steps", 1), ("repeats", 1), ("warmup", 0)):
         if not _is_int(b.get(key)) or b[key] < low:
             raise ValueError(f"{key} must be an integer >= {low}, got {b.get(key)!r}")
+    for key in ("isolate", "forward"):
+        if key in b and not isinstance(b[key], bool):
+            raise ValueError(f"{key} must be true or false, got {b[key]!r}")
     for key, optional in (("timeout_s", False), ("memory_limit_gb", True)):
         v = b.get(key)
         if key in b and not (v is None and optional) and (isinstance(v, bool) or not isinstance(v, (int, float))

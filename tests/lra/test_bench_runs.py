@@ -92,3 +92,14 @@ def test_a_bad_logger_mode_fails_before_measuring(tmp_path, subprocess_env):
     assert r.returncode == 1 and "logger.mode must be one of" in r.stderr and "Traceback" not in r.stderr
     assert not (tmp_path / "results").exists()
 
+
+
+def test_options_nothing_reads_are_refused_and_repeats_measured_once(tmp_path, caplog):
+    config = tiny_bench(tmp_path)
+    with pytest.raises(ValueError, match=r"unknown benchmark option\(s\) attention \(attention=\[\.\.\.\] names"):
+        bench.check_bench({**config, "attention": "full"})   # `+attention=full` composes this, measured nothing
+    with pytest.raises(ValueError, match="isolate must be true or false, got 'maybe'"):
+        bench.check_bench({**config, "isolate": "maybe"})
+    checked = bench.check_bench({**config, "variants": ["full", "local", "full"], "lengths": [64, 64, 128]})
+    assert checked["variants"] == ["full", "local"] and checked["lengths"] == [64, 128]
+    assert "more than once" in caplog.text
