@@ -130,7 +130,11 @@ def check_available(task: str, *, data_dir=None, **options) -> None:
     _check_options(task, options)
     options = _task_options(task, options)
     _check_pathfinder_length(task, options)
-    _module(task).check_available(data_dir=default_data_dir(data_dir), **options)
+    folder = default_data_dir(data_dir)
+    if folder.exists() and not folder.is_dir():   # else the commands suggested below would name paths inside it
+        raise ValueError(f"data_dir={folder}: {folder} is a file, not a folder; set data_dir=<the folder that holds "
+                         f"(or will hold) the datasets> (or $LRA_DATA)")
+    _module(task).check_available(data_dir=folder, **options)
 
 
 def source(task: str, split: str, *, data_dir=None, **options) -> ArraySource:

@@ -144,7 +144,7 @@ def test_generating_into_a_file_or_an_unwritable_folder_is_refused_early(tmp_pat
     not_a_folder = tmp_path / "file"
     not_a_folder.write_text("")
     for data_dir in (not_a_folder, not_a_folder / "below"):
-        match = f"cannot write into {data_dir / 'listops'}: {not_a_folder} is a file, not a folder; set data_dir="
+        match = f"{not_a_folder} is a file, not a folder; set data_dir="   # the data_dir itself, or above it
         with pytest.raises(ValueError, match=match):
             data.check_available("listops", data_dir=data_dir, max_length=64, generate=SMOKE)
         with pytest.raises(ValueError, match=match):
@@ -200,3 +200,15 @@ def test_bad_pathfinder_generate_options_are_refused_before_generating(generate,
         with pytest.raises(ValueError, match=match):
             call()
     assert not any(tmp_path.iterdir())   # nothing generated, no folder made
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_a_data_dir_that_is_a_file_is_named_for_every_task(task, tmp_path):
+    not_a_folder = tmp_path / "data"
+    not_a_folder.write_text("")
+    config = task_config(task)
+    options = {**config["data"], "max_length": config["max_length"]}
+    if "generate" in options:
+        options["generate"] = None   # the release files: used to suggest a command writing inside the file
+    with pytest.raises(ValueError, match=f"data_dir={not_a_folder}: {not_a_folder} is a file, not a folder"):
+        data.check_available(task, data_dir=not_a_folder, **options)
