@@ -22,6 +22,7 @@ are computed separately against all keys (a few rows x L), so the gathered block
 from __future__ import annotations
 
 import dataclasses
+import logging
 from collections.abc import Mapping, Sequence
 
 import jax
@@ -33,6 +34,8 @@ import kernels
 from kernels import block_sparse
 from kernels import masks as masks_lib
 from models.attention.base import AttentionBase, register
+
+log = logging.getLogger(__name__)
 
 # ---------------------------------------------------------------------------------------------- extra masks
 
@@ -564,6 +567,10 @@ class BigBirdAttention(_PatternAttention):
 _SHARED_OPTIONS = ("window", "block", "stride", "n", "dilation", "summary", "num_random_blocks", "seed")
 
 
+def _fields(cls) -> set[str]:
+    return {f.name for f in dataclasses.fields(cls)}
+
+
 def _make_pattern(entry, shared: dict):
     """A heads entry (a pattern name, or a dict {"name": ..., **options}) -> pattern, with the shared options the
     pattern accepts (None: the pattern's default) under the entry's own."""
@@ -623,6 +630,14 @@ class MixedHeadsAttention(_GlobalTokens):
         shared = dict(window=window, block=block, stride=stride, n=n, dilation=dilation, summary=summary,
                       num_random_blocks=num_random_blocks, seed=seed)
         per_entry = [_make_pattern(entry, shared) for entry in heads]
+        used = set().union(*(_fields(type(p)) for p in per_entry))
+        unused = sorted(k for k, v in shared.items() if v is not None and k not in used)
+        if unused:   # it changes nothing: meant for a head that is not in the list? (a warning: the shipped config
+            # sets window and n for its default heads, which other head lists may not use)
+            takers = "; ".join(f"{k} is used by " + ", ".join(sorted(n for n, c in PATTERNS.items() if k in _fields(c)))
+                               for k in unused)
+            log.warning("mixed_heads: %s applies to none of the heads %s (%s), so it changes nothing",
+                        ", ".join("attention." + k for k in unused), heads, takers)
         repeat = num_heads // len(heads)
         per_head = [p for p in per_entry for _ in range(repeat)]
         groups: dict = {}

@@ -150,3 +150,13 @@ def test_integer_options_beyond_64_bits_are_refused_by_name(name, key):
     with pytest.raises(AttentionOptionError, match=f"attention.{key} of {name} must fit in 64 bits"):
         check_options(name, {key: 10**25})
     check_options(name, {key: 2})
+
+
+def test_mixed_heads_warns_of_a_shared_option_no_head_uses(caplog):
+    import logging
+
+    with caplog.at_level(logging.WARNING):
+        build("mixed_heads", dim=16, num_heads=2, max_len=32, rngs=nnx.Rngs(0), heads=["local", "global"],
+              stride=4, window=2)
+    assert "attention.stride applies to none of the heads ['local', 'global'] (stride is used by strided)" \
+        in caplog.text and "window" not in caplog.text
