@@ -131,17 +131,14 @@ def attention(q, k, v, *, mask=None, kv_valid=None, scale: float | None = None, 
     dropout_rate/dropout_rng: dropout on the attention weights (training only).
     """
     _check_impl(impl)
-    check_inputs(q, k, v, kv_valid=kv_valid, scale=scale, dropout_rate=dropout_rate, dropout_rng=dropout_rng,
-                 same_value_dim=impl == "pallas")
-    if impl == "pallas":
+    if impl == "pallas":   # flash_attention checks its inputs (check_inputs) itself
         from kernels.flash import flash_attention
 
         return flash_attention(q, k, v, mask=mask, kv_valid=kv_valid, scale=scale, dropout_rate=dropout_rate,
                                dropout_rng=dropout_rng)
+    check_inputs(q, k, v, kv_valid=kv_valid, scale=scale, dropout_rate=dropout_rate, dropout_rng=dropout_rng)
     q_len, kv_len = q.shape[1], k.shape[1]
     rate = float(dropout_rate) if dropout_rng is not None else 0.0
-    if not 0.0 <= rate < 1.0:
-        raise ValueError(f"dropout rate must be in [0, 1), got {rate}")
     q, scale = static_scale(q, scale)
     allowed = _allowed_pairs(mask, kv_valid, q_len, kv_len)
     return _softmax_attention(q, k, v, allowed, dropout_rng if rate > 0.0 else None, scale, rate)

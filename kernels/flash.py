@@ -578,9 +578,7 @@ def flash_attention(q, k, v, *, mask: masks_lib.Mask | None = None, kv_valid=Non
     if interpret is None:
         interpret = jax.default_backend() == "cpu"
     q, scale = static_scale(q, scale)   # a traced scale is folded into q (the kernels take a constant)
-    rate = float(dropout_rate) if dropout_rng is not None else 0.0
-    if not 0.0 <= rate < 1.0:
-        raise ValueError(f"dropout rate must be in [0, 1), got {rate}")
+    rate = float(dropout_rate) if dropout_rng is not None else 0.0   # in [0, 1): check_inputs
     forward = gpu_backend(pallas_backend)
     smallest = 64 if forward == "mosaic_gpu" else 16  # WGMMA tiles: 64 rows
     bq = block_q or default_block(length, mask, smallest)

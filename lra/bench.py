@@ -85,7 +85,9 @@ def measure(bench: dict, name: str, length: int) -> dict:
     need = trainer.compiled_bytes(step_fn)
     try:
         trainer.check_fits(trainer.memory_needs([("the train step", step_fn)]), bench.get("memory_limit_gb"),
-                           "before running")
+                           "before running", limit_name="memory_limit_gb",
+                           advice="lower batch_size or the length, or measure an attention whose memory grows "
+                                  "linearly (local, linear, performer, ...)")
     except trainer.DoesNotFit as e:
         return {**row, "status": "oom", "peak_memory_bytes": need, "memory_method": "compiled_memory_analysis",
                 "message": str(e)}
@@ -238,13 +240,10 @@ def run(bench: dict) -> list[dict]:
     bench = check_bench(bench)
     names = list(bench["variants"])
     for name in names:  # unknown names, impl=pallas for a variant without a kernel, a model that cannot be built:
-        attention_config(name)   # each fails once, before measuring, not as an error row per measurement
-        if bench.get("impl"):
-            config_lib.check_impl(name, bench["impl"])
-        config = run_config(bench, name, bench["lengths"][0])
-        config_lib.validate(config)
+        config = run_config(bench, name, bench["lengths"][0])   # each fails once, before measuring, not as an
+        config_lib.validate(config)                              # error row per measurement (impl checked too)
         options = {k: v for k, v in config["attention"].items() if k != "name"}
-        check_options(name, {k: v for k, v in options.items() if k != "impl"})
+        check_options(name, options)
         EncoderConfig(vocab_size=bench["vocab_size"], num_classes=bench["num_classes"], max_length=1,
                       attention=name, attention_options=options, **bench["model"])
     rows = []

@@ -189,27 +189,19 @@ def _memory(compiled) -> int | None:
         return None
 
 
-def _does_not_fit(programs: list[tuple[str, object]], limit_gb: float | None) -> str | None:
-    """Why the first of the (name, compiled program) pairs that needs more memory than is available (free memory,
-    or ``limit_gb``) would not fit, or None. The need is ``lra.trainer.memory_needs``'s (the training check's)."""
+def _does_not_fit(programs: list[tuple[str, object]], limit_gb: float | None, advice: str) -> str | None:
+    """Why one of the (name, compiled program) pairs would not fit in the memory available (free memory, or
+    ``limit_gb``), or None: ``lra.trainer.check_fits`` on ``lra.trainer.memory_needs``, the training check."""
     from lra import trainer
 
-    have = trainer.available_bytes(limit_gb)
-    if have is None:
-        return None
     try:
         needs = trainer.memory_needs(programs)
-    except Exception:  # not every backend reports memory_analysis()
+    except Exception:  # noqa: BLE001  (not every backend reports memory_analysis())
         return None
-    for what, want, extra in needs:
-        if want is not None and want > have:
-            how = f"{want / 2**30:.3f} GiB"
-            if extra:
-                how += f" (with {extra / 2**30:.3f} GiB that XLA's CPU runtime allocates beyond memory_analysis())"
-            source = f"--memory-limit-gb {limit_gb}" if limit_gb else "free memory"
-            return (f"{what} needs {how} but {have / 2**30:.3f} GiB is available ({source}); not run: time a shorter "
-                    f"length, a smaller --batch or --heads, or an impl whose memory grows linearly (pallas_local, "
-                    f"xla_local, xla_linear, pallas_linear)")
+    try:
+        trainer.check_fits(needs, limit_gb, "before running", limit_name="--memory-limit-gb", advice=advice)
+    except trainer.DoesNotFit as e:
+        return str(e)
     return None
 
 
@@ -268,7 +260,9 @@ def measure(impl: str, length: int, dtype: str, *, batch: int, heads: int, head_
         at = f"L={length}, batch={batch}, heads={heads}, head_dim={head_dim}, {dtype}"
         refusal = _does_not_fit([(f"the forward+backward of {impl} ({at})", train_c)]
                                 + ([(f"the forward of {impl} ({at})", fwd_c)] if fwd_c is not None else []),
-                                memory_limit_gb)
+                                memory_limit_gb, "not run: time a shorter length, a smaller --batch or --heads, or "
+                                "an impl whose memory grows linearly (pallas_local, xla_local, xla_linear, "
+                                "pallas_linear)")
         if refusal:
             return {**row, "status": "oom", "error": refusal}
         row["fwd_ms"] = cached or 1e3 * _time(fwd_c, (q, k, v), warmup, steps, repeats)
@@ -299,9 +293,9 @@ def matmul_rate(dtype: str, n: int, f32_precision: str = "highest", memory_limit
         return {**row, "status": "error", "error": f"{dtype} arrays are {a.dtype} with this JAX configuration"}
     with _precision_scope(precision):
         f = jax.jit(lambda a: a @ a).lower(a).compile()
-    refusal = _does_not_fit([(f"the {n} x {n} {dtype} matmul", f)], memory_limit_gb)
+    refusal = _does_not_fit([(f"the {n} x {n} {dtype} matmul", f)], memory_limit_gb, "not run: time a smaller --matmul")
     if refusal:
-        return {**row, "status": "oom", "error": refusal.replace("time a shorter length", "time a smaller --matmul")}
+        return {**row, "status": "oom", "error": refusal}
     sec = _time(f, (a,), 2, 5, 3)
     return {**row, "ms": 1e3 * sec, "tflops": 2 * n**3 / sec / 1e12, "status": "ok"}
 

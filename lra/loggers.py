@@ -83,7 +83,7 @@ def _wandb_hosts() -> list[str]:
 
             url = wandb.Settings().base_url
     host = urllib.parse.urlparse(url).hostname if url else None
-    return [h for h in (host, "api.wandb.ai") if h] if host != "api.wandb.ai" else ["api.wandb.ai"]
+    return list(dict.fromkeys(h for h in (host, "api.wandb.ai") if h))
 
 
 def api_key_configured() -> bool:

@@ -225,9 +225,14 @@ def memory_needs(programs: list[tuple[str, object]]) -> list[tuple[str, int | No
     return [(what, *required_bytes(compiled)) for what, compiled in programs]
 
 
-def check_fits(needs: list[tuple[str, int | None, int]], limit_gb: float | None, when: str) -> None:
+TRAIN_ADVICE = ("lower train.batch_size or task.max_length, or choose an attention whose memory grows linearly "
+                "(attention=local, linear, performer, ...)")
+
+
+def check_fits(needs: list[tuple[str, int | None, int]], limit_gb: float | None, when: str, *,
+               limit_name: str = "train.memory_limit_gb", advice: str = TRAIN_ADVICE) -> None:
     """Raise DoesNotFit naming the program (e.g. "the train step at batch_size=4, max_length=16384") whose
-    bytes from ``memory_needs`` exceed what is free (or ``limit_gb``)."""
+    bytes from ``memory_needs`` exceed what is free (or ``limit_gb``, set by ``limit_name``), then ``advice``."""
     have = available_bytes(limit_gb)
     if have is None:
         return
@@ -240,10 +245,9 @@ def check_fits(needs: list[tuple[str, int | None, int]], limit_gb: float | None,
             if extra:
                 how += (f" (with {extra / 2**30:.2f} GiB that XLA's CPU runtime allocates for a fused dot beyond "
                         f"its memory_analysis())")
-            source = f"train.memory_limit_gb={limit_gb}" if limit_gb else "free memory"
+            source = f"{limit_name}={limit_gb}" if limit_gb else "free memory"
             raise DoesNotFit(f"{what} needs {how} but {have / 2**30:.2f} GiB is available ({source}, {when}); "
-                             f"lower train.batch_size or task.max_length, or choose an attention whose memory "
-                             f"grows linearly (attention=local, linear, performer, ...)")
+                             f"{advice}")
 
 
 def available_bytes(limit_gb: float | None = None) -> int | None:
@@ -332,8 +336,7 @@ def train(config: dict, run_dir: str | Path) -> dict:
     result_path = run_dir / "result.json"
     if result_path.exists():
         record = _read_json(result_path, "the record of a finished run")
-        changes = config_lib.diff(config_lib.resume_view(record.get("config") or {}),
-                                  json.loads(json.dumps(config_lib.resume_view(config))))
+        changes = _config_changes(config_lib.resume_view(record.get("config") or {}), config)
         if changes:
             raise config_lib.ConfigError(
                 f"{run_dir} holds a finished run of a different config ({'; '.join(changes[:5])}); choose another "
@@ -458,10 +461,11 @@ def train(config: dict, run_dir: str | Path) -> dict:
                 pending, untimed = [], 0
                 if is_eval:
                     val = evaluate(steps, params, rest, val_arrays, config, mesh)
-                    if not (math.isfinite(val["loss"]) and _all_finite(params)):   # never saved as best/latest
+                    finite_params = bool(_all_finite(params))
+                    if not (math.isfinite(val["loss"]) and finite_params):   # never saved as best/latest
                         raise TrainingDiverged(
                             f"the validation loss became {val['loss']} at step {done} (parameters "
-                            f"{'finite' if _all_finite(params) else 'no longer finite'}); nothing of this step was "
+                            f"{'finite' if finite_params else 'no longer finite'}); nothing of this step was "
                             f"saved, the checkpoints of the last finite evaluation are kept in {ckpt.directory}. "
                             f"Lower train.lr or set train.grad_clip.")
                     meta["last_val"] = val
@@ -530,8 +534,9 @@ def train(config: dict, run_dir: str | Path) -> dict:
     return record
 
 
-def _all_finite(tree) -> bool:
-    return bool(jax.jit(lambda t: jnp.all(jnp.stack([jnp.isfinite(x).all() for x in jax.tree.leaves(t)])))(tree))
+@jax.jit
+def _all_finite(tree):
+    return jnp.all(jnp.stack([jnp.isfinite(x).all() for x in jax.tree.leaves(tree)]))
 
 
 def _restore_best(ckpt: RunCheckpoints, abstract_state, meta: dict, *, at_end: bool):
@@ -588,13 +593,18 @@ def _claim_run_dir(run_dir: Path, config: dict) -> None:
             f"told; choose another hydra.run.dir, or delete {run_dir / 'checkpoints'} to train this run afresh")
     if path.exists() and has_checkpoints(run_dir / "checkpoints"):
         old = _read_json(path, "the config of the run that owns this directory")
-        changes = config_lib.diff(old, json.loads(json.dumps(view)))
+        changes = _config_changes(old, config)
         if changes:
             raise config_lib.ConfigError(
                 f"{run_dir} holds checkpoints of a run with a different config ({'; '.join(changes[:5])}); "
                 f"choose another hydra.run.dir or delete that directory")
     else:
         results.write_json_atomic(path, view)
+
+
+def _config_changes(old_view: dict, config: dict) -> list[str]:
+    """How ``config`` differs from a run's stored resume view (compared as JSON, as it was stored)."""
+    return config_lib.diff(old_view, json.loads(json.dumps(config_lib.resume_view(config))))
 
 
 def _read_json(path: Path, what: str) -> dict:

@@ -136,7 +136,7 @@ def test_a_program_that_does_not_fit_is_not_run(tmp_path, monkeypatch, capsys):
     assert not timed  # neither was run
     err = rows[1]["error"]
     assert "the forward+backward of xla_dense (L=64, batch=1, heads=1, head_dim=16, float32) needs" in err
-    assert "(--memory-limit-gb 1e-06)" in err and "grows linearly" in err
+    assert "(--memory-limit-gb=1e-06, before running)" in err and "grows linearly" in err
     assert rows[1]["memory_bytes"] > 0 and "fwd_ms" not in rows[1]
     assert "smaller --matmul" in rows[0]["error"]
     assert "oom: the forward+backward of xla_dense" in capsys.readouterr().out
