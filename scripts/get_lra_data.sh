@@ -74,6 +74,8 @@ for t in ${ONLY//,/ }; do
 done
 TASKS=${TASKS:-$ALL_TASKS}
 TASKS=${TASKS# }
+[[ -e $DATA_DIR && ! -d $DATA_DIR ]] && die "--data-dir $DATA_DIR is a file, not a folder: name a folder (it is \
+created if missing)"
 
 sha256_of() {
   if command -v sha256sum >/dev/null 2>&1; then sha256sum -- "$1" | cut -d' ' -f1
@@ -93,7 +95,7 @@ if [[ -z $ARCHIVE ]]; then
     mkdir -p "$DATA_DIR/downloads"
     echo "downloading $URL (about 7.7 GB) to $ARCHIVE"
     offline="could not download $URL. Offline? Download it on a machine with network access, copy it here and run:
-    $0 --archive PATH/lra_release.gz --data-dir $DATA_DIR"
+    $(printf '%q' "$0") --archive PATH/lra_release.gz --data-dir $(printf '%q' "$DATA_DIR")"
     if command -v curl >/dev/null 2>&1; then
       curl -fL --connect-timeout 30 --retry 3 -C - -o "$ARCHIVE.part" "$URL" || die "$offline"
     elif command -v wget >/dev/null 2>&1; then

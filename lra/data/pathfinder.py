@@ -81,6 +81,7 @@ import struct
 import sys
 import tempfile
 import time
+import zipfile
 import zlib
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -897,7 +898,8 @@ def _metadata_entries(folder: str | os.PathLike) -> list[tuple[str, str, int, st
         data = path.read_bytes()
         if data.startswith(_NPY_MAGIC):
             table = np.load(io.BytesIO(data), allow_pickle=False)
-            lines = [" ".join(str(c) for c in np.atleast_1d(row)) for row in np.atleast_2d(table)]
+            lines = [" ".join(c.decode("utf-8", errors="replace") if isinstance(c, bytes) else str(c)
+                              for c in np.atleast_1d(row).tolist()) for row in np.atleast_2d(table)]
         else:
             # LRA's builder: text.split('\n')[:-1], i.e. lines counted at '\n' only, and a last line without a
             # final '\n' is not an example of its data set; it is left out here too.
@@ -1023,7 +1025,7 @@ def _read_release(folder: Path, resolution: int) -> tuple[np.ndarray, np.ndarray
                     if n_skipped:
                         log.info("%s: %d unreadable image(s) were skipped when the cache was built", folder, n_skipped)
                     return images, labels.astype(np.int32), entry, keys
-        except (OSError, KeyError, ValueError) as e:
+        except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile) as e:
             log.warning("ignoring unreadable Pathfinder cache %s (%s)", cache, e)
     images, labels, entry, keys, skipped = _decode_all(folder, resolution)
     try:
@@ -1211,6 +1213,8 @@ def main(argv=None) -> int:
     a = parser.parse_args(argv)
     if a.workers < 1:
         parser.error(f"--workers must be >= 1, got {a.workers}")
+    if a.seed < 0:   # numpy's own message would not name the option
+        parser.error(f"--seed must be >= 0, got {a.seed}")
     # SIGTERM (a batch system's stop) unwinds like Ctrl-C: the temporary folder is removed, workers stopped.
     previous = signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     try:

@@ -76,7 +76,7 @@ def read_tsv(path: str | os.PathLike, max_length: int = DEFAULT_MAX_LENGTH) -> d
             line = line.rstrip(b"\n")
             if line.endswith(b"\r"):
                 line = line[:-1]
-            if not line.strip():
+            if not line.strip(b" "):   # a blank line; one of tabs is a row with empty columns, reported below
                 continue
             cols = line.split(b"\t")
             if len(cols) != NUM_COLUMNS:

@@ -285,6 +285,9 @@ def test_script_rejects_bad_archives(tmp_path):
     assert r.returncode == 1 and "expected 123" in r.stderr
     r = run_script("--archive", tmp_path / "absent.gz", "--data-dir", tmp_path / "data")
     assert r.returncode == 1 and "archive not found" in r.stderr
+    (tmp_path / "a_file").write_text("")
+    r = run_script("--archive", tmp_path / "lra_release.gz", "--data-dir", tmp_path / "a_file")
+    assert r.returncode == 1 and "--data-dir" in r.stderr and "is a file, not a folder" in r.stderr
     # The script's own earlier download is reused by every run: a bad one must be named for deletion.
     own = tmp_path / "data" / "downloads" / "lra_release.gz"
     own.parent.mkdir(parents=True)
@@ -301,6 +304,10 @@ def test_script_offline_names_the_manual_route(tmp_path):
                    env_extra={"LRA_RELEASE_URL": "http://127.0.0.1:9/lra_release.gz"})  # nothing listens there
     assert r.returncode == 1
     assert f"--archive PATH/lra_release.gz --data-dir {tmp_path / 'data'}" in r.stderr
+    # The suggested command can be pasted: a folder with a space in its name comes quoted.
+    r = run_script("--data-dir", tmp_path / "my data", "--only", "listops",
+                   env_extra={"LRA_RELEASE_URL": "http://127.0.0.1:9/lra_release.gz"})
+    assert r.returncode == 1 and f"--data-dir {tmp_path}/my\\ data" in r.stderr, r.stderr
 
 
 def test_script_has_no_machine_paths():

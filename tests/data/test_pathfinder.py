@@ -14,6 +14,7 @@ import pytest
 from PIL import Image
 
 from lra.data import pathfinder as PF
+from tests.data import CACHE_DAMAGE
 
 RES = 32
 NUM = 600  # the module's release: 250 + 250 + 100 images
@@ -437,6 +438,35 @@ def test_malformed_metadata_names_file_and_line(tmp_path):
         PF.load("train", data_dir=tmp_path)
 
 
+@pytest.mark.parametrize("damage", list(CACHE_DAMAGE.values()), ids=list(CACHE_DAMAGE))
+def test_damaged_cache_is_decoded_again(tmp_path, damage, caplog):
+    folder = tmp_path / f"pathfinder{RES}" / "curv_contour_length_14"
+    write_hand_release(folder, np.random.default_rng(4))
+    want = PF.load("train", data_dir=tmp_path)
+    cache = folder / PF.CACHE_NAME
+    cache.write_bytes(damage(cache.read_bytes()))
+    got = PF.load("train", data_dir=tmp_path)
+    assert np.array_equal(got["inputs"], want["inputs"]) and np.array_equal(got["targets"], want["targets"])
+    assert "ignoring unreadable Pathfinder cache" in caplog.text
+    caplog.clear()
+    assert np.array_equal(PF.load("train", data_dir=tmp_path)["inputs"], want["inputs"])   # rewritten, read back
+    assert "ignoring" not in caplog.text
+
+
+def test_binary_string_metadata_of_either_kind(tmp_path):
+    # read_metadata accepts a NumPy string array as well as text: bytes (S) and unicode (U) alike.
+    folder = tmp_path / f"pathfinder{RES}" / "curv_contour_length_14"
+    write_hand_release(folder, np.random.default_rng(5))
+    text = PF.read_metadata(folder)
+    for dtype in ("U", "S"):
+        for meta in (folder / "metadata").glob("*.npy"):
+            rows = [line.split() for line in meta.read_bytes().decode().splitlines()] if dtype == "U" \
+                else np.load(meta).astype(str).tolist()
+            with open(meta, "wb") as f:   # np.save(path) would append .npy to the name
+                np.save(f, np.array(rows, dtype=dtype))
+        assert PF.read_metadata(folder) == text, dtype
+
+
 def test_check_available_is_fast_and_names_the_command(tmp_path):
     t0 = time.monotonic()
     with pytest.raises(FileNotFoundError) as info:
@@ -718,3 +748,11 @@ def test_sigterm_stops_a_generation_and_its_workers_cleanly(tmp_path, subprocess
     out, _ = proc.communicate(timeout=60)   # the queued folders are not started: it ends within a folder's time
     assert proc.returncode == 128 + signal.SIGTERM, out
     assert not list(parent.iterdir()), "temporary folder left behind"
+
+
+@pytest.mark.parametrize("option, value", [("--seed", "-1"), ("--workers", "0")])
+def test_cli_refuses_out_of_range_options_by_name(tmp_path, capsys, option, value):
+    with pytest.raises(SystemExit) as info:
+        PF.main(["--out", str(tmp_path), "--num", "4", option, value])
+    assert info.value.code == 2 and f"{option} must be" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())   # nothing generated
