@@ -15,10 +15,15 @@ Writes, next to ``--out``:
   lra_speed_vs_length.png   steps/s against length per variant (the bench group with the most lengths).
   lra_memory_vs_length.png  peak memory against length per variant (same rows).
 
-Runs are averaged over seeds per (task, variant) within one profile (default: the profile with the most runs).
-Bench rows are taken from one group of equal (preset, batch size, device) (default: the group whose longest
-length with an ``ok`` row is longest). Only recorded numbers are drawn; variants lacking a score or a speed are
-listed in the chart's footnote instead of being guessed.
+Runs are averaged over seeds per (task, variant) within one profile (default: the profile with the most runs),
+and only the runs of the variant's main setting count (``results.main_settings``: the config with the most seeds;
+runs of another max_length, impl or number of steps are left out, and the footnote says so). Bench rows are taken
+from one group of equal (preset, batch size, device, dtype, model) (default: the group whose longest length with
+an ``ok`` row is longest; ties go to more variants, then to XLA rows). In a group, each (attention, impl) is its
+own series, named 'local (pallas)' beside an XLA 'local'; a score joins the XLA row of its variant (or its only
+row). Only recorded numbers are drawn; variants lacking a score or a speed are listed in the chart's footnote
+(with the status, oom or error, of a failed row) instead of being guessed. With no bench row to draw nothing is
+written; with bench rows but no runs.jsonl only the two curves are drawn.
 """
 from __future__ import annotations
 
@@ -26,7 +31,9 @@ import argparse
 import html
 import math
 import statistics
+import sys
 from collections import defaultdict
+from collections.abc import Collection
 from pathlib import Path
 
 from lra import results as results_lib
@@ -64,26 +71,60 @@ def paper_points(tasks: list[str]) -> dict[str, tuple[float, float, float]]:
             for name, (sps, gb) in PAPER_SPEED_4K.items()}
 
 
+def paper_y(tasks: list[str], axis: bool = False) -> str:
+    """What the paper's points' y is for these tasks (``paper_points``), in words: for a tooltip, or (``axis``)
+    for the chart's paper axis."""
+    known = [t for t in tasks if t in PAPER_TASKS]
+    absent = [t for t in tasks if t not in PAPER_TASKS]
+    if not absent:
+        return "its accuracy on the same tasks" if axis else f"mean over {', '.join(known) or 'its five tasks'}"
+    what = f"mean over {', '.join(known)}" if known else "five-task average"
+    return f"its {what} (no {', '.join(absent)} in Table 1)" if axis else f"{what}; no {', '.join(absent)} in Table 1"
+
+
+# Our bubbles' colours: tab20 without its two greys (indices 14 and 15), which look like the paper's faint points.
+OUR_COLOURS = tuple(i for i in range(20) if i not in (14, 15))
+
 # ------------------------------------------------------------------------------------------------ selection
 
 
-def scores(runs: list[dict], profile: str | None = None) -> tuple[dict[str, float], list[str], str | None]:
-    """(variant -> LRA score in %, the tasks averaged, the profile used) from run records.
-
-    Test accuracy is averaged over seeds per (task, variant); a variant's score is the mean over the tasks that
-    every variant with runs has (so scores compare like with like)."""
+def run_accuracies(runs: list[dict], profile: str | None = None) -> tuple[dict[tuple, list[float]], str | None]:
+    """((task, variant) -> the test accuracies of its seeds, the profile used) from run records: the latest record
+    of a seed counts, and only runs of the main setting of each (task, variant) (``results.main_settings``: the
+    one with the most seeds), so that a run of another max_length or impl, or a short check, is not mixed in.
+    The profile defaults to the one with the most runs."""
     if profile is None and runs:
         counts = defaultdict(int)
         for r in runs:
             counts[r.get("profile")] += 1
         profile = max(counts, key=lambda p: (counts[p], str(p)))
+    main = results_lib.main_settings(runs)
     per = defaultdict(list)
-    for (task, attention, run_profile, _), r in results_lib.latest_per_seed(runs).items():   # a rerun replaces
-        if run_profile == profile:
+    for (task, attention, run_profile, _, where), r in results_lib.latest_per_seed(runs).items():
+        if run_profile == profile and where == main[task, attention, run_profile]:
             per[(task, attention)].append(float(r["test_accuracy"]))
+    return dict(per), profile
+
+
+def other_settings(runs: list[dict], profile) -> list[str]:
+    """The variants of ``profile`` with runs of a setting besides their main one (left out of the scores)."""
+    main = results_lib.main_settings(runs)
+    return sorted({str(a) for (t, a, p, _, where) in results_lib.latest_per_seed(runs) if p == profile
+                   and where != main[t, a, p]})
+
+
+def scores(runs: list[dict], profile: str | None = None,
+           variants: Collection[str] | None = None) -> tuple[dict[str, float], list[str], str | None]:
+    """(variant -> LRA score in %, the tasks averaged, the profile used) from run records.
+
+    Test accuracy is averaged over seeds per (task, variant) (``run_accuracies``); a variant's score is the mean
+    over the tasks that every scored variant has (so scores compare like with like). ``variants``: the variants
+    to score (those that will be drawn); default every variant with runs."""
+    per, profile = run_accuracies(runs, profile)
     tasks_of = defaultdict(set)
     for task, variant in per:
-        tasks_of[variant].add(task)
+        if variants is None or variant in variants:
+            tasks_of[variant].add(task)
     if not tasks_of:
         return {}, [], profile
     common = sorted(set.intersection(*tasks_of.values()))
@@ -95,27 +136,60 @@ def scores(runs: list[dict], profile: str | None = None) -> tuple[dict[str, floa
 _MEASURES = ("length", "steps_per_second", "examples_per_second", "peak_memory_bytes")
 
 
+def group_key(row: dict) -> tuple:
+    """The bench group of a row: (preset, batch size, device, dtype, model): rows of one group differ only in
+    attention, impl and length, so their speeds compare."""
+    return row.get("bench"), row.get("batch_size"), row.get("device"), row.get("dtype"), results_lib.model_key(row)
+
+
 def bench_groups(rows: list[dict]) -> dict[tuple, list[dict]]:
-    """ok rows grouped by (preset, batch size, device); rows without a positive finite length, speed or memory
-    (an older format, a null) cannot be drawn and are left out."""
+    """ok rows grouped by ``group_key`` (preset, batch size, device, dtype, model); rows without a positive finite
+    length, speed or memory (an older format, a null) cannot be drawn and are left out. Within a group, each
+    (attention, impl) is a series of its own (``series_names``)."""
     groups = defaultdict(list)
     for r in rows:
         if r.get("status") == "ok" and all((results_lib.number(r.get(k)) or 0) > 0 for k in _MEASURES):
-            groups[(r.get("bench"), r.get("batch_size"), r.get("device"))].append(r)
+            groups[group_key(r)].append(r)
     return dict(groups)
 
 
 def pick_group(groups: dict[tuple, list[dict]], preset: str | None, key) -> tuple | None:
-    candidates = [g for g in groups if preset is None or g[0] == preset]
-    return max(candidates, key=lambda g: key(groups[g]), default=None)
+    """The group (of preset ``preset``, if given) with the largest ``key(rows)``; ties go to the group with more
+    variants, then to one of XLA rows (no Pallas row, a preset not named for Pallas), then by its key's text."""
+    def rank(g):
+        rows = groups[g]
+        pallas = "pallas" in str(g[0]) or any((r.get("impl") or "xla") != "xla" for r in rows)
+        return key(rows), len({r["attention"] for r in rows}), not pallas
+
+    candidates = sorted((g for g in groups if preset is None or g[0] == preset), key=str)
+    return max(candidates, key=rank, default=None)
+
+
+def series_names(rows: list[dict]) -> dict[tuple[str, str], str]:
+    """(attention, impl) -> the name of its series: the variant's name, with the impl in brackets for a non-XLA
+    series of a variant whose XLA rows are there too ('local (pallas)')."""
+    pairs = {(r["attention"], r.get("impl") or "xla") for r in rows}
+    return {(a, i): a if i == "xla" or (a, "xla") not in pairs else f"{a} ({i})" for a, i in pairs}
 
 
 def speeds_at_longest(rows: list[dict]) -> tuple[int | None, dict[str, dict]]:
-    """(longest length, variant -> its row at that length); the latest row wins when a variant repeats."""
+    """(longest length, series name (``series_names``) -> its row at that length); the latest row wins when a
+    series repeats."""
     if not rows:
         return None, {}
-    longest = max(r["length"] for r in rows)
-    return longest, {r["attention"]: r for r in rows if r["length"] == longest}
+    longest, names = max(r["length"] for r in rows), series_names(rows)
+    return longest, {names[r["attention"], r.get("impl") or "xla"]: r for r in rows if r["length"] == longest}
+
+
+def failed_at(rows: list[dict], group: tuple, length) -> dict[str, str]:
+    """attention -> status of the latest failed row (oom, error ...) of ``group`` at ``length``; a failed row
+    matches the group on the fields it records."""
+    out = {}
+    for r in rows:
+        if r.get("status") != "ok" and r.get("length") == length and all(
+                mine is None or mine == "null" or mine == theirs for mine, theirs in zip(group_key(r), group)):
+            out[str(r.get("attention"))] = str(r.get("status"))
+    return out
 
 
 # ------------------------------------------------------------------------------------------------- drawing
@@ -211,15 +285,16 @@ def draw_summary(points: list[dict], tasks: list[str], profile, footnote: str, o
             sizes["paper", name] = _bubble_size(gb * 2**30, 60)
             top.scatter([x], [avg], s=sizes["paper", name], color="0.6", alpha=0.18, edgecolors="0.5")
         top.set_xscale("log")
-        top.set_xlabel(f"paper (faint): examples/s at 4K, batch {PAPER_BATCH}, 4x4 TPU v3; y = its accuracy on "
-                       f"the same tasks", color="0.45", fontsize=8)
+        top.set_xlabel(f"paper (faint): examples/s at 4K, batch {PAPER_BATCH}, 4x4 TPU v3; "
+                       f"y = {paper_y(tasks, axis=True)}", color="0.45", fontsize=8)
         top.tick_params(axis="x", colors="0.5", labelsize=7)
     if points:
         cmap = plt.get_cmap("tab20")
         for i, p in enumerate(points):
             sizes["ours", p["attention"]] = _bubble_size(p["memory_bytes"], 120)
             ax.scatter([p["examples_per_second"]], [p["score"]], s=sizes["ours", p["attention"]],
-                       color=cmap(i % 20), alpha=0.55, edgecolors="black", linewidths=0.6, zorder=3)
+                       color=cmap(OUR_COLOURS[i % len(OUR_COLOURS)]), alpha=0.55, edgecolors="black",
+                       linewidths=0.6, zorder=3)
         ax.set_xscale("log")
         first = points[0]
         ax.set_xlabel(f"examples/s, one train step at length {first['length']}, batch {first['batch_size']} "
@@ -283,9 +358,9 @@ def draw_curves(rows: list[dict], out_speed: Path, out_memory: Path) -> None:
     import matplotlib.pyplot as plt
     import matplotlib.ticker  # noqa: F401  (used through matplotlib.ticker)
 
-    by_variant = defaultdict(dict)
+    by_variant, names = defaultdict(dict), series_names(rows)
     for r in rows:
-        by_variant[r["attention"]][r["length"]] = r
+        by_variant[names[r["attention"], r.get("impl") or "xla"]][r["length"]] = r
     device = rows[0].get("device") if rows else ""
     batch = rows[0].get("batch_size") if rows else ""
     for out, key, label, scale in ((out_speed, "steps_per_second", "train steps/s", 1.0),
@@ -382,7 +457,7 @@ def summary_html(points: list[dict], tasks: list[str], profile, footnote: str, p
     bubbles, ours, theirs = [], [], []
     if paper:
         for name, (avg, x, gb) in ref.items():
-            tip = (f"paper: {name}\naccuracy {avg:.2f} (Table 1, mean over {', '.join(tasks) or 'five tasks'})\n"
+            tip = (f"paper: {name}\naccuracy {avg:.2f} (Table 1, {paper_y(tasks)})\n"
                    f"{x:.0f} examples/s ({x / PAPER_BATCH} steps/s at 4K, batch {PAPER_BATCH}, 4x4 TPU v3)\n"
                    f"{gb} GB peak memory per device")
             element, where = circle(px, x, avg, gb, 60, "fill:#999;fill-opacity:0.15;stroke:#999", tip)
@@ -391,7 +466,7 @@ def summary_html(points: list[dict], tasks: list[str], profile, footnote: str, p
     import matplotlib
 
     tab20 = matplotlib.colormaps["tab20"]   # the PNG's colours, so that a variant looks the same in both
-    palette = [matplotlib.colors.to_hex(tab20(i)) for i in range(20)]
+    palette = [matplotlib.colors.to_hex(tab20(i)) for i in OUR_COLOURS]
     for i, p in enumerate(points):
         tip = (f"{p['attention']}\nscore {p['score']:.2f}% ({', '.join(tasks)}, profile {profile})\n"
                f"{p['examples_per_second']:.3f} examples/s, {p['steps_per_second']:.3f} steps/s at length "
@@ -408,8 +483,8 @@ def summary_html(points: list[dict], tasks: list[str], profile, footnote: str, p
     parts += bubbles + our_text + their_text
     length = points[0]["length"] if points else "?"
     top_title = (f'<text x="{width / 2}" y="{margin - 26}" text-anchor="middle" font-size="11" fill="#888">paper '
-                 f"(faint, top axis): examples/s at 4K, batch {PAPER_BATCH}, 4x4 TPU v3; y = its accuracy on the "
-                 f"same tasks</text>") if paper else ""
+                 f"(faint, top axis): examples/s at 4K, batch {PAPER_BATCH}, 4x4 TPU v3; y = "
+                 f"{html.escape(paper_y(tasks, axis=True))}</text>") if paper else ""
     svg = (f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif">'
            f'<rect x="{margin}" y="{margin}" width="{width - 2 * margin}" height="{height - 2 * margin}" '
            f'fill="none" stroke="#888"/>{"".join(parts)}'
@@ -426,15 +501,35 @@ def summary_html(points: list[dict], tasks: list[str], profile, footnote: str, p
 # ---------------------------------------------------------------------------------------------------- main
 
 
-def plot(results_dir: Path, out: Path, *, profile: str | None = None, bench: str | None = None,
-         paper: bool = True) -> dict:
-    """Draw every figure; returns what was drawn (for tests and the command's printout)."""
+def find_records(results_dir: Path, profile: str | None = None) -> tuple[Path | None, Path]:
+    """(runs.jsonl, or None when only bench rows are recorded and no profile is asked for, bench.jsonl);
+    FileNotFoundError, saying what writes them, when there is nothing to plot. Creates nothing."""
     runs_path, bench_path = results_dir / "runs.jsonl", results_dir / "bench.jsonl"
-    missing = [str(p) for p in (runs_path, bench_path) if not p.exists()]
-    if missing:
+    if not bench_path.exists() or (profile is not None and not runs_path.exists()):
+        missing = [str(p) for p in (runs_path, bench_path) if not p.exists()]
         raise FileNotFoundError(f"no records to plot: {', '.join(missing)} missing (python -m lra.train ... and "
                                 f"python -m lra.bench ... write them)")
-    runs, rows = results_lib.read_jsonl(runs_path), results_lib.read_jsonl(bench_path)
+    return (runs_path if runs_path.exists() else None), bench_path
+
+
+def _nothing_to_plot(rows: list[dict], bench_path: Path, preset: str | None) -> ValueError:
+    statuses = defaultdict(int)
+    for r in rows:
+        if preset is None or r.get("bench") == preset:
+            statuses[str(r.get("status"))] += 1
+    held = ", ".join(f"{n} {s}" for s, n in sorted(statuses.items())) or "no rows"
+    return ValueError(f"nothing to plot: {bench_path} has no ok row with a length, speed and memory"
+                      f"{f' of preset {preset!r}' if preset else ''} ({held}); the charts already there are left "
+                      f"as they are (python -m lra.bench ... measures)")
+
+
+def plot(results_dir: Path, out: Path, *, profile: str | None = None, bench: str | None = None,
+         paper: bool = True) -> dict:
+    """Draw every figure; returns what was drawn (for tests and the command's printout). With bench rows but no
+    runs.jsonl, only the speed and memory curves are drawn (the footnote says so). Nothing is written when no
+    bench row can be drawn (ValueError)."""
+    runs_path, bench_path = find_records(results_dir, profile)
+    runs, rows = results_lib.read_jsonl(runs_path) if runs_path else None, results_lib.read_jsonl(bench_path)
     # A profile or preset named but not recorded is a typo, not an empty chart.
     if profile is not None and not any(r.get("profile") == profile for r in runs):
         recorded = sorted({str(r.get("profile")) for r in runs})
@@ -444,25 +539,52 @@ def plot(results_dir: Path, out: Path, *, profile: str | None = None, bench: str
         recorded = sorted({str(r.get("bench")) for r in rows if r.get("status") == "ok"})
         raise ValueError(f"no ok rows of bench preset {bench!r} in {bench_path}; its presets: "
                          f"{', '.join(recorded) or 'none'}")
-    score, tasks, used_profile = scores(runs, profile)
     groups = bench_groups(rows)
     summary_group = pick_group(groups, bench, key=lambda rs: max(r["length"] for r in rs))
     curves_group = pick_group(groups, bench, key=lambda rs: (len({r["length"] for r in rs}), len(rs)))
-    length, at_length = speeds_at_longest(groups.get(summary_group, []))
-    points = summary_points(score, at_length)
-    no_speed = sorted(set(score) - set(at_length))
-    no_score = sorted(set(at_length) - set(score))
-    preset = summary_group[0] if summary_group else "-"
+    if summary_group is None:
+        raise _nothing_to_plot(rows, bench_path, bench)
+    speed_png, memory_png = out.parent / "lra_speed_vs_length.png", out.parent / "lra_memory_vs_length.png"
+    if runs is None:
+        draw_curves(groups[curves_group], speed_png, memory_png)
+        return {"points": [], "tasks": [], "profile": None, "length": None, "labels": [],
+                "footnote": f"no summary chart: {results_dir / 'runs.jsonl'} does not exist (python -m lra.train ... "
+                            f"writes it); drew the speed and memory curves of bench preset {curves_group[0]}",
+                "files": [speed_png, memory_png]}
+    length, at_length = speeds_at_longest(groups[summary_group])
+    # A variant's score joins its XLA row (or its only row); another impl of it is a curve of its own.
+    joined = {name: r for name, r in at_length.items() if name == r["attention"]}
+    per, used_profile = run_accuracies(runs, profile)
+    score, tasks, _ = scores(runs, used_profile, variants=set(joined))
+    ran = {variant for _, variant in per}
+    points = summary_points(score, joined)
+    preset = summary_group[0]
     notes = [f"runs: profile {used_profile}, mean over seeds; bench: preset {preset}"]
-    if no_speed:
-        notes.append(f"no bench row at length {length}: {', '.join(no_speed)}")
+    failed = failed_at(rows, summary_group, length)
+    missing = sorted(ran - set(joined))
+    for status in sorted({failed[v] for v in missing if v in failed}):
+        notes.append(f"{status} at length {length}: {', '.join(v for v in missing if failed.get(v) == status)}")
+    if [v for v in missing if v not in failed]:
+        notes.append(f"no bench row at length {length}: {', '.join(v for v in missing if v not in failed)}")
+    if ran & set(joined) and not tasks:
+        tasks_of = defaultdict(list)
+        for task, variant in sorted(per):
+            if variant in joined:
+                tasks_of[variant].append(str(task))
+        notes.append("no task that every benchmarked variant has a run of (" +
+                     "; ".join(f"{v}: {', '.join(t)}" for v, t in sorted(tasks_of.items())) + ")")
+    no_score = sorted(set(joined) - ran)
     if no_score:
-        notes.append(f"benchmarked but no run on {', '.join(tasks) or 'the tasks'}: {', '.join(no_score)}")
+        notes.append(f"benchmarked but no run (profile {used_profile}): {', '.join(no_score)}")
+    if set(at_length) - set(joined):
+        notes.append(f"in the curves only: {', '.join(sorted(set(at_length) - set(joined)))}")
+    others = other_settings(runs, used_profile)
+    if others:
+        notes.append(f"runs of other settings left out: {', '.join(others)} (python -m lra.results --summary)")
     footnote = "; ".join(notes)
     labels = draw_summary(points, tasks, used_profile, footnote, out, paper)
     out.with_suffix(".html").write_text(summary_html(points, tasks, used_profile, footnote, paper))
-    speed_png, memory_png = out.parent / "lra_speed_vs_length.png", out.parent / "lra_memory_vs_length.png"
-    draw_curves(groups.get(curves_group, []), speed_png, memory_png)
+    draw_curves(groups[curves_group], speed_png, memory_png)
     return {"points": points, "tasks": tasks, "profile": used_profile, "length": length, "footnote": footnote,
             "labels": labels, "files": [out, out.with_suffix(".html"), speed_png, memory_png]}
 
@@ -489,10 +611,15 @@ def main(argv=None) -> int:
     results_dir = Path(args.results)
     out = Path(args.out) if args.out else results_dir / "lra_summary.png"
     try:
+        find_records(results_dir, args.profile)   # before check_out, which creates --out's folder
         check_out(out)
         drawn = plot(results_dir, out, profile=args.profile, bench=args.bench, paper=not args.no_paper)
-    except (FileNotFoundError, ValueError) as e:   # no records, or a malformed record line
-        print(f"error: {e}")
+    except (FileNotFoundError, ValueError) as e:   # no records, a malformed record line, nothing to plot
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except OSError as e:   # a chart that cannot be written (no permission, disk full)
+        print(f"error: cannot write {e.filename or out.parent} ({e.strerror or e}); give --out a folder this "
+              f"process can write", file=sys.stderr)
         return 1
     for p in drawn["points"]:
         print(f"{p['attention']:>12}  score {p['score']:6.2f}%  {p['examples_per_second']:9.3f} examples/s  "

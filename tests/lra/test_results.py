@@ -133,3 +133,113 @@ def test_replace_block():
     assert results.replace_block(text, "new") == f"a\n{results.README_START}\nnew\n{results.README_END}\nb"
     with pytest.raises(ValueError, match="markers"):
         results.replace_block("no markers", "x")
+
+
+def config(max_length=1000, impl="xla", steps=20000, seed=0):
+    return {"task": {"name": "text", "max_length": max_length}, "model": {"num_layers": 4},
+            "attention": {"name": "full", "impl": impl}, "seed": seed,
+            "train": {"train_steps": steps, "lr": 0.05, "progress": True}, "results_dir": "results"}
+
+
+def text_run(acc, seed, **options):
+    return {"task": "text", "attention": "full", "profile": "cpu", "seed": seed, "test_accuracy": acc,
+            "config": config(seed=seed, **options)}
+
+
+def test_runs_of_other_settings_are_kept_apart_and_named():
+    # A second length, a Pallas run and a 10-step check with the same seeds used to replace the main runs.
+    records = [text_run(0.64, 0), text_run(0.62, 1), text_run(0.70, 0, max_length=4000),
+               text_run(0.50, 1, steps=10), text_run(0.40, 0, impl="pallas"),
+               {**text_run(0.60, 0), "config": {**config(), "train": {**config()["train"], "progress": False}}}]
+    latest = results.latest_per_seed(records)
+    assert len(latest) == 5 and sorted(r["test_accuracy"] for r in latest.values()) == [0.4, 0.5, 0.6, 0.62, 0.7]
+    setting = results.setting(records[0])
+    assert results.main_settings(records) == {("text", "full", "cpu"): setting}    # two seeds
+    table = results.summary_table(records).splitlines()
+    assert table[0] == ("| task | attention | profile | impl | max length | seeds | test acc mean | std | steps/s | "
+                        "differs from the main setting |")
+    assert table[2] == "| text | full | cpu | xla | 1000 | 0,1 | 61.00% | 1.41 | - | - |"   # the main one first
+    assert set(table[3:]) == {
+        "| text | full | cpu | pallas | 1000 | 0 | 40.00% | - | - | attention.impl: 'xla' -> 'pallas' |",
+        "| text | full | cpu | xla | 4000 | 0 | 70.00% | - | - | task.max_length: 1000 -> 4000 |",
+        "| text | full | cpu | xla | 1000 | 1 | 50.00% | - | - | train.train_steps: 20000 -> 10 |"}
+    # A tie in seeds goes to the most recent record; a record without a config falls back to its own fields.
+    tie = [text_run(0.7, 0, max_length=4000), text_run(0.6, 0)]
+    assert results.main_settings(tie)[("text", "full", "cpu")] == results.setting(tie[1])
+    old = [{"task": "text", "attention": "full", "profile": "cpu", "seed": 0, "test_accuracy": a, **extra}
+           for a, extra in [(0.5, {}), (0.6, {}), (0.7, {"max_length": 4000})]]
+    assert len(results.latest_per_seed(old)) == 2                          # the two without max_length: one
+    assert "| - | - | 0 | 60.00% | - | - | max_length: 4000 -> '<absent>' |" in results.summary_table(old)
+
+
+def test_setting_diff_is_short_and_a_string_seed_sorts():
+    rows = [{"task": "listops", "attention": "full", "profile": "cpu", "seed": s, "test_accuracy": 0.3}
+            for s in (10, "1", 2, None)]
+    assert "| 2,10,1,None |" in results.summary_table(rows)   # used to raise TypeError (str < int)
+    many = {**config(), "model": {"num_layers": 1, "emb_dim": 8, "num_heads": 1, "mlp_dim": 9}}
+    cell = results.setting_diff(results.setting({"config": config()}), results.setting({"config": many}))
+    assert cell.count(";") == 2 and cell.endswith("(+1 more)")
+    assert results.setting_diff(results.setting({"config": config()}), results.setting({})) == "no config recorded"
+
+
+def test_speedup_baseline_shares_model_and_dtype():
+    def row(attention, sps, impl="xla", layers=4, dtype="float32", preset="cpu"):
+        return {"attention": attention, "impl": impl, "length": 8, "batch_size": 2, "device": "cpu", "status": "ok",
+                "steps_per_second": sps, "model": {"num_layers": layers}, "dtype": dtype, "bench": preset}
+
+    rows = [row("full", 2.0), row("local", 5.0), row("local", 6.0, impl="pallas", preset="cpu_pallas"),
+            row("full", 8.0, layers=1),        # a later ad hoc check of another model: not the baseline
+            row("local", 4.0, dtype="bfloat16")]
+    table = results.bench_table(rows)
+    assert "| local | xla | 8 | 2 | 5.000 | 2.50x |" in table
+    assert "| local | pallas | 8 | 2 | 6.000 | 3.00x |" in table       # cpu_pallas compares with cpu's full
+    assert "| full | xla | 8 | 2 | 8.000 | 1.00x |" in table
+    assert "| local | xla | 8 | 2 | 4.000 | - |" in table               # no full row in bfloat16
+
+
+def test_summary_with_readme_is_refused(tmp_path, capsys, monkeypatch):
+    (tmp_path / "README.md").write_text("untouched")
+    monkeypatch.setattr(results, "read_jsonl", lambda *a: pytest.fail("read the records first"))
+    assert results.main(["--results", str(tmp_path), "--summary", "--readme", str(tmp_path / "README.md")]) == 1
+    assert "give one of them" in capsys.readouterr().err
+    assert (tmp_path / "README.md").read_text() == "untouched"
+
+
+@pytest.mark.parametrize("text, message", [
+    (None, "no such file"),
+    (f"{results.README_END}\n{results.README_START}\n{results.VARIANTS_START}\n{results.VARIANTS_END}\n"
+     f"{results.BENCH_START}\n{results.BENCH_END}", f"{results.README_END} comes before {results.README_START}"),
+    (f"{results.README_START}\n{results.README_END}\n{results.BENCH_START}\n",
+     f"{results.VARIANTS_START} and {results.VARIANTS_END} missing; {results.BENCH_END} missing"),
+])
+def test_readme_errors_name_the_file_and_markers(tmp_path, capsys, text, message):
+    results.append_jsonl(tmp_path / "runs.jsonl", {"task": "listops", "attention": "full", "test_accuracy": 0.5})
+    readme = tmp_path / "README.md"
+    if text is not None:
+        readme.write_text(text)
+    assert results.main(["--results", str(tmp_path), "--readme", str(readme)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and str(readme) in err and message in err
+    assert (readme.read_text() == text) if text is not None else not readme.exists()
+    with pytest.raises(ValueError, match="comes before"):
+        results.replace_block(f"{results.README_END} {results.README_START}", "x")
+
+
+def test_unreadable_records_and_readme_are_named(tmp_path, capsys, monkeypatch):
+    results.append_jsonl(tmp_path / "runs.jsonl", {"task": "listops", "attention": "full", "test_accuracy": 0.5})
+
+    def denied(path, *a, **k):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(results, "open", denied, raising=False)   # as root, chmod would not stop the read
+    with pytest.raises(ValueError, match="cannot read .*runs.jsonl .Permission denied"):
+        results.read_jsonl(tmp_path / "runs.jsonl")
+    assert results.main(["--results", str(tmp_path)]) == 1
+    assert "Permission denied" in capsys.readouterr().err
+    monkeypatch.undo()
+    readme = tmp_path / "README.md"
+    readme.write_text("".join(f"{a}\nold\n{b}\n" for a, b in results.MARKERS))
+    monkeypatch.setattr(results.os, "replace", denied)
+    assert results.main(["--results", str(tmp_path), "--readme", str(readme)]) == 1
+    assert "cannot write" in capsys.readouterr().err and readme.read_text().count("old") == 3
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
