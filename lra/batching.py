@@ -6,7 +6,8 @@ into pools of ``pool_batches`` batches; inside a pool examples are sorted by len
 the batch order is shuffled again. Each batch is padded to its longest example rounded up to a multiple of
 ``bucket_size`` (capped at max_length), so only a few shapes ever compile.
 
-Evaluation covers every example: sorted by length, batched, the last batch padded with weight-0 rows.
+Evaluation covers every example: grouped by padded length (each example's own length rounded up to a multiple of
+``bucket_size``, or max_length), batched, each group's last batch filled with weight-0 rows.
 
 Pair tasks (Retrieval) hold ``inputs`` [N, 2, max_length] and ``lengths`` [N, 2]: one document per slot of the
 pair axis. Batches keep that axis (inputs/valid [B, 2, length]); an example's length is its longer document's.
@@ -87,15 +88,24 @@ class TrainBatches:
 
 
 def eval_batches(arrays: dict, batch_size: int, *, max_length: int, bucket_size: int | None = None):
-    """Yield batches covering every example exactly once (weight 1); padding rows have weight 0."""
+    """Yield batches covering every example exactly once (weight 1); padding rows have weight 0.
+
+    With ``bucket_size``, each example is padded to its own length rounded up to a multiple of it (batches never
+    mix two padded lengths): an example's padding does not depend on which others share its batch, so a variant
+    that is not padding-invariant is still evaluated as a function of its parameters alone, whatever
+    ``batch_size``. Without it every batch is padded to ``max_length``, as LRA does."""
     n = len(arrays["targets"])
     lengths = example_lengths(arrays)
-    order = np.argsort(lengths, kind="stable") if bucket_size else np.arange(n)
-    for start in range(0, n, batch_size):
-        idx = order[start: start + batch_size]
-        weights = np.ones(batch_size, np.float32)
-        if len(idx) < batch_size:
-            weights[len(idx):] = 0.0
-            idx = np.concatenate([idx, np.full(batch_size - len(idx), idx[0])])
-        length = bucket_length(lengths[idx].max(), bucket_size, max_length)
-        yield make_batch(arrays, idx, length, weights)
+    if bucket_size:
+        padded = np.array([bucket_length(x, bucket_size, max_length) for x in lengths], dtype=np.int64)
+        groups = [(int(p), np.flatnonzero(padded == p)) for p in np.unique(padded)]
+    else:
+        groups = [(max_length, np.arange(n))]
+    for length, members in groups:
+        for start in range(0, len(members), batch_size):
+            idx = members[start: start + batch_size]
+            weights = np.ones(batch_size, np.float32)
+            if len(idx) < batch_size:
+                weights[len(idx):] = 0.0
+                idx = np.concatenate([idx, np.full(batch_size - len(idx), idx[0])])
+            yield make_batch(arrays, idx, length, weights)

@@ -101,8 +101,10 @@ def validate(config: dict) -> None:
     for key in ("batch_size", "eval_batch_size", "train_steps", "eval_every", "log_every"):
         _positive_int(config, "train", key)
     train = config["train"]
-    if not _is_int(config.get("seed")) or not 0 <= config["seed"] < 2**63:
-        raise ConfigError(f"seed must be an integer in [0, 2**63), got {config.get('seed')!r}")
+    # jax.random.key keeps a seed's low 32 bits (without jax_enable_x64): 2**32 would repeat seed 0's parameters
+    # and dropout while drawing another data order.
+    if not _is_int(config.get("seed")) or not 0 <= config["seed"] < 2**32:
+        raise ConfigError(f"seed must be an integer in [0, 2**32 - 1], got {config.get('seed')!r}")
     _number(train, "lr", strict=True)
     if train.get("schedule") not in SCHEDULES:
         raise ConfigError(f"train.schedule must be one of {list(SCHEDULES)}, got {train.get('schedule')!r}")

@@ -414,6 +414,9 @@ def train(config: dict, run_dir: str | Path) -> dict:
     prior_compile, prior_wall = meta["compile_seconds"], meta["wall_seconds"]
     progress = _progress_bar(t["train_steps"], start_step, t["progress"])
     pending, untimed = [], 0
+    # A SIGTERM cuts a logging window short: its steps' metrics are kept in the checkpoint and averaged into the
+    # resumed run's next row, so that row and the record's final_train_loss are those of an uninterrupted run.
+    carried = meta.pop("window", None) or []
     window_start, window_compile = time.perf_counter(), steps.compile_seconds
     sigterm = contextlib.ExitStack()
     term = sigterm.enter_context(_sigterm_flag())
@@ -446,15 +449,17 @@ def train(config: dict, run_dir: str | Path) -> dict:
                             f"loss became {float(m['loss'])} at step {bad} (grad norm {float(m['grad_norm'])}); "
                             f"checkpoints up to the last finite evaluation are kept in {ckpt.directory}. "
                             f"Lower train.lr or set train.grad_clip.")
-                loss = float(np.mean([m["loss"] for m in host]))
-                acc = float(np.mean([m["accuracy"] for m in host]))
+                window = carried + [{k: float(m[k]) for k in ("loss", "accuracy", "grad_norm")} for m in host]
+                carried = [] if done % t["log_every"] == 0 or is_eval else window   # cut short only by SIGTERM
+                loss = float(np.mean([m["loss"] for m in window]))
+                acc = float(np.mean([m["accuracy"] for m in window]))
                 meta["last_train_loss"] = loss
                 sps = timed / elapsed if timed > 0 and elapsed > 0 else None   # null: only the warm-up step
                 metrics_log.write(json.dumps({"step": done, "train_loss": loss, "train_accuracy": acc,
                                               "steps_per_second": sps}) + "\n")
                 logger.log({"train/loss": loss, "train/accuracy": acc,
                             **({"train/steps_per_second": sps} if sps is not None else {}),
-                            "train/grad_norm": float(np.mean([m["grad_norm"] for m in host]))}, done)
+                            "train/grad_norm": float(np.mean([m["grad_norm"] for m in window]))}, done)
                 progress.update(len(host))
                 progress.set_postfix(loss=f"{loss:.3f}", acc=f"{acc:.3f}",
                                      **({"steps_s": f"{sps:.2f}"} if sps is not None else {}))
@@ -483,6 +488,7 @@ def train(config: dict, run_dir: str | Path) -> dict:
                 window_start, window_compile = time.perf_counter(), steps.compile_seconds
             if stopping:
                 if ckpt.latest_step() != done:  # an evaluation at this step has saved it already
+                    meta["window"] = carried
                     save("latest", done)
                 progress.write(f"SIGTERM: checkpoint of step {done} saved in {ckpt.directory / 'latest'}; "
                                f"rerun the same command to resume")

@@ -62,7 +62,12 @@ def test_eval_covers_every_example_once(n, batch_size, bucket_size):
     batches = list(batching.eval_batches(data, batch_size, max_length=64, bucket_size=bucket_size))
     assert all(b["inputs"].shape[0] == batch_size for b in batches)
     weights = np.concatenate([b["weights"] for b in batches])
-    assert weights.sum() == n and len(batches) == -(-n // batch_size)
+    lengths = [batching.bucket_length(x, bucket_size, 64) for x in data["lengths"]]
+    # Batches never mix padded lengths: each example is padded to its own length rounded up to the bucket.
+    assert weights.sum() == n and len(batches) == sum(-(-lengths.count(x) // batch_size) for x in set(lengths))
+    got = sorted((int(v.sum()), b["inputs"].shape[1]) for b in batches for v, w in zip(b["valid"], b["weights"])
+                 if w == 1)
+    assert got == sorted(zip(data["lengths"].tolist(), lengths))
     # every (target, length) pair appears exactly once among weight-1 rows
     got = sorted((int(t), int(v.sum())) for b in batches for t, v, w in zip(b["targets"], b["valid"], b["weights"])
                  if w == 1)

@@ -140,9 +140,13 @@ def test_sigterm_writes_the_metrics_of_the_unlogged_steps(isolated, tmp_path, mo
     losses = {json.loads(x)["step"]: json.loads(x)["train_loss"]
               for x in (tmp_path / "every_step" / "metrics.jsonl").read_text().splitlines() if "train_loss" in x}
     assert rows[1]["train_loss"] == pytest.approx(np.mean([losses[s] for s in (11, 12, 13, 14)]), rel=1e-6)
-    trainer.train(config, paths["run"])
+    resumed = trainer.train(config, paths["run"])
     rows = [json.loads(x) for x in (paths["run"] / "metrics.jsonl").read_text().splitlines() if "train_loss" in x]
     assert [r["step"] for r in rows] == [10, 14, 20]
+    # The cut window's steps are carried over: the row at 20, and the record's final train loss, are the mean
+    # over steps 11-20, as in an uninterrupted run (they were the mean over 15-20).
+    assert rows[2]["train_loss"] == pytest.approx(np.mean([losses[s] for s in range(11, 21)]), rel=1e-6)
+    assert resumed["final_train_loss"] == rows[2]["train_loss"]
 
 
 def corrupt(step_dir):
