@@ -1,7 +1,7 @@
 """The LRA encoder classifier in Flax NNX.
 
 Token embedding + positions (sinusoidal or learned) -> optional learned CLS vector -> pre-LayerNorm blocks
-(attention from ``models.attention.build``, GELU MLP, dropout) -> final LayerNorm -> CLS or mean pooling ->
+(attention from ``models.attention.build``, GELU MLP, dropout) -> final LayerNorm -> CLS, mean or first-token pooling ->
 head Dense(mlp_dim) - ReLU - Dense(num_classes). Calling returns ``(logits, aux)``; aux holds named
 intermediates (the pooled vector) so probing needs no code change.
 
@@ -23,7 +23,7 @@ import kernels
 from models import attention as attention_lib
 
 dense_init = nnx.initializers.xavier_uniform()
-POOLINGS = ("cls", "mean")
+POOLINGS = ("cls", "mean", "first")   # first: position 0 itself, no CLS vector (LRA code's Retrieval)
 POSITIONS = ("sinusoidal", "learned")
 PAIRS = {"paper": 4, "concat": 2}   # pair combination -> pooled vectors in the head's input
 
@@ -151,7 +151,7 @@ class Classifier(nnx.Module):
         self.head_out = nnx.Linear(cfg.mlp_dim, cfg.num_classes, kernel_init=dense_init, rngs=rngs)
 
     def pool(self, x, valid):
-        if self.cfg.pooling == "cls":
+        if self.cfg.pooling in ("cls", "first"):   # the CLS vector, or (first) the first token itself
             return x[:, 0]
         weights = valid.astype(x.dtype)[..., None]
         return (x * weights).sum(axis=1) / jnp.maximum(weights.sum(axis=1), 1.0)

@@ -1,7 +1,7 @@
 """Fixed sparse attention patterns, computed on gathered key blocks (``kernels.block_sparse``), never on an
 L x L mask.
 
-    local        sliding window |i - j| <= window (Beltagy et al. 2020's window alone; LRA's "local attention")
+    local        sliding window |i - j| <= window (Beltagy et al. 2020's window alone)
     block_local  non-overlapping blocks i // block == j // block (LRA's local attention baseline, block 50)
     strided      (i - j) % stride == 0 (the strided half of Child et al. 2019, "Generating Long Sequences with
                  Sparse Transformers")
@@ -258,7 +258,7 @@ class GlobalPattern:
 class LongformerPattern:
     window: int = 256
     dilation: int = 1
-    n: int = 1
+    n: int = 0
     block: int | None = None
     quadratic = False
     padding_invariant = True
@@ -432,7 +432,7 @@ class _GlobalTokens(_PatternAttention):
 @register("local")
 class LocalAttention(_PatternAttention):
     """Sliding-window attention: query i attends to keys |i - j| <= window (the local window of Beltagy et al.
-    2020, "Longformer", and of LRA's local attention), on gathered key blocks of ``block`` positions.
+    2020, "Longformer"; LRA's "Local Attention" is ``block_local``), on gathered key blocks of ``block`` positions.
 
     Options: window (one-sided, default 32), block (computation block, default the window rounded up to a
     power of two, within [8, 32]; it does not change the result), dropout, impl.
@@ -506,8 +506,9 @@ class LongformerAttention(_GlobalTokens):
     """Longformer (Beltagy, Peters and Cohan 2020, "Longformer: The Long-Document Transformer"): sliding window
     (optionally dilated) plus n global tokens, mask (Local(window * dilation) & Strided(dilation)) | Global(n).
 
-    Options: window (one-sided, default 256: LRA's sliding_window_size 512), dilation (default 1; d > 1 attends
-    to offsets that are multiples of d up to window * d), n (global tokens, default 1), mode ("first" or
+    Options: window (one-sided, default 256: 513 keys, LRA's sliding_window_size is 512), dilation (default 1;
+    d > 1 attends to offsets that are multiples of d up to window * d), n (global tokens, default 0 as in LRA's
+    runs; 1 makes the CLS token global, the paper's classification setup), mode ("first" or
     "learned", as in ``global``; learned tokens sit before position 0), block (computation block, default the
     window span rounded up to a power of two, within [8, 32]; it does not change the result), dropout, impl.
     """
@@ -516,7 +517,7 @@ class LongformerAttention(_GlobalTokens):
     complexity = "n k"
 
     def __init__(self, *, dim: int, num_heads: int, max_len: int, rngs: nnx.Rngs, qkv_dim: int | None = None,
-                 dropout: float = 0.0, impl: str = "xla", window: int = 256, dilation: int = 1, n: int = 1,
+                 dropout: float = 0.0, impl: str = "xla", window: int = 256, dilation: int = 1, n: int = 0,
                  mode: str = "first", block: int | None = None):
         self._setup(dim, num_heads, qkv_dim, rngs, dropout, impl)
         self.pattern = LongformerPattern(window, dilation, n, block)

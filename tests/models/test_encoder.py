@@ -33,7 +33,7 @@ def expected_params(cfg):
     return total
 
 
-@pytest.mark.parametrize("pooling", ["cls", "mean"])
+@pytest.mark.parametrize("pooling", ["cls", "mean", "first"])
 @pytest.mark.parametrize("positions", ["sinusoidal", "learned"])
 def test_shapes_and_parameter_count(pooling, positions):
     model, cfg = make(pooling=pooling, positions=positions)
@@ -43,7 +43,7 @@ def test_shapes_and_parameter_count(pooling, positions):
     assert count_params(model) == expected_params(cfg)
 
 
-@pytest.mark.parametrize("pooling", ["cls", "mean"])
+@pytest.mark.parametrize("pooling", ["cls", "mean", "first"])
 def test_padding_invariance(pooling):
     """Appending padding does not change the logits of real examples (positions are absolute)."""
     model, _ = make(pooling=pooling)
@@ -157,3 +157,13 @@ def test_dual_encoder_pair_combination(pair, parts):
         model(t1, v1)
     with pytest.raises(ValueError, match="pair"):
         make(pair="sum")
+
+
+def test_first_pooling_reads_the_first_token_as_the_official_dual_encoder():
+    # LRA's code prepends no CLS vector to a Retrieval document: its "CLS" pooling reads the first byte's output.
+    model, _ = make(pooling="first")
+    assert not hasattr(model.encoder, "cls")
+    tokens, valid = tokens_and_valid([40, 17, 3], 40)
+    encoded, _ = model.encoder(tokens, valid)
+    assert encoded.shape[1] == 40   # nothing prepended
+    np.testing.assert_array_equal(np.asarray(model(tokens, valid)[1]["pooled"]), np.asarray(encoded[:, 0]))

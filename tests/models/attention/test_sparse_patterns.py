@@ -294,3 +294,18 @@ def test_options_are_checked():
         make("global", mode="middle")
     with pytest.raises(ValueError, match="impl must be"):
         make("local", impl="cuda")
+
+
+def test_longformer_and_local_defaults_are_those_of_lras_runs():
+    # LRA's runs: Longformer with a 512-key window and no global tokens; "Local Attention" = blocks of 50.
+    from pathlib import Path
+
+    import yaml
+
+    root = Path(__file__).resolve().parents[3] / "configs" / "attention"
+    longformer = yaml.safe_load((root / "longformer.yaml").read_text())
+    assert longformer["n"] == 0 and longformer["window"] == 256
+    assert yaml.safe_load((root / "block_local.yaml").read_text())["block"] == 50
+    built = build("longformer", dim=16, num_heads=2, max_len=64, rngs=nnx.Rngs(0))
+    assert built.pattern.n == 0
+    assert np.array_equal(built.pattern.mask().dense(600, 600), masks.Local(256).dense(600, 600))
