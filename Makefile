@@ -51,7 +51,9 @@ test-tfds: setup ## install the tfds extra (TensorFlow, ~600 MB); check --via tf
 lint: setup ## ruff
 	$(BIN)/ruff check .
 
-contract: setup ## check the contracts of ../shared/DESIGN.md by name and shape, with a smoke run
+contract: setup ## check the contracts of ../shared/DESIGN.md by name and shape, with a smoke run (needs ../shared/)
+	@test -f ../shared/contract_check.py || { echo "make contract: ../shared/contract_check.py not found: the contract \
+	check lives in the workspace's shared/ folder beside this checkout (a plain clone has none)"; exit 2; }
 	$(BIN)/python ../shared/contract_check.py --run
 
 bench-torch: setup ## train-step throughput against an equivalent PyTorch encoder, side by side (installs torch 2.13 CPU)

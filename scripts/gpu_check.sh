@@ -25,7 +25,9 @@
 # (tests/lra/test_gpu_check.py runs the dry run without them).
 set -uo pipefail
 OUT=${OUT:-gpu_out}
-PY=${PYTHON:-python3}
+# The project's venv where there is one (a checkout here after `make setup`), else the machine's python3 (the GPU
+# image, which has JAX and no venv); PYTHON=... chooses another.
+if [[ -z ${PYTHON:-} && -x .venv/bin/python ]]; then PY=.venv/bin/python; else PY=${PYTHON:-python3}; fi
 DRY_RUN=${DRY_RUN:-0}
 mkdir -p "$OUT/results"
 # No compilation cache in the tests (tests/conftest.py): every kernel compiled for real.

@@ -112,3 +112,18 @@ def test_missing_package_stops_the_script_at_once(gpu_image_env, tmp_path):
     assert proc.returncode == 2
     assert "carry it as a wheel" in proc.stdout
     assert not (out / "kernel_tests.txt").exists()
+
+
+def test_the_python_is_the_venvs_where_there_is_one(tmp_path):
+    # A checkout here after `make setup` runs the check with its .venv (the machine's python3 lacks JAX); the GPU
+    # image has no .venv and uses python3; PYTHON chooses. A stand-in python records that it was the one called.
+    fake = tmp_path / ".venv" / "bin" / "python"
+    fake.parent.mkdir(parents=True)
+    fake.write_text(f"#!/bin/sh\necho called > {tmp_path / 'venv_called'}\nexit 3\n")
+    fake.chmod(0o755)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHON"}
+    env.update(DRY_RUN="1", OUT=str(tmp_path / "out"))
+    proc = subprocess.run(["bash", str(ROOT / "scripts" / "gpu_check.sh")], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and (tmp_path / "venv_called").exists()
+    assert "a package is missing in .venv/bin/python" in proc.stdout
