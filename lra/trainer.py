@@ -445,10 +445,15 @@ def train(config: dict, run_dir: str | Path) -> dict:
                 for i, m in enumerate(host):
                     if not (math.isfinite(float(m["loss"])) and math.isfinite(float(m["grad_norm"]))):
                         bad = done - len(host) + i
-                        raise TrainingDiverged(
-                            f"loss became {float(m['loss'])} at step {bad} (grad norm {float(m['grad_norm'])}); "
-                            f"checkpoints up to the last finite evaluation are kept in {ckpt.directory}. "
-                            f"Lower train.lr or set train.grad_clip.")
+                        what = (f"loss became {float(m['loss'])} at step {bad} (grad norm {float(m['grad_norm'])})")
+                        if bad == 0:   # the initial parameters: no learning rate made this
+                            raise TrainingDiverged(
+                                f"{what}, the first step: the model's loss is not finite with its initial "
+                                f"parameters, so the attention variant ({config['attention']['name']}) or the "
+                                f"data produce NaN or inf; nothing was saved")
+                        kept = (f"checkpoints up to the last finite evaluation are kept in {ckpt.directory}"
+                                if ckpt.latest_step() is not None else "no checkpoint had been saved yet")
+                        raise TrainingDiverged(f"{what}; {kept}. Lower train.lr or set train.grad_clip.")
                 window = carried + [{k: float(m[k]) for k in ("loss", "accuracy", "grad_norm")} for m in host]
                 carried = [] if done % t["log_every"] == 0 or is_eval else window   # cut short only by SIGTERM
                 loss = float(np.mean([m["loss"] for m in window]))

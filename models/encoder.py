@@ -111,7 +111,10 @@ class Encoder(nnx.Module):
     def __init__(self, cfg: EncoderConfig, rngs: nnx.Rngs):
         self.cfg = cfg
         self.use_cls = cfg.pooling == "cls"
-        seq_len = cfg.max_length + int(self.use_cls)
+        # A variant that needs a length multiple (``length_multiple``) gets the sequence (CLS included) padded up
+        # to it with invalid positions, cut off again after the blocks.
+        self.multiple = attention_lib.REGISTRY[cfg.attention].length_multiple
+        seq_len = -(-(cfg.max_length + int(self.use_cls)) // self.multiple) * self.multiple
         # LRA's embedding: normal(stddev=1) token table; learned positions normal(stddev=0.02).
         self.embed = nnx.Embed(cfg.vocab_size, cfg.emb_dim, embedding_init=nnx.initializers.normal(1.0),
                                rngs=rngs)
@@ -134,10 +137,14 @@ class Encoder(nnx.Module):
         if self.use_cls:
             x = jnp.concatenate([jnp.broadcast_to(self.cls[...], (b, 1, self.cfg.emb_dim)), x], axis=1)
             valid = jnp.concatenate([jnp.ones((b, 1), bool), valid], axis=1)
+        n, extra = x.shape[1], -x.shape[1] % self.multiple
+        if extra:
+            x = jnp.pad(x, ((0, 0), (0, extra), (0, 0)))
+            valid = jnp.pad(valid, ((0, 0), (0, extra)))
         x = dropout(x, self.cfg.dropout, deterministic, rngs)
         for block in self.blocks:
             x = block(x, valid, deterministic, rngs)
-        return self.final_norm(x), valid
+        return self.final_norm(x[:, :n]), valid[:, :n]
 
 
 class Classifier(nnx.Module):

@@ -1,7 +1,13 @@
 """Attention variants: a registry of NNX modules with one calling convention.
 
     module = build(name, dim=..., num_heads=..., max_len=..., rngs=nnx.Rngs(0), **options)
-    y = module(x, valid=None, deterministic=True, rngs=None)   # x [batch, length, dim] -> same shape
+    y = module(x, valid=None, deterministic=True, rngs=None)   # x [batch, length, dim] -> same shape and dtype
+
+A new variant: a module in this package (imported automatically) with a class decorated ``@register("name")``,
+subclassing ``AttentionBase``, whose keyword-only ``__init__`` takes dim, num_heads, max_len, rngs and the options
+the harness passes to every variant, qkv_dim, dropout and impl (``impl="pallas"`` without a kernel raises
+NotImplementedError naming impl='xla'), plus its own options, annotated (int, float, bool, str, None: checked by
+``check_options``); and ``configs/attention/<name>.yaml`` with ``name: <name>`` and the options' defaults.
 
 ``valid`` is bool [batch, length] (True at real tokens); ``rngs`` (an ``nnx.Rngs`` with a ``dropout`` stream)
 is needed only when ``deterministic=False`` and the variant has dropout.
@@ -13,6 +19,8 @@ from __future__ import annotations
 import importlib
 import inspect
 import pkgutil
+import types
+import typing
 
 from models.attention.base import REGISTRY, AttentionBase, register
 
@@ -42,6 +50,30 @@ def _type_ok(value, kinds: set[str]) -> bool:
     return isinstance(value, str) and "str" in kinds
 
 
+def _kinds(annotation) -> set[str]:
+    """The type names of an annotation, as a string ("int | None", under ``from __future__ import annotations``)
+    or as the types themselves (a module without it): {"int", "None"}; empty when unannotated or not simple."""
+    if annotation is inspect.Parameter.empty:
+        return set()
+    if isinstance(annotation, str):
+        return {part.strip() for part in annotation.split("|")}
+    union = isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union
+    names = set()
+    for arg in typing.get_args(annotation) if union else (annotation,):
+        if arg is type(None) or arg is None:
+            names.add("None")
+        elif isinstance(arg, type):
+            names.add(arg.__name__)
+        else:   # list[int], Callable ...: the variant checks those itself
+            return set()
+    return names
+
+
+# What the harness passes to every variant, whatever its config: the encoder the backbone's qkv_dim and attention
+# dropout, lra.bench and the configs the impl.
+HARNESS_OPTIONS = ("qkv_dim", "dropout", "impl")
+
+
 def check_options(name: str, options: dict) -> None:
     """Unknown options, and options whose value is not of the type the variant's signature annotates (int, float,
     bool, str, or None where allowed: e.g. ``window=abc`` or ``share_kv=7``), fail naming the option; range
@@ -52,14 +84,15 @@ def check_options(name: str, options: dict) -> None:
     accepted = set(parameters) - {"self"}
     unknown = sorted(set(options) - accepted)
     if unknown:
+        harness = [k for k in unknown if k in HARNESS_OPTIONS]
+        note = (f" ({', '.join(harness)}: passed to every variant by the harness, from model.qkv_dim, "
+                f"model.attention_dropout and attention.impl; a variant's __init__ must accept "
+                f"{', '.join(HARNESS_OPTIONS)}, see models/attention/__init__.py)") if harness else ""
         raise AttentionOptionError(f"attention {name!r} got unknown options {unknown}; it accepts "
-                                   f"{sorted(accepted - {'dim', 'num_heads', 'max_len', 'rngs'})}")
+                                   f"{sorted(accepted - {'dim', 'num_heads', 'max_len', 'rngs'})}{note}")
     for key, value in options.items():
-        annotation = parameters[key].annotation
-        if not isinstance(annotation, str):   # unannotated (lists, callables): the variant checks them
-            continue
-        kinds = {part.strip() for part in annotation.split("|")}
-        if kinds <= _SIMPLE_TYPES and not _type_ok(value, kinds):
+        kinds = _kinds(parameters[key].annotation)   # unannotated (lists, callables): the variant checks them
+        if kinds and kinds <= _SIMPLE_TYPES and not _type_ok(value, kinds):
             wanted = " or ".join("null" if k == "None" else k for k in sorted(kinds, key=lambda k: k == "None"))
             raise AttentionOptionError(f"attention.{key} of {name} must be {wanted}, got {value!r}")
         # Sizes and counts become array dimensions: beyond int64 they fail deep inside numpy or JAX with an

@@ -68,7 +68,9 @@ class AttentionBase(nnx.Module):
             @functools.wraps(call)
             def checked(self, x, valid=None, *args, **kw):
                 self.check_call(x, valid)
-                return call(self, x, valid, *args, **kw)
+                y = call(self, x, valid, *args, **kw)
+                self.check_output(x, y)
+                return y
 
             cls.__call__ = checked
 
@@ -84,6 +86,16 @@ class AttentionBase(nnx.Module):
             if vshape != shape[:2] or dtype != jnp.bool_:
                 raise ValueError(f"{name}: valid must be a bool array [batch, length] = {list(shape[:2])} (True at "
                                  f"real tokens), got shape {vshape} and dtype {dtype}")
+
+    def check_output(self, x, y) -> None:
+        """The output must have x's shape and a floating dtype at least as wide as x's (float32 parameters make
+        a bfloat16 x's output float32): a [B, 1, D] output was broadcast in the residual add, a float16 one for a
+        float32 x lost precision there, and training went on with either."""
+        shape, dtype = tuple(getattr(y, "shape", ())), getattr(y, "dtype", None)
+        if (shape != tuple(x.shape) or dtype is None or not jnp.issubdtype(dtype, jnp.floating)
+                or jnp.promote_types(dtype, x.dtype) != dtype):
+            raise ValueError(f"{type(self).__name__} returned shape {shape} and dtype {dtype}; an attention variant "
+                             f"must return x's shape {tuple(x.shape)} in x's dtype ({x.dtype}) or a wider float")
 
     def __init__(self, *, dim: int, num_heads: int, qkv_dim: int | None, rngs: nnx.Rngs):
         qkv_dim = dim if qkv_dim is None else qkv_dim

@@ -269,6 +269,19 @@ def test_nan_loss_stops_with_the_step_and_keeps_checkpoints(isolated, monkeypatc
     assert not (paths["results"] / "runs.jsonl").exists()
 
 
+@pytest.mark.parametrize("at, message", [
+    (0, r"at step 0 .*the first step: the model's loss is not finite with its initial parameters, so the attention "
+        r"variant \(full\) or the data produce NaN or inf; nothing was saved"),
+    (3, r"at step 3 .*no checkpoint had been saved yet\. Lower train.lr")])
+def test_a_nan_before_any_checkpoint_says_so(isolated, monkeypatch, at, message):
+    # A NaN from the initial parameters is the model's, not the learning rate's; and no checkpoint is claimed.
+    paths, _ = isolated
+    config = smoke_config(paths, "train.eval_every=10", "train.log_every=5")
+    poison_step(monkeypatch, at, lambda params, metrics: (params, {**metrics, "loss": metrics["loss"] * np.nan}))
+    with pytest.raises(trainer.TrainingDiverged, match=message):
+        trainer.train(config, paths["run"])
+
+
 def test_real_divergence_via_cli(isolated, subprocess_env):
     paths, overrides = isolated
     r = subprocess.run(cli("lra.train", "profile=smoke", "train.lr=1e30", "train.warmup_steps=0", *overrides),
