@@ -65,6 +65,9 @@ def check_inputs(q, k, v, *, kv_valid=None, scale=None, dropout_rate=0.0, dropou
             raise ValueError(f"scale must be finite, got {scale!r}")
     if isinstance(dropout_rate, bool) or not isinstance(dropout_rate, int | float) or not 0.0 <= dropout_rate < 1.0:
         raise ValueError(f"dropout rate must be a number in [0, 1), got {dropout_rate!r}")
+    if round(dropout_rate * 2**32) >= 2**32:   # the 32-bit keep threshold would be 2**32: nothing kept
+        raise ValueError(f"dropout rate {dropout_rate!r} keeps less than one in 2**32 elements, which the 32-bit "
+                         f"dropout mask cannot draw; use a rate of at most 1 - 2**-32")
     if dropout_rate > 0.0 and dropout_rng is None:
         raise ValueError(f"dropout_rate={dropout_rate} needs dropout_rng (a PRNG key); pass dropout_rate=0.0 "
                          f"for no dropout")

@@ -573,8 +573,8 @@ def flash_attention(q, k, v, *, mask: masks_lib.Mask | None = None, kv_valid=Non
     if isinstance(mask, masks_lib.Strided):
         return _strided(q, k, v, mask.stride, kv_valid=kv_valid, scale=scale, dropout_rate=dropout_rate,
                         dropout_rng=dropout_rng, interpret=interpret, pallas_backend=pallas_backend,
-                        num_warps=num_warps, num_stages=num_stages, atomic_dq=atomic_dq, block_q_bwd=block_q_bwd,
-                        block_k_bwd=block_k_bwd)
+                        block_q=block_q, block_k=block_k, num_warps=num_warps, num_stages=num_stages,
+                        atomic_dq=atomic_dq, block_q_bwd=block_q_bwd, block_k_bwd=block_k_bwd)
     if interpret is None:
         interpret = jax.default_backend() == "cpu"
     q, scale = static_scale(q, scale)   # a traced scale is folded into q (the kernels take a constant)

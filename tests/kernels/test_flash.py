@@ -322,3 +322,16 @@ def test_backward_kernels_run_on_their_own_blocks():
     assert grids(block_k_bwd=16) == {"flash_fwd": (1, 2, 2), "flash_dq": (1, 2, 2), "flash_dkdv": (1, 2, 4)}
     with pytest.raises(ValueError, match="block_k_bwd must be a power of two"):
         flash.flash_attention(q, q, q, block_k_bwd=24)
+
+
+def test_a_strided_mask_runs_on_the_blocks_given():
+    # Strided attention is a permuted BlockLocal call: the blocks passed reach it (they used to be dropped for the
+    # default, so an invalid one was accepted and Mosaic GPU's smaller-block advice could not be followed).
+    q = jnp.ones((1, 64, 1, 8))
+
+    def grid(**blocks):
+        return pallas_grids(lambda q: flash.flash_attention(q, q, q, mask=masks.Strided(4), **blocks), q)["flash_fwd"]
+
+    assert [grid(block_q=b, block_k=b) for b in (16, 32, 64)] == [(1, 1, 4), (1, 1, 2), (1, 1, 1)]
+    with pytest.raises(ValueError, match="block_q must be a power of two"):
+        flash.flash_attention(q, q, q, mask=masks.Strided(4), block_q=24, block_k=24)

@@ -81,6 +81,16 @@ def test_attention_refuses_a_dropout_mask_beyond_the_counter_before_any_work():
     jax.eval_shape(lambda q, k, v: kernels.attention(q, k, v), q, q, q)
 
 
+@pytest.mark.parametrize("impl", ["xla", "pallas"])
+def test_a_dropout_rate_the_32_bit_mask_cannot_draw_is_refused(impl):
+    # Below 1 but rounding to a keep threshold of 2**32: an OverflowError (xla) or ZeroDivisionError (pallas).
+    q, key = jnp.ones((1, 16, 1, 8)), jax.random.key(0)
+    with pytest.raises(ValueError, match=r"keeps less than one in 2\*\*32 elements.*at most 1 - 2\*\*-32"):
+        kernels.attention(q, q, q, dropout_rate=1 - 1e-10, dropout_rng=key, impl=impl)
+    out = kernels.attention(q, q, q, dropout_rate=1 - 2**-32, dropout_rng=key, impl=impl)   # the largest: drawn
+    assert bool(jnp.isfinite(out).all())
+
+
 def test_attention_dropout_at_the_largest_counter_is_still_drawn():
     q = jax.ShapeDtypeStruct((1, 65535, 1, 8), jnp.float32)   # 65535**2 < 2**32
     out = jax.eval_shape(lambda q: kernels.attention(q, q, q, dropout_rate=0.1, dropout_rng=jax.random.key(0)), q)
