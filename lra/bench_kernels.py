@@ -45,6 +45,7 @@ these).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import statistics
 import sys
@@ -271,9 +272,12 @@ def measure(impl: str, length: int, dtype: str, *, batch: int, heads: int, head_
         row["fwd_bwd_ms"] = 1e3 * _time(train_c, (q, k, v, cot), warmup, steps, repeats)
         frac = _fraction(impl, length, window, block)
         flops = _flops_fwd(impl, batch, heads, length, head_dim, frac)
+        # The backward visits the blocks of its own block size (--bwd-block) where it has one.
+        frac_bwd = _fraction(impl, length, window, row["bwd_block"]) if row["bwd_block"] else frac
+        flops_all = flops + 2.5 * _flops_fwd(impl, batch, heads, length, head_dim, frac_bwd)
         row.update(block_fraction=None if impl in LINEAR else round(frac, 5), flops_fwd=flops,
-                   tflops_fwd=flops / (row["fwd_ms"] * 1e-3) / 1e12,
-                   tflops_fwd_bwd=3.5 * flops / (row["fwd_bwd_ms"] * 1e-3) / 1e12, status="ok")
+                   flops_fwd_bwd=flops_all, tflops_fwd=flops / (row["fwd_ms"] * 1e-3) / 1e12,
+                   tflops_fwd_bwd=flops_all / (row["fwd_bwd_ms"] * 1e-3) / 1e12, status="ok")
     except Exception as e:  # one failure must not stop the sweep
         msg = f"{type(e).__name__}: {e}".splitlines()[0][:500]
         row.update(status="oom" if "RESOURCE_EXHAUSTED" in msg or "out of memory" in msg.lower() else "error",
@@ -323,14 +327,100 @@ def _setting(row: dict) -> str:
     return ", ".join(parts) or "-"
 
 
-# The issue's targets: (label, impl, reference impl, dtype, length or None for the longest, least speedup).
+@dataclasses.dataclass(frozen=True)
+class Target:
+    """One of the issue's targets: ``impl``'s forward+backward at least ``least`` times as fast as ``ref``'s, on
+    a device of ``kind`` (cpu or gpu), the Pallas rows run by ``backend``, at ``head_dim`` (None: any) and, for
+    the Local impls, ``window``; ``linear_memory``: the impl's memory must also grow linearly in L."""
+    label: str
+    impl: str
+    ref: str
+    dtype: str
+    length: int
+    least: float
+    kind: str
+    backend: str
+    head_dim: int | None = 64
+    window: int | None = 128
+    linear_memory: bool = False
+
+
 TARGETS = [
-    ("flash fwd+bwd vs cuDNN", "pallas_flash", "sdpa_cudnn", "bfloat16", 4096, 0.8),
-    ("flash fwd+bwd vs cuDNN (Mosaic GPU)", "mgpu_flash", "sdpa_cudnn", "bfloat16", 4096, 0.8),
-    ("block-sparse Local vs flash", "pallas_local", "pallas_flash", "bfloat16", 16384, 5.0),
-    ("block-sparse Local vs flash (Mosaic GPU)", "mgpu_local", "mgpu_flash", "bfloat16", 16384, 5.0),
-    ("block-sparse Local vs XLA dense (CPU target)", "pallas_local", "xla_dense", "float32", 4096, 4.0),
+    Target("flash fwd+bwd vs cuDNN", "pallas_flash", "sdpa_cudnn", "bfloat16", 4096, 0.8, "gpu", "triton"),
+    Target("flash fwd+bwd vs cuDNN (Mosaic GPU)", "mgpu_flash", "sdpa_cudnn", "bfloat16", 4096, 0.8, "gpu",
+           "mosaic_gpu"),
+    Target("block-sparse Local vs flash", "pallas_local", "pallas_flash", "bfloat16", 16384, 5.0, "gpu", "triton"),
+    Target("block-sparse Local vs flash (Mosaic GPU)", "mgpu_local", "mgpu_flash", "bfloat16", 16384, 5.0, "gpu",
+           "mosaic_gpu"),
+    Target("block-sparse Local vs XLA dense (CPU target)", "pallas_local", "xla_dense", "float32", 4096, 4.0, "cpu",
+           "interpret", head_dim=None, linear_memory=True),
 ]
+
+
+def _kind(device: str) -> str:
+    return "cpu" if str(device).startswith("cpu") else "gpu"
+
+
+def _shape(row: dict) -> tuple:
+    """What two rows must share to be compared: batch, heads, head dim and, for float32, the matmul precision."""
+    return row.get("batch"), row.get("heads"), row.get("head_dim"), row.get("matmul_precision")
+
+
+def _fits(row: dict, target: Target, impl: str) -> bool:
+    return (row["impl"] == impl and row["dtype"] == target.dtype
+            and row.get("pallas_backend") in (None, target.backend)
+            and (target.head_dim is None or row.get("head_dim") == target.head_dim)
+            and ("local" not in impl or row.get("window") in (None, target.window)))
+
+
+def _ratio(value: float, least: float) -> str:
+    """``value`` with 2 decimals, more where 2 would round it across ``least`` (0.7996 is not '0.80x: NOT met')."""
+    text = f"{value:.2f}"
+    return text if (float(text) >= least) == (value >= least) else f"{value:.4f}"
+
+
+def _memory_growth(rows: list[dict]) -> tuple[float, int, int] | None:
+    """(exponent of L in the memory, shortest, longest length) over rows of one impl and shape: the least memory
+    at each length; None with fewer than two lengths measured."""
+    least: dict[int, float] = {}
+    for r in rows:
+        if _positive(r.get("memory_bytes")):
+            least[r["length"]] = min(least.get(r["length"], math.inf), r["memory_bytes"])
+    if len(least) < 2:
+        return None
+    lo, hi = min(least), max(least)
+    return math.log(least[hi] / least[lo]) / math.log(hi / lo), lo, hi
+
+
+def _judge(target: Target, ok: list[dict]) -> str:
+    where = f"{target.dtype}, L={target.length}"
+    ours = [r for r in ok if r.get("length") == target.length and _fits(r, target, target.impl)]
+    refs = [r for r in ok if r.get("length") == target.length and _fits(r, target, target.ref)]
+    pairs = [(a, min((b for b in refs if b["device"] == a["device"] and _shape(b) == _shape(a)),
+                     key=lambda b: b["fwd_bwd_ms"], default=None)) for a in ours]
+    pairs = [(a, b) for a, b in pairs if b is not None]
+    if not pairs:
+        missing = " and ".join(x for x, rows in ((target.impl, ours), (target.ref, refs)) if not rows) \
+            or f"no {target.impl} and {target.ref} rows of the same shape"
+        return f"- {target.label} ({where}): not measured ({missing}{'' if ' of the same ' in missing else ' missing'})"
+    a, b = min(pairs, key=lambda p: p[0]["fwd_bwd_ms"])
+    speedup = b["fwd_bwd_ms"] / a["fwd_bwd_ms"]
+    met = speedup >= target.least
+    memory = ""
+    if target.linear_memory:
+        growth = _memory_growth([r for r in ok if r["device"] == a["device"] and _fits(r, target, target.impl)
+                                 and _shape(r) == _shape(a)])
+        if growth is None:
+            memory = "; memory growth not measured (one length)"
+        else:
+            exponent, lo, hi = growth
+            met = met and exponent <= 1.25   # linear, with room for fixed costs
+            memory = f"; memory grows as L^{exponent:.2f} from L={lo} to {hi} (linear: at most L^1.25)"
+    backend = a.get("pallas_backend") or "-"
+    return (f"- {target.label} ({where}): {_ratio(speedup, target.least)}x, target >= {target.least}x"
+            f"{' and linear memory' if target.linear_memory else ''}: {'met' if met else 'NOT met'} "
+            f"({target.impl} on {backend} {a['fwd_bwd_ms']:.3f} ms with {_setting(a)}; {target.ref} "
+            f"{b['fwd_bwd_ms']:.3f} ms; forward alone {b['fwd_ms'] / a['fwd_ms']:.2f}x{memory})")
 
 
 def _positive(value) -> bool:
@@ -353,47 +443,53 @@ def timing_row(row) -> bool:
 
 
 def report(rows: list[dict]) -> str:
-    """A Markdown report of timing rows (those of several files together): per dtype and length, the fastest
-    setting of each impl with its TFLOP/s as a fraction of the same dtype's matmul rate, then each of the issue's
-    targets that the rows can answer (speedup of forward+backward against the reference impl, met or not)."""
-    ok = [r for r in rows if timing_row(r)]  # other rows (failed ones, lra.bench's) are left out
-    rate = {r["dtype"]: r["tflops"] for r in ok if r["impl"] == "matmul"}
-    floor = {r["dtype"]: r["ms"] for r in ok if r["impl"] == "dispatch"}
-    best: dict[tuple, dict] = {}
-    for r in ok:
-        if r["impl"] in ("matmul", "dispatch"):
-            continue
-        key = (r["dtype"], r["length"], r["impl"])
-        if key not in best or r["fwd_bwd_ms"] < best[key]["fwd_bwd_ms"]:
-            best[key] = r
-    devices = sorted({str(r.get("device", "unknown device")) for r in ok})
-    lines = [f"Device: {', '.join(devices) or 'none'}; matmul rate: "
-             + (", ".join(f"{d} {t:.1f} TFLOP/s" for d, t in sorted(rate.items())) or "not measured")
-             + "; per-call dispatch floor: "
-             + (", ".join(f"{d} {t:.3f} ms" for d, t in sorted(floor.items())) or "not measured")
-             + " (a time marked * is under twice the floor: launch-bound, not a kernel time)", "",
-             "| dtype | length | impl | fastest setting | fwd ms | fwd+bwd ms | TFLOP/s (fwd+bwd) | of matmul | "
-             "memory MiB |", "|---|---|---|---|---|---|---|---|---|"]
-    for (dtype, length, impl), r in sorted(best.items(), key=lambda kv: (kv[0][0], kv[0][1], IMPLS.index(kv[0][2]))):
-        frac = f"{r['tflops_fwd_bwd'] / rate[dtype]:.0%}" if rate.get(dtype) else "-"
-        mem = f"{r['memory_bytes'] / 2**20:.0f}" if _positive(r.get("memory_bytes")) else "-"
-        star = "*" if floor.get(dtype) and r["fwd_ms"] < 2 * floor[dtype] else ""
-        lines.append(f"| {dtype} | {length} | {impl} | {_setting(r)} | {r['fwd_ms']:.3f}{star} | "
-                     f"{r['fwd_bwd_ms']:.3f} | {r['tflops_fwd_bwd']:.2f} | {frac} | {mem} |")
-    lines += ["", "Targets (forward+backward time of the reference over that of the impl):"]
-    for label, impl, ref, dtype, length, least in TARGETS:
-        a, b = best.get((dtype, length, impl)), best.get((dtype, length, ref))
-        where = f"{dtype}, L={length}"
-        if a is None or b is None:
-            missing = " and ".join(x for x, row in ((impl, a), (ref, b)) if row is None)
-            lines.append(f"- {label} ({where}): not measured ({missing} missing)")
-            continue
-        speedup = b["fwd_bwd_ms"] / a["fwd_bwd_ms"]
-        verdict = "met" if speedup >= least else "NOT met"
-        lines.append(f"- {label} ({where}): {speedup:.2f}x, target >= {least}x: {verdict} "
-                     f"({impl} {a['fwd_bwd_ms']:.3f} ms with {_setting(a)}; {ref} {b['fwd_bwd_ms']:.3f} ms; "
-                     f"forward alone {b['fwd_ms'] / a['fwd_ms']:.2f}x)")
-    return "\n".join(lines) + "\n"
+    """A Markdown report of timing rows (those of several files together), one section per device: the card's
+    matmul rate and dispatch floor, per dtype and length the fastest setting of each impl (and backend, shape,
+    window) with its TFLOP/s as a fraction of the same device and dtype's matmul rate, then each of the issue's
+    targets for that kind of device (speedup of forward+backward against the reference impl, met or not; rows
+    compared only within one device and shape)."""
+    ok = [{**r, "device": str(r.get("device", "unknown device"))} for r in rows if timing_row(r)]
+    sections = []
+    for device in sorted({r["device"] for r in ok}):
+        mine = [r for r in ok if r["device"] == device]
+        rate: dict[str, float] = {}
+        floor: dict[str, float] = {}
+        for r in mine:   # the card's rate is its best matmul; the floor its quickest empty call
+            if r["impl"] == "matmul":
+                rate[r["dtype"]] = max(rate.get(r["dtype"], 0.0), r["tflops"])
+            elif r["impl"] == "dispatch":
+                floor[r["dtype"]] = min(floor.get(r["dtype"], math.inf), r["ms"])
+        any_floor = min(floor.values(), default=None)   # the floor hardly depends on the dtype
+        best: dict[tuple, dict] = {}
+        for r in mine:
+            if r["impl"] in ("matmul", "dispatch"):
+                continue
+            key = (r["dtype"], r["length"], r["impl"], r.get("pallas_backend") or "-", _shape(r), r.get("window"))
+            if key not in best or r["fwd_bwd_ms"] < best[key]["fwd_bwd_ms"]:
+                best[key] = r
+        lines = [f"Device: {device}; matmul rate: "
+                 + (", ".join(f"{d} {t:.1f} TFLOP/s" for d, t in sorted(rate.items())) or "not measured")
+                 + "; per-call dispatch floor: "
+                 + (", ".join(f"{d} {t:.3f} ms" for d, t in sorted(floor.items())) or "not measured")
+                 + " (a time marked * is under twice the floor: launch-bound, not a kernel time)", "",
+                 "| dtype | length | impl | backend | batch x heads x head dim | fastest setting | fwd ms | "
+                 "fwd+bwd ms | TFLOP/s (fwd+bwd) | of matmul | memory MiB |", "|" + "---|" * 11]
+        order = sorted(best.items(), key=lambda kv: (kv[0][0], kv[0][1], IMPLS.index(kv[0][2]), str(kv[0][3:])))
+        for (dtype, length, impl, backend, shape, _), r in order:
+            frac = f"{r['tflops_fwd_bwd'] / rate[dtype]:.0%}" if rate.get(dtype) else "-"
+            mem = f"{r['memory_bytes'] / 2**20:.0f}" if _positive(r.get("memory_bytes")) else "-"
+            limit = floor.get(dtype, any_floor)
+            star = "*" if limit and r["fwd_ms"] < 2 * limit else ""
+            setting = _setting(r) + (f", window {r['window']}" if r.get("window") else "")
+            lines.append(f"| {dtype} | {length} | {impl} | {backend} | {' x '.join(str(x) for x in shape[:3])} | "
+                         f"{setting} | {r['fwd_ms']:.3f}{star} | {r['fwd_bwd_ms']:.3f} | {r['tflops_fwd_bwd']:.2f} "
+                         f"| {frac} | {mem} |")
+        lines += ["", "Targets (forward+backward time of the reference over that of the impl):"]
+        lines += [_judge(t, mine) if t.kind == _kind(device) else
+                  f"- {t.label} ({t.dtype}, L={t.length}): not judged here (a {t.kind.upper()} target)"
+                  for t in TARGETS]
+        sections.append("\n".join(lines))
+    return "\n\n".join(sections) + "\n"
 
 
 def main(argv=None) -> int:

@@ -68,7 +68,8 @@ def test_bad_tuning_values_are_refused_before_any_work(capsys):
 
 
 def _row(impl, ms, *, dtype="bfloat16", length=4096, fwd=None, **extra):
-    return {"impl": impl, "dtype": dtype, "length": length, "fwd_ms": fwd or ms / 3, "fwd_bwd_ms": ms,
+    return {"impl": impl, "dtype": dtype, "length": length, "batch": 1, "heads": 8, "head_dim": 64,
+            "fwd_ms": fwd or ms / 3, "fwd_bwd_ms": ms,
             "tflops_fwd_bwd": 100.0 / ms, "memory_bytes": 2**20, "device": "gpu: test card", "status": "ok",
             "block": extra.pop("block", None), **extra}
 
@@ -86,21 +87,26 @@ def test_report_takes_the_fastest_setting_and_judges_the_targets():
         _row("pallas_local", 10.0, length=16384, block=128),                              # 4x: short of 5x
     ]
     text = bench_kernels.report(rows)
-    fastest = "| bfloat16 | 4096 | pallas_flash | block 128, num_warps 8, num_stages 3, atomic dQ | 0.400 | 1.200 |"
-    assert fastest in text and text.count("| pallas_flash |") == 2  # one row per (dtype, length, impl)
+    fastest = ("| bfloat16 | 4096 | pallas_flash | - | 1 x 8 x 64 | block 128, num_warps 8, num_stages 3, "
+               "atomic dQ | 0.400 | 1.200 |")
+    assert fastest in text and text.count("| pallas_flash |") == 2  # one row per (dtype, length, impl, shape)
     assert "| 83.33 | 17% |" in text  # 100 / 1.2 TFLOP/s of the 500 the matmul reached
     assert "flash fwd+bwd vs cuDNN (bfloat16, L=4096): 0.83x, target >= 0.8x: met" in text
     assert "(Mosaic GPU) (bfloat16, L=4096): not measured (mgpu_flash missing)" in text  # error rows are not timings
     assert "block-sparse Local vs flash (bfloat16, L=16384): 4.00x, target >= 5.0x: NOT met" in text
-    assert "CPU target) (float32, L=4096): not measured (pallas_local and xla_dense missing)" in text
+    assert "(CPU target) (float32, L=4096): not judged here (a CPU target)" in text   # GPU rows only
 
 
 def test_report_from_the_command_line(tmp_path, capsys):
     f = tmp_path / "rows.jsonl"
+    cpu = "cpu: test machine"
     f.write_text("\n".join(json.dumps(r) for r in [
-        _row("xla_dense", 1400.0, dtype="float32"), _row("pallas_local", 115.0, dtype="float32", block=128)]) + "\n")
+        _row("xla_dense", 1400.0, dtype="float32", device=cpu),
+        _row("pallas_local", 115.0, dtype="float32", block=128, device=cpu)]) + "\n")
     assert bench_kernels.main(["--report", str(f)]) == 0
-    assert "(CPU target) (float32, L=4096): 12.17x, target >= 4.0x: met" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "(CPU target) (float32, L=4096): 12.17x, target >= 4.0x and linear memory: met" in out
+    assert "memory growth not measured (one length)" in out
     with pytest.raises(SystemExit):
         bench_kernels.main(["--report", str(tmp_path / "none.jsonl")])
     assert "no such file" in capsys.readouterr().err
@@ -185,7 +191,8 @@ def test_dispatch_floor_marks_launch_bound_rows(tmp_path):
     text = bench_kernels.report([floor, _row("sdpa_cudnn", 0.3, length=1024, fwd=0.08),
                                  _row("sdpa_cudnn", 1.0, fwd=0.3)])
     assert "dispatch floor: bfloat16 0.050 ms" in text
-    assert "| 1024 | sdpa_cudnn | - | 0.080* |" in text and "| 4096 | sdpa_cudnn | - | 0.300 |" in text
+    assert "| 1024 | sdpa_cudnn | - | 1 x 8 x 64 | - | 0.080* |" in text
+    assert "| 4096 | sdpa_cudnn | - | 1 x 8 x 64 | - | 0.300 |" in text
 
 
 def test_linear_attention_rows(tmp_path):
@@ -203,3 +210,43 @@ def test_linear_attention_rows(tmp_path):
     assert all(r["flops_fwd"] == 4 * 2 * 64 * 16 * 16 and r["block_fraction"] is None for r in rows)
     assert all(r["matmul_precision"] == "highest" for r in rows)
     assert rows[1]["pallas_backend"] == "interpret" and rows[0]["pallas_backend"] is None
+
+
+def test_report_keeps_devices_backends_and_shapes_apart():
+    cpu = "cpu: test machine"
+    rows = [
+        # A GPU run that also timed the CPU target's impls: they are the GPU's, not the CPU's target.
+        _row("xla_dense", 15.0, dtype="float32"), _row("pallas_local", 5.0, dtype="float32", window=128),
+        _row("xla_dense", 1400.0, dtype="float32", device=cpu),
+        _row("pallas_local", 115.0, dtype="float32", window=128, device=cpu, memory_bytes=4 * 2**20),
+        _row("pallas_local", 29.0, dtype="float32", length=1024, window=128, device=cpu, memory_bytes=2**20),
+        # Mosaic GPU's pallas_flash row is not the Triton target's; another head dim is not compared either.
+        _row("sdpa_cudnn", 1.0), _row("pallas_flash", 0.8, pallas_backend="mosaic_gpu"),
+        _row("pallas_flash", 1.2, pallas_backend="triton"), _row("pallas_flash", 0.5, head_dim=32),
+        # The card's rate is its best matmul, not the last one; a float32 row uses the bfloat16 floor.
+        {"impl": "matmul", "dtype": "bfloat16", "n": 8192, "tflops": 700.0, "device": "gpu: test card", "status": "ok"},
+        {"impl": "matmul", "dtype": "bfloat16", "n": 256, "tflops": 5.0, "device": "gpu: test card", "status": "ok"},
+        {"impl": "dispatch", "dtype": "bfloat16", "ms": 0.02, "device": "gpu: test card", "status": "ok"},
+        _row("xla_dense", 0.05, dtype="float32", length=1024, fwd=0.015),
+    ]
+    text = bench_kernels.report(rows)
+    cpu_part, gpu = text.split("Device: gpu: test card")   # devices in order: cpu first
+    assert "(CPU target) (float32, L=4096): 12.17x, target >= 4.0x and linear memory: met" in cpu_part
+    assert "memory grows as L^1.00 from L=1024 to 4096" in cpu_part
+    assert "(CPU target) (float32, L=4096): not judged here (a CPU target)" in gpu
+    assert "vs cuDNN (bfloat16, L=4096): 0.83x, target >= 0.8x: met (pallas_flash on triton 1.200 ms" in gpu
+    assert "matmul rate: bfloat16 700.0 TFLOP/s" in gpu
+    assert "| float32 | 1024 | xla_dense | - | 1 x 8 x 64 | - | 0.015* |" in gpu
+    assert "| bfloat16 | 4096 | pallas_flash | mosaic_gpu |" in gpu and "| 1 x 8 x 32 |" in gpu
+
+
+def test_report_says_just_under_a_target():
+    text = bench_kernels.report([_row("sdpa_cudnn", 0.7996), _row("pallas_flash", 1.0)])
+    assert "0.7996x, target >= 0.8x: NOT met" in text
+
+
+def test_backward_flops_count_the_backward_blocks():
+    row = bench_kernels.measure("pallas_local", 256, "float32", batch=1, heads=1, head_dim=16, window=16,
+                                block=128, bwd_block=32, warmup=0, steps=1, repeats=1)
+    fwd, bwd = (bench_kernels._fraction("pallas_local", 256, 16, b) for b in (128, 32))
+    assert bwd < fwd and row["flops_fwd_bwd"] == pytest.approx(row["flops_fwd"] * (1 + 2.5 * bwd / fwd))
