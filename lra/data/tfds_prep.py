@@ -15,6 +15,7 @@ reproduces tfds's order without it (``lra.data.image.tfds_order``); tests compar
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import time
 from collections.abc import Iterator
@@ -31,6 +32,7 @@ ARCHIVES = {"text": "aclImdb_v1.tar.gz", "image": "cifar-10-binary.tar.gz"}
 URLS = {"imdb_reviews": "http://ai.stanford.edu/~amaas/data/sentiment/aclImdb_v1.tar.gz",
         "cifar10": "https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz"}  # the URLs tfds's builders fetch
 INSTALL = "pip install -e '.[tfds]'"
+SOURCE = "lra_source.json"  # written into tfds's build folder: what it was built from (archive SHA-256, verified)
 
 
 def require_tfds():
@@ -66,25 +68,51 @@ def _unchecked(builder, archive: Path | None) -> Iterator[None]:
             cls.url_infos = saved
 
 
+def _reusable(folder: Path, source: dict) -> bool:
+    """Whether the tfds build in ``folder`` was made from ``source`` (an unverified build never stands in for a
+    verified one; a build without our record, or from another archive, is rebuilt)."""
+    try:
+        have = json.loads((folder / SOURCE).read_text())
+    except (OSError, ValueError):
+        return False
+    if source["verified"] and not have.get("verified"):
+        return False
+    return source["archive_sha256"] is None or have.get("archive_sha256") == source["archive_sha256"]
+
+
 def build(task: str, data_dir, *, manual_dir=None, verify: bool = True):
     """Build the tfds dataset of ``task`` ("text" or "image") as array_record under ``<data_dir>/tfds/``
-    (a no-op when already built); returns the tfds builder. ``verify=False`` needs ``manual_dir``: tfds then
-    takes the archive there whatever its checksum."""
+    (reused when already built from the same archive, with at least the same checks); returns the tfds builder.
+    ``verify=False`` needs ``manual_dir``: tfds then takes the archive there whatever its checksum."""
     tfds = require_tfds()
     name = TFDS_NAMES[task]
     root = Path(data_dir) / "tfds"
-    builder = tfds.builder(name, data_dir=str(root), file_format="array_record")
-    config = tfds.download.DownloadConfig(manual_dir=None if manual_dir is None else str(manual_dir))
-    t0 = time.monotonic()
     if not verify and manual_dir is None:
         raise ValueError("--no-verify with --via tfds needs --manual-dir (tfds checks what it downloads)")
-    with _unchecked(builder, None if verify else Path(manual_dir) / ARCHIVES[task]):
+    archive = None if manual_dir is None else Path(manual_dir) / ARCHIVES[task]
+    source = {"archive_sha256": C.sha256_file(archive) if archive is not None and archive.is_file() else None,
+              "verified": verify}
+    builder = tfds.builder(name, data_dir=str(root), file_format="array_record")
+    folder = Path(builder.data_dir)
+    reuse = _reusable(folder, source)
+    if not reuse and folder.exists():
+        log.info("rebuilding tfds %s: %s was not built from this archive with these checks", name, folder)
+    # Anything else is built afresh, extraction included: tfds caches a manual archive's extraction under its
+    # file name (downloads/extracted/TAR_GZ.<name>), which another archive of the same name would reuse.
+    mode = tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS if reuse else tfds.download.GenerateMode.FORCE_REDOWNLOAD
+    config = tfds.download.DownloadConfig(manual_dir=None if manual_dir is None else str(manual_dir),
+                                          download_mode=mode)
+    t0 = time.monotonic()
+    with _unchecked(builder, None if verify else archive):
         try:
             builder.download_and_prepare(download_config=config)
         except Exception as e:  # tfds raises its own types (checksum mismatch, download errors)
             hint = (f"Put the official archive in a folder DIR and run: python -m lra.data.{task} prepare --via tfds "
                     f"--manual-dir DIR --data-dir {C.q(data_dir)}")
             raise ValueError(f"tensorflow-datasets could not build {name} ({type(e).__name__}: {e}).\n{hint}") from e
+    if not reuse:
+        C.write_json(folder / SOURCE, source)
+    builder.lra_source = source
     log.info("tfds %s %s ready under %s (%.1fs)", name, builder.info.version, root, time.monotonic() - t0)
     return builder
 
@@ -114,7 +142,8 @@ def export_image(builder, out: Path) -> Path:
         arrays[f"{split}.ids"] = np.asarray(ids, dtype=np.int32)
         counts[split] = {"num": int(labels.size), "per_class": np.bincount(labels, minlength=I.NUM_CLASSES).tolist()}
     manifest = {"task": I.TASK, "format": I.FORMAT, "via": "tfds", "order": "tfds",
-                "tfds": {"name": TFDS_NAMES["image"], "version": str(builder.info.version)}, "splits": counts,
+                "tfds": {"name": TFDS_NAMES["image"], "version": str(builder.info.version)},
+                "source": getattr(builder, "lra_source", None), "splits": counts,
                 "grayscale": I.GRAYSCALE}
     C.publish(out, arrays, manifest)
     return out
@@ -132,7 +161,8 @@ def export_text(builder, out: Path) -> Path:
             labels.append(int(ex["label"]))  # tfds ClassLabel names ["neg", "pos"]
         T.add_split(arrays, counts, split, texts, labels)
     manifest = {"task": T.TASK, "format": T.FORMAT, "via": "tfds", "order": "tfds",
-                "tfds": {"name": TFDS_NAMES["text"], "version": str(builder.info.version)}, "splits": counts}
+                "tfds": {"name": TFDS_NAMES["text"], "version": str(builder.info.version)},
+                "source": getattr(builder, "lra_source", None), "splits": counts}
     C.publish(out, arrays, manifest)
     return out
 

@@ -13,10 +13,12 @@ are skipped elsewhere (CI does not install TensorFlow). The golden test below co
 
 import hashlib
 import importlib.util
+import shutil
 
 import numpy as np
 import pytest
 
+from lra.data import _common as C
 from lra.data import fixtures, tfds_prep
 from lra.data import image as I
 from lra.data import retrieval as R
@@ -204,3 +206,27 @@ def test_pathfinder_splits_are_those_of_a_tfds_build_like_lras(tmp_path):
         sizes[split] = len(lra)
     assert sum(sizes.values()) == 129 and sizes["val"] == sizes["test"] == 13   # one image empty
 
+
+@pytest.mark.slow
+@needs_tfds
+def test_via_tfds_rebuilds_from_another_archive(tmp_path):
+    """A tfds build is reused only when made from the same archive with at least the same checks: another archive
+    (--no-verify), or a verified run after an unverified build, rebuilds, extraction included."""
+    a = fixtures.write_imdb_archive(tmp_path / "a", num_per_class=3, num_unsup=1, seed=1)
+    b = fixtures.write_imdb_archive(tmp_path / "b", num_per_class=5, num_unsup=1, seed=2)
+    data = tmp_path / "d"
+    for archive, n in ((a, 3), (b, 5), (b, 5)):
+        out = tfds_prep.prepare("text", data, manual_dir=archive.parent, verify=False)
+        assert len(T.load("train", data_dir=data)["targets"]) == 2 * n
+    assert C.read_manifest(out)["source"] == {"archive_sha256": C.sha256_file(b), "verified": False}
+    with pytest.raises(ValueError, match="could not build"):  # a fixture is not the official archive
+        tfds_prep.prepare("text", data, manual_dir=b.parent)
+
+    ca = fixtures.write_cifar_archive(tmp_path / "ca", num_train=12, num_test=4, seed=3)
+    cb = fixtures.write_cifar_archive(tmp_path / "cb", num_train=20, num_test=6, seed=4)
+    for archive, n in ((ca, 12), (cb, 20)):
+        tfds_prep.prepare("image", data, manual_dir=archive.parent, verify=False)
+        assert np.load(data / "image" / "train.ids.npy").size == n
+    shutil.rmtree(data / "tfds" / "cifar10")  # tfds's extraction of cb stays under downloads/extracted
+    tfds_prep.prepare("image", data, manual_dir=ca.parent, verify=False)
+    assert np.load(data / "image" / "train.ids.npy").size == 12
