@@ -229,44 +229,90 @@ TRAIN_ADVICE = ("lower train.batch_size or task.max_length, or choose an attenti
                 "(attention=local, linear, performer, ...)")
 
 
+def _size(nbytes: float) -> str:
+    """A memory size for a message: GiB with two decimals, MiB below a tenth of a GiB (0.00 GiB says nothing)."""
+    return f"{nbytes / 2**30:.2f} GiB" if abs(nbytes) >= 0.1 * 2**30 else f"{nbytes / 2**20:.1f} MiB"
+
+
 def check_fits(needs: list[tuple[str, int | None, int]], limit_gb: float | None, when: str, *,
-               limit_name: str = "train.memory_limit_gb", advice: str = TRAIN_ADVICE) -> None:
+               limit_name: str = "train.memory_limit_gb", advice: str = TRAIN_ADVICE, held: int = 0,
+               advice_for: dict[str, str] | None = None) -> None:
     """Raise DoesNotFit naming the program (e.g. "the train step at batch_size=4, max_length=16384") whose
-    bytes from ``memory_needs`` exceed what is free (or ``limit_gb``, set by ``limit_name``), then ``advice``."""
-    have = available_bytes(limit_gb)
+    bytes from ``memory_needs`` exceed what is available (``available_bytes``: free memory, or ``limit_gb``, set
+    by ``limit_name``, where that is less; ``held`` bytes already in use, e.g. the loaded data, count against the
+    limit), then ``advice`` (``advice_for``: another advice for a program of that name)."""
+    free, have = free_bytes(), available_bytes(limit_gb, held)
     if have is None:
+        log.warning("memory %s: not checked (this device reports no free memory; set %s to check against a "
+                    "limit)", when, limit_name)
         return
     for what, want, extra in needs:
         if want is None:
             continue
-        log.info("memory %s: %s needs %.2f GiB of %.2f GiB available", when, what, want / 2**30, have / 2**30)
+        log.info("memory %s: %s needs %s of %s available", when, what, _size(want), _size(have))
         if want > have:
-            how = f"{want / 2**30:.2f} GiB"
+            how = _size(want)
             if extra:
-                how += (f" (with {extra / 2**30:.2f} GiB that XLA's CPU runtime allocates for a fused dot beyond "
-                        f"its memory_analysis())")
-            source = f"{limit_name}={limit_gb}" if limit_gb else "free memory"
-            raise DoesNotFit(f"{what} needs {how} but {have / 2**30:.2f} GiB is available ({source}, {when}); "
-                             f"{advice}")
+                how += f" (with {_size(extra)} that XLA's CPU runtime allocates for a fused dot beyond its " \
+                       f"memory_analysis())"
+            source = (f"{limit_name}={limit_gb}" if limit_gb and (free is None or limit_gb * 2**30 - held <= free)
+                      else "free memory")
+            if held and limit_gb:
+                source += f", less {_size(held)} held by the data"
+            raise DoesNotFit(f"{what} needs {how} but {_size(have)} is available ({source}, {when}); "
+                             f"{(advice_for or {}).get(what, advice)}")
 
 
-def available_bytes(limit_gb: float | None = None) -> int | None:
-    if limit_gb:
-        return int(limit_gb * 2**30)
+def available_bytes(limit_gb: float | None = None, held: int = 0) -> int | None:
+    """Bytes a program may use: what is free on the device (``free_bytes``), or ``limit_gb`` less ``held``
+    (bytes this process already holds, which the free reading has counted) where that is less: a limit can only
+    tighten the check, never let through what the machine cannot hold."""
+    free = free_bytes()
+    if not limit_gb:
+        return free
+    limited = int(limit_gb * 2**30) - held
+    return limited if free is None else min(limited, free)
+
+
+# cgroup files that bound a container's memory (v2, then v1): (limit, usage).
+CGROUP_FILES = (("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
+                ("/sys/fs/cgroup/memory/memory.limit_in_bytes", "/sys/fs/cgroup/memory/memory.usage_in_bytes"))
+
+
+def _cgroup_free() -> int | None:
+    """What the process's cgroup still allows (limit - usage), or None where no limit is set."""
+    for limit_path, usage_path in CGROUP_FILES:
+        try:
+            limit = Path(limit_path).read_text().strip()
+            usage = int(Path(usage_path).read_text().strip())
+        except (OSError, ValueError):
+            continue
+        if limit.isdigit() and int(limit) < 2**60:   # "max" (v2) or a huge number (v1): no limit
+            return max(0, int(limit) - usage)
+    return None
+
+
+def free_bytes() -> int | None:
+    """Free memory of the device: a GPU's bytes_limit less bytes_in_use; on CPU /proc/meminfo's MemAvailable,
+    or a container's cgroup limit less its usage where that is less. None where nothing says."""
     device = jax.local_devices()[0]
     if device.platform != "cpu":
         stats = device.memory_stats() or {}
         if "bytes_limit" in stats:
             return int(stats["bytes_limit"] - stats.get("bytes_in_use", 0))
         return None
+    free = None
     try:
         with open("/proc/meminfo") as f:
             for line in f:
                 if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
+                    free = int(line.split()[1]) * 1024
     except OSError:
         pass
-    return None
+    cgroup = _cgroup_free()
+    if cgroup is not None:
+        free = cgroup if free is None else min(free, cgroup)
+    return free
 
 
 def pallas_backend(config: dict) -> str | None:
@@ -376,11 +422,18 @@ def train(config: dict, run_dir: str | Path) -> dict:
         programs.append((f"the evaluation at train.eval_batch_size={t['eval_batch_size']}, max_length={max_len}",
                          steps.compiled("eval", params, rest, eval_batch)))
     needs = memory_needs(programs)
-    check_fits(needs, t["memory_limit_gb"], "checked before loading the data")
+    eval_advice = {programs[-1][0]: "lower train.eval_batch_size (at most train.batch_size needs no more than the "
+                                    "train step)"} if len(programs) > 1 else None
+    check_fits(needs, t["memory_limit_gb"], "checked before loading the data", advice_for=eval_advice)
 
     train_arrays, val_arrays, test_arrays = (load_split(config, s) for s in ("train", "val", "test"))
     # Again with the data in memory: a large dataset (Path-X's arrays, its decoded images) takes its share.
-    check_fits(needs, t["memory_limit_gb"], "with the data loaded")
+    held = sum(a.nbytes for split in (train_arrays, val_arrays, test_arrays) for a in split.values()
+               if isinstance(a, np.ndarray))
+    data_advice = (f"the data take {_size(held)} in memory: generate fewer examples (task.data.generate), or "
+                   f"{TRAIN_ADVICE}")
+    check_fits(needs, t["memory_limit_gb"], "with the data loaded", held=held, advice=data_advice,
+               advice_for=eval_advice)
     batches = batching.TrainBatches(train_arrays, t["batch_size"], config["seed"], max_length=max_len,
                                     bucket_size=t["bucket_size"])
 

@@ -296,7 +296,7 @@ def test_step_that_does_not_fit_is_refused_before_data(isolated, subprocess_env)
     r = subprocess.run(cli("lra.train", "profile=smoke", "train.memory_limit_gb=0.0001", *overrides), cwd=ROOT,
                        env=subprocess_env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 1
-    assert "needs" in r.stderr and "GiB" in r.stderr and "lower train.batch_size" in r.stderr
+    assert "needs" in r.stderr and "MiB" in r.stderr and "lower train.batch_size" in r.stderr
     assert not paths["data"].exists(), "no data generated for a run that cannot fit"
     assert not paths["results"].exists()
 
@@ -316,9 +316,10 @@ def test_cpu_fit_check_counts_the_fused_dot_scratch(isolated, monkeypatch):
 def test_fit_is_checked_again_with_the_data_loaded(isolated, monkeypatch):
     paths, _ = isolated
     free = iter([2**40, 2**20])   # plenty before loading, 1 MiB after
-    monkeypatch.setattr(trainer, "available_bytes", lambda limit_gb=None: next(free))
+    monkeypatch.setattr(trainer, "available_bytes", lambda limit_gb=None, held=0: next(free))
     with pytest.raises(trainer.DoesNotFit, match="the train step at batch_size=16, max_length=64 needs .* "
-                                                  r"but 0\.00 GiB is available \(free memory, with the data loaded\)"):
+                                                  r"but 1\.0 MiB is available \(free memory, with the data loaded\); "
+                                                  r"the data take .* MiB in memory: generate fewer examples"):
         trainer.train(smoke_config(paths), paths["run"])
     assert paths["data"].exists() and not paths["results"].exists()
 
@@ -327,7 +328,8 @@ def test_evaluation_batch_that_does_not_fit_is_refused(isolated):
     """A train step that fits, an eval_batch_size whose forward does not: refused before the data, by name."""
     paths, _ = isolated
     config = smoke_config(paths, "train.eval_batch_size=4194304", "train.memory_limit_gb=4")
-    with pytest.raises(trainer.DoesNotFit, match="the evaluation at train.eval_batch_size=4194304, max_length=64"):
+    with pytest.raises(trainer.DoesNotFit, match="the evaluation at train.eval_batch_size=4194304, max_length=64 .*"
+                                                  "lower train.eval_batch_size"):
         trainer.train(config, paths["run"])
     assert not paths["data"].exists()
 
@@ -427,3 +429,28 @@ def test_a_new_shape_waits_for_the_queued_steps_before_compiling(isolated, monke
         if new:
             leaves = waited[-1]
             assert any(leaf is jax.tree.leaves(params)[0] for leaf in leaves)   # the train state, not only the batch
+
+
+
+def test_a_limit_only_tightens_the_check_and_counts_the_data(monkeypatch):
+    monkeypatch.setattr(trainer, "free_bytes", lambda: 2**30)   # 1 GiB free
+    assert trainer.available_bytes(100) == 2**30   # a limit above the machine's memory let 48 GiB steps through
+    assert trainer.available_bytes(0.5) == 2**29 and trainer.available_bytes(0.5, held=2**28) == 2**28
+    step = [("the train step", 2 * 2**30, 0)]
+    with pytest.raises(trainer.DoesNotFit, match=r"needs 2\.00 GiB but 1\.00 GiB is available \(free memory, now\)"):
+        trainer.check_fits(step, 100, "now")
+    small = [("the train step", 3 * 2**27, 0)]   # 384 MiB: fits the limit, not the limit less the data
+    trainer.check_fits(small, 0.5, "now")
+    with pytest.raises(trainer.DoesNotFit, match=r"but 0\.25 GiB is available \(train.memory_limit_gb=0.5, less "
+                                                  r"0\.25 GiB held by the data, now\)"):
+        trainer.check_fits(small, 0.5, "now", held=2**28)
+
+
+def test_a_containers_cgroup_limit_counts(monkeypatch, tmp_path):
+    limit, usage = tmp_path / "memory.max", tmp_path / "memory.current"
+    limit.write_text("1073741824\n")
+    usage.write_text("805306368\n")
+    monkeypatch.setattr(trainer, "CGROUP_FILES", ((str(limit), str(usage)),))
+    assert trainer.free_bytes() == 2**28   # 1 GiB limit, 768 MiB used: less than /proc/meminfo's MemAvailable
+    limit.write_text("max\n")
+    assert trainer.free_bytes() > 2**28   # no limit: MemAvailable alone
