@@ -592,6 +592,11 @@ def main(argv=None) -> int:
         rows.append(row)
         if out:
             results.append_jsonl(out, row)  # one whole line under a lock, as soon as the row is measured
+        if row["impl"] in ("matmul", "dispatch"):   # the timing rows print their own lines below
+            what = f"matmul n={row['n']}" if row["impl"] == "matmul" else "dispatch floor"
+            print(f"{row['dtype']:9s} {what:22s} " + (
+                (f"{row['ms']:9.3f} ms" + (f"  {row['tflops']:7.1f} TFLOP/s" if "tflops" in row else ""))
+                if row.get("status", "ok") == "ok" else f"{row['status']}: {row.get('error')}"), flush=True)
 
     forward_times: dict = {}
     for dtype in a.dtypes:

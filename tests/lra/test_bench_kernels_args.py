@@ -139,7 +139,9 @@ def test_a_program_that_does_not_fit_is_not_run(tmp_path, monkeypatch, capsys):
     assert "(--memory-limit-gb=1e-06, before running)" in err and "grows linearly" in err
     assert rows[1]["memory_bytes"] > 0 and "fwd_ms" not in rows[1]
     assert "smaller --matmul" in rows[0]["error"]
-    assert "oom: the forward+backward of xla_dense" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "oom: the forward+backward of xla_dense" in printed
+    assert "matmul n=64" in printed and "oom: " in printed.split("matmul n=64")[1]   # printed, not only in --out
     # a limit that holds it: measured as usual
     assert bench_kernels.main([*TINY, "--impls", "xla_dense", "--memory-limit-gb", "1", "--out", str(out)]) == 0
     assert json.loads(out.read_text().splitlines()[-1])["status"] == "ok"
