@@ -88,29 +88,29 @@ OUR_COLOURS = tuple(i for i in range(20) if i not in (14, 15))
 # ------------------------------------------------------------------------------------------------ selection
 
 
-def run_accuracies(runs: list[dict], profile: str | None = None) -> tuple[dict[tuple, list[float]], str | None]:
-    """((task, variant) -> the test accuracies of its seeds, the profile used) from run records: the latest record
-    of a seed counts, and only runs of the main setting of each (task, variant) (``results.main_settings``: the
-    one with the most seeds), so that a run of another max_length or impl, or a short check, is not mixed in.
-    The profile defaults to the one with the most runs."""
+def run_accuracies(runs: list[dict], profile: str | None = None
+                   ) -> tuple[dict[tuple, list[float]], str | None, list[str]]:
+    """((task, variant) -> the test accuracies of its seeds, the profile used, the variants of that profile with
+    runs of another setting) from run records: the latest record of a seed counts, and only runs of the main
+    setting of each (task, variant) (``results.main_settings``: the one with the most seeds), so that a run of
+    another max_length or impl, or a short check, is not mixed in. The profile defaults to the one with the most
+    runs."""
     if profile is None and runs:
         counts = defaultdict(int)
         for r in runs:
             counts[r.get("profile")] += 1
         profile = max(counts, key=lambda p: (counts[p], str(p)))
-    main = results_lib.main_settings(runs)
-    per = defaultdict(list)
-    for (task, attention, run_profile, _, where), r in results_lib.latest_per_seed(runs).items():
-        if run_profile == profile and where == main[task, attention, run_profile]:
+    latest = results_lib.latest_per_seed(runs)
+    main = results_lib.main_settings(runs, latest)
+    per, others = defaultdict(list), set()
+    for (task, attention, run_profile, _, where), r in latest.items():
+        if run_profile != profile:
+            continue
+        if where == main[task, attention, run_profile]:
             per[(task, attention)].append(float(r["test_accuracy"]))
-    return dict(per), profile
-
-
-def other_settings(runs: list[dict], profile) -> list[str]:
-    """The variants of ``profile`` with runs of a setting besides their main one (left out of the scores)."""
-    main = results_lib.main_settings(runs)
-    return sorted({str(a) for (t, a, p, _, where) in results_lib.latest_per_seed(runs) if p == profile
-                   and where != main[t, a, p]})
+        else:
+            others.add(str(attention))
+    return dict(per), profile, sorted(others)
 
 
 def scores(runs: list[dict], profile: str | None = None,
@@ -120,17 +120,23 @@ def scores(runs: list[dict], profile: str | None = None,
     Test accuracy is averaged over seeds per (task, variant) (``run_accuracies``); a variant's score is the mean
     over the tasks that every scored variant has (so scores compare like with like). ``variants``: the variants
     to score (those that will be drawn); default every variant with runs."""
-    per, profile = run_accuracies(runs, profile)
+    per, profile, _ = run_accuracies(runs, profile)
+    return (*scores_of(per, variants), profile)
+
+
+def scores_of(per: dict[tuple, list[float]], variants: Collection[str] | None = None
+              ) -> tuple[dict[str, float], list[str]]:
+    """(variant -> score in %, the tasks averaged) from ``run_accuracies``'s accuracies (see ``scores``)."""
     tasks_of = defaultdict(set)
     for task, variant in per:
         if variants is None or variant in variants:
             tasks_of[variant].add(task)
     if not tasks_of:
-        return {}, [], profile
+        return {}, []
     common = sorted(set.intersection(*tasks_of.values()))
     out = {v: 100 * statistics.fmean(statistics.fmean(per[(t, v)]) for t in common) for v in tasks_of} if common \
         else {}
-    return out, common, profile
+    return out, common
 
 
 _MEASURES = ("length", "steps_per_second", "examples_per_second", "peak_memory_bytes")
@@ -554,8 +560,8 @@ def plot(results_dir: Path, out: Path, *, profile: str | None = None, bench: str
     length, at_length = speeds_at_longest(groups[summary_group])
     # A variant's score joins its XLA row (or its only row); another impl of it is a curve of its own.
     joined = {name: r for name, r in at_length.items() if name == r["attention"]}
-    per, used_profile = run_accuracies(runs, profile)
-    score, tasks, _ = scores(runs, used_profile, variants=set(joined))
+    per, used_profile, others = run_accuracies(runs, profile)
+    score, tasks = scores_of(per, variants=set(joined))
     ran = {variant for _, variant in per}
     points = summary_points(score, joined)
     preset = summary_group[0]
@@ -578,7 +584,6 @@ def plot(results_dir: Path, out: Path, *, profile: str | None = None, bench: str
         notes.append(f"benchmarked but no run (profile {used_profile}): {', '.join(no_score)}")
     if set(at_length) - set(joined):
         notes.append(f"in the curves only: {', '.join(sorted(set(at_length) - set(joined)))}")
-    others = other_settings(runs, used_profile)
     if others:
         notes.append(f"runs of other settings left out: {', '.join(others)} (python -m lra.results --summary)")
     footnote = "; ".join(notes)

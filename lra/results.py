@@ -197,13 +197,14 @@ def latest_per_seed(records: list[dict]) -> dict[tuple, dict]:
     return latest
 
 
-def main_settings(records: list[dict]) -> dict[tuple, str]:
+def main_settings(records: list[dict], latest: dict[tuple, dict] | None = None) -> dict[tuple, str]:
     """(task, attention, profile) -> its main setting: the one with the most seeds, ties broken by the most recent
-    record (the latest in the file). Charts use it alone; ``summary_table`` names how the others differ."""
+    record (the latest in the file). Charts use it alone; ``summary_table`` names how the others differ.
+    ``latest``: ``latest_per_seed(records)`` where the caller has it already."""
     position = {id(r): i for i, r in enumerate(records)}
     seeds: dict[tuple, int] = defaultdict(int)
     recent: dict[tuple, int] = defaultdict(lambda: -1)
-    for (task, attention, profile, _, where), r in latest_per_seed(records).items():
+    for (task, attention, profile, _, where), r in (latest if latest is not None else latest_per_seed(records)).items():
         seeds[task, attention, profile, where] += 1
         recent[task, attention, profile, where] = max(recent[task, attention, profile, where], position[id(r)])
     best: dict[tuple, str] = {}
@@ -329,9 +330,10 @@ def summary_table(records: list[dict]) -> str:
     import statistics
 
     groups: dict[tuple, list[dict]] = {}
-    for (task, attention, profile, _, where), r in latest_per_seed(records).items():
+    latest = latest_per_seed(records)
+    for (task, attention, profile, _, where), r in latest.items():
         groups.setdefault((task, attention, profile, where), []).append(r)
-    main = main_settings(records)
+    main = main_settings(records, latest)
     detailed = (any(isinstance(r.get("config"), dict) or "impl" in r or "max_length" in r for r in records)
                 or len(groups) > len(main))
     columns = ["task", "attention", "profile"] + (["impl", "max length"] if detailed else []) + [

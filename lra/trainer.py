@@ -241,7 +241,7 @@ def check_fits(needs: list[tuple[str, int | None, int]], limit_gb: float | None,
     bytes from ``memory_needs`` exceed what is available (``available_bytes``: free memory, or ``limit_gb``, set
     by ``limit_name``, where that is less; ``held`` bytes already in use, e.g. the loaded data, count against the
     limit), then ``advice`` (``advice_for``: another advice for a program of that name)."""
-    free, have = free_bytes(), available_bytes(limit_gb, held)
+    have, by_limit = _bound(free_bytes(), limit_gb, held)
     if have is None:
         log.warning("memory %s: not checked (this device reports no free memory; set %s to check against a "
                     "limit)", when, limit_name)
@@ -255,10 +255,8 @@ def check_fits(needs: list[tuple[str, int | None, int]], limit_gb: float | None,
             if extra:
                 how += f" (with {_size(extra)} that XLA's CPU runtime allocates for a fused dot beyond its " \
                        f"memory_analysis())"
-            source = (f"{limit_name}={limit_gb}" if limit_gb and (free is None or limit_gb * 2**30 - held <= free)
-                      else "free memory")
-            if held and limit_gb:
-                source += f", less {_size(held)} held by the data"
+            source = (f"{limit_name}={limit_gb}" + (f", less {_size(held)} held by the data" if held else "")
+                      if by_limit else "free memory")
             raise DoesNotFit(f"{what} needs {how} but {_size(have)} is available ({source}, {when}); "
                              f"{(advice_for or {}).get(what, advice)}")
 
@@ -267,11 +265,15 @@ def available_bytes(limit_gb: float | None = None, held: int = 0) -> int | None:
     """Bytes a program may use: what is free on the device (``free_bytes``), or ``limit_gb`` less ``held``
     (bytes this process already holds, which the free reading has counted) where that is less: a limit can only
     tighten the check, never let through what the machine cannot hold."""
-    free = free_bytes()
+    return _bound(free_bytes(), limit_gb, held)[0]
+
+
+def _bound(free: int | None, limit_gb: float | None, held: int) -> tuple[int | None, bool]:
+    """(available bytes, whether the limit rather than the free memory bounds them); see ``available_bytes``."""
     if not limit_gb:
-        return free
+        return free, False
     limited = int(limit_gb * 2**30) - held
-    return limited if free is None else min(limited, free)
+    return (limited, True) if free is None or limited <= free else (free, False)
 
 
 # cgroup files that bound a container's memory (v2, then v1): (limit, usage).

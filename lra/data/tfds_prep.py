@@ -112,7 +112,6 @@ def build(task: str, data_dir, *, manual_dir=None, verify: bool = True):
             raise ValueError(f"tensorflow-datasets could not build {name} ({type(e).__name__}: {e}).\n{hint}") from e
     if not reuse:
         C.write_json(folder / SOURCE, source)
-    builder.lra_source = source
     log.info("tfds %s %s ready under %s (%.1fs)", name, builder.info.version, root, time.monotonic() - t0)
     return builder
 
@@ -121,6 +120,14 @@ def _records(builder, split: str) -> Iterator[dict]:
     source = builder.as_data_source(split=split)
     for i in range(len(source)):
         yield source[i]
+
+
+def built_from(builder) -> dict | None:
+    """What the builder's build was made from (its ``lra_source.json``, written by ``build``), for the manifest."""
+    try:
+        return json.loads((Path(builder.data_dir) / SOURCE).read_text())
+    except (OSError, ValueError):
+        return None
 
 
 def export_image(builder, out: Path) -> Path:
@@ -143,7 +150,7 @@ def export_image(builder, out: Path) -> Path:
         counts[split] = {"num": int(labels.size), "per_class": np.bincount(labels, minlength=I.NUM_CLASSES).tolist()}
     manifest = {"task": I.TASK, "format": I.FORMAT, "via": "tfds", "order": "tfds",
                 "tfds": {"name": TFDS_NAMES["image"], "version": str(builder.info.version)},
-                "source": getattr(builder, "lra_source", None), "splits": counts,
+                "source": built_from(builder), "splits": counts,
                 "grayscale": I.GRAYSCALE}
     C.publish(out, arrays, manifest)
     return out
@@ -162,7 +169,7 @@ def export_text(builder, out: Path) -> Path:
         T.add_split(arrays, counts, split, texts, labels)
     manifest = {"task": T.TASK, "format": T.FORMAT, "via": "tfds", "order": "tfds",
                 "tfds": {"name": TFDS_NAMES["text"], "version": str(builder.info.version)},
-                "source": getattr(builder, "lra_source", None), "splits": counts}
+                "source": built_from(builder), "splits": counts}
     C.publish(out, arrays, manifest)
     return out
 

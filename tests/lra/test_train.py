@@ -316,7 +316,7 @@ def test_cpu_fit_check_counts_the_fused_dot_scratch(isolated, monkeypatch):
 def test_fit_is_checked_again_with_the_data_loaded(isolated, monkeypatch):
     paths, _ = isolated
     free = iter([2**40, 2**20])   # plenty before loading, 1 MiB after
-    monkeypatch.setattr(trainer, "available_bytes", lambda limit_gb=None, held=0: next(free))
+    monkeypatch.setattr(trainer, "free_bytes", lambda: next(free))
     with pytest.raises(trainer.DoesNotFit, match="the train step at batch_size=16, max_length=64 needs .* "
                                                   r"but 1\.0 MiB is available \(free memory, with the data loaded\); "
                                                   r"the data take .* MiB in memory: generate fewer examples"):
@@ -439,6 +439,8 @@ def test_a_limit_only_tightens_the_check_and_counts_the_data(monkeypatch):
     step = [("the train step", 2 * 2**30, 0)]
     with pytest.raises(trainer.DoesNotFit, match=r"needs 2\.00 GiB but 1\.00 GiB is available \(free memory, now\)"):
         trainer.check_fits(step, 100, "now")
+    with pytest.raises(trainer.DoesNotFit, match=r"is available \(free memory, now\)"):   # free memory counts the data
+        trainer.check_fits(step, 100, "now", held=2**28)
     small = [("the train step", 3 * 2**27, 0)]   # 384 MiB: fits the limit, not the limit less the data
     trainer.check_fits(small, 0.5, "now")
     with pytest.raises(trainer.DoesNotFit, match=r"but 0\.25 GiB is available \(train.memory_limit_gb=0.5, less "
