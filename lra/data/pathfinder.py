@@ -282,8 +282,8 @@ class _Canvas:
         or None for a spine's start) at a marker's room (so that the path can be cut between them and each
         part looks like another path to the other). For a spine, its last end keeps a marker's room from the
         paddles lo..hi-1 too. avoid: bool [4] or [idx.size, 4], the spine ends (possible marker centres) the
-        new paddles keep a marker's room from. partial: a path that finds no valid next paddle stops there and keeps what it has (placed,
-        possibly with no paddle at all) instead of being redrawn."""
+        new paddles keep a marker's room from. partial: a path that finds no valid next paddle stops there and
+        keeps what it has (placed, possibly with no paddle at all) instead of being redrawn."""
         m_all = idx.size
         lengths = np.broadcast_to(np.asarray(n, dtype=np.int64), (m_all,))
         if not partial and lengths.size and (lengths != lengths[0]).any():
