@@ -4,14 +4,18 @@ carry its label" apart from "the model has not learned it yet".
     python scripts/pathfinder_control.py                      # 32x32 hard, the cpu profile's 20,000 generated images
     python scripts/pathfinder_control.py --num 0              # the release under <data-dir>/pathfinder32/ instead
     python scripts/pathfinder_control.py --quick              # a few steps on 200 images (what the tests run)
+    python scripts/pathfinder_control.py --dilated            # dilated residual convolutions: sees a whole path
 
 The LRA model sees the pixels as a flat sequence of 256 categorical tokens with no 2-D information, and on two
 CPU cores it stays at chance on Pathfinder (configs/recipe/pathfinder/cpu.yaml). This control is not the
 benchmark's model: six 3x3 convolutions (ReLU, 32 channels), a global max pool and a linear layer, on pixel
 intensities scaled to [0, 1], trained with Adam on the same train split, selected on val, tested on test. If
 it learns, the images carry their label and the 80/10/10 split is sound; if it stays at chance too, suspect
-the data (a broken release folder, labels shuffled against the images). One JSON line per run is appended to
-``--out``: the val curve, the test accuracy at the best val step, the wall time and the machine.
+the data (a broken release folder, labels shuffled against the images). Six 3x3 layers see 13 px around a
+pixel, less than a path of 14 paddles (about 38 px at 32x32): ``--dilated`` doubles the dilation every two
+layers (1, 1, 2, 2, 4, 4, 8, 8, ...) and adds each layer's output to its input after the first (residual), so
+that eight layers see 61 px. One JSON line per run is appended to ``--out``: the val curve, the test accuracy
+at the best val step, the wall time and the machine.
 """
 from __future__ import annotations
 
@@ -45,6 +49,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--eval-every", type=int, help=f"[{DEFAULTS['eval_every']}]")
     p.add_argument("--layers", type=int, help=f"3x3 convolutions [{DEFAULTS['layers']}]")
     p.add_argument("--channels", type=int, help=f"[{DEFAULTS['channels']}]")
+    p.add_argument("--dilated", action="store_true", help="dilation 2**(i // 2) in layer i, residual connections")
     p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate, constant [1e-3]")
     p.add_argument("--out", default="results/pathfinder_control.jsonl", help="JSONL file the record is appended to "
                                                                              "('' writes none)")
@@ -84,17 +89,20 @@ def build(args):
     from flax import nnx
 
     class CNN(nnx.Module):
-        def __init__(self, layers: int, channels: int, rngs: nnx.Rngs):
-            self.convs = nnx.List([nnx.Conv(1 if i == 0 else channels, channels, (3, 3), rngs=rngs)
+        def __init__(self, layers: int, channels: int, dilated: bool, rngs: nnx.Rngs):
+            self.dilated = dilated
+            self.convs = nnx.List([nnx.Conv(1 if i == 0 else channels, channels, (3, 3),
+                                            kernel_dilation=dilation(i, dilated), rngs=rngs)
                                    for i in range(layers)])
             self.head = nnx.Linear(channels, 2, rngs=rngs)
 
         def __call__(self, x):
-            for conv in self.convs:
-                x = jax.nn.relu(conv(x))
+            for i, conv in enumerate(self.convs):
+                y = jax.nn.relu(conv(x))
+                x = x + y if self.dilated and i > 0 else y
             return self.head(x.max(axis=(1, 2)))
 
-    model = CNN(args.layers, args.channels, nnx.Rngs(args.seed))
+    model = CNN(args.layers, args.channels, args.dilated, nnx.Rngs(args.seed))
     optimizer = nnx.Optimizer(model, optax.adam(args.lr), wrt=nnx.Param)
 
     @nnx.jit
@@ -111,6 +119,21 @@ def build(args):
         return (model(x).argmax(-1) == y).sum()
 
     return model, optimizer, train_step, correct
+
+
+def dilation(layer: int, dilated: bool) -> int:
+    return 2 ** (layer // 2) if dilated else 1
+
+
+def receptive_field(layers: int, dilated: bool) -> int:
+    """Pixels across that one output of the convolutions sees (3x3 kernels)."""
+    return 1 + 2 * sum(dilation(i, dilated) for i in range(layers))
+
+
+def model_name(args) -> str:
+    kind = "dilated residual cnn" if args.dilated else "cnn"
+    return (f"{kind} {args.layers}x3x3x{args.channels} (receptive field {receptive_field(args.layers, args.dilated)} "
+            f"px), global max pool")
 
 
 def accuracy(correct, model, images, labels) -> float:
@@ -153,7 +176,7 @@ def main(argv=None) -> int:
     nnx.update(model, best_state)
     test = accuracy(correct, model, x_test, y_test)
     record = {
-        "kind": "pathfinder_control", "model": f"cnn {args.layers}x3x3x{args.channels}, global max pool",
+        "kind": "pathfinder_control", "model": model_name(args),
         "resolution": args.resolution, "difficulty": args.difficulty,
         "data": (f"generated (generator v{pathfinder.GENERATOR_VERSION}), num {args.num}, seed {args.seed}" if args.num
                  else "release folder"),

@@ -66,3 +66,32 @@ def test_missing_release_exits_2_fast_and_names_the_command(tmp_path, capsys):
     assert time.monotonic() - t0 < 1.0
     assert "python -m lra.data.pathfinder --out" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_dilated_network_sees_a_whole_path():
+    """--dilated: the output at a pixel depends on ink 30 px away (a path of 14 paddles spans about 38 px);
+    the plain six layers see 13 px."""
+    import jax
+    import jax.numpy as jnp
+
+    assert control.receptive_field(6, False) == 13 and control.receptive_field(8, True) == 61
+    for dilated, layers, far_sees in ((False, 6, False), (True, 8, True)):
+        args = control.parse_args(["--layers", str(layers), "--channels", "4"] + (["--dilated"] if dilated else []))
+        model, *_ = control.build(args)
+        x = jnp.zeros((1, 32, 32, 1))
+
+        def corner(x, model=model):   # the features at pixel (0, 0), before the pool
+            for i, conv in enumerate(model.convs):
+                y = jax.nn.relu(conv(x))
+                x = x + y if model.dilated and i > 0 else y
+            return x[0, 0, 0].sum()
+
+        grad = jax.grad(corner)(x + 0.5)[0, :, :, 0]
+        assert (bool(jnp.abs(grad[30, 30]) > 0) == far_sees), (dilated, grad[30, 30])
+        assert "receptive field" in control.model_name(args)
+
+
+def test_quick_dilated_run(tmp_path):
+    out = tmp_path / "control.jsonl"
+    assert control.main(["--quick", "--dilated", "--data-dir", str(tmp_path / "data"), "--out", str(out)]) == 0
+    assert json.loads(out.read_text())["model"].startswith("dilated residual cnn 2x3x3x8 (receptive field 5 px)")
