@@ -153,6 +153,14 @@ def device_description() -> str:
     return f"{platform_name}: {devices[0].device_kind} x{len(devices)}"
 
 
+def provenance() -> dict:
+    """Where and when a measurement was made: {"device", "commit", "date"} (date in UTC, to the second)."""
+    import datetime
+
+    return {"device": device_description(), "commit": git_commit(),
+            "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")}
+
+
 def number(value) -> float | None:
     """``value`` as a finite float, or None (absent, null, NaN, infinite, not a number: a record of an older
     version or of a run that could not measure it)."""

@@ -20,7 +20,6 @@ at the best val step, the wall time and the machine.
 from __future__ import annotations
 
 import argparse
-import datetime
 import os
 import sys
 import time
@@ -184,8 +183,7 @@ def main(argv=None) -> int:
         "steps": args.steps, "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed,
         "val_curve": curve, "best_val_accuracy": round(best[0], 4), "best_step": best[1],
         "test_accuracy": round(test, 4), "final_train_loss": round(loss, 4), "seconds": round(seconds, 1),
-        "device": results.device_description(), "commit": results.git_commit(),
-        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        **results.provenance(),
     }
     print(f"test accuracy {test:.4f} at the best val step {best[1]} (val {best[0]:.4f}); {seconds:.0f} s on "
           f"{record['device']}")

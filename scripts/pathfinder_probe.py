@@ -17,7 +17,6 @@ well above: a cue a model could learn instead of the task. One JSON line per run
 from __future__ import annotations
 
 import argparse
-import datetime
 import sys
 import time
 from pathlib import Path
@@ -155,8 +154,7 @@ def main(argv=None) -> int:
         "generator_version": pathfinder.GENERATOR_VERSION, "num": args.num, "seeds": list(args.seeds),
         "classifier": f"scikit-learn {sklearn.__version__} HistGradientBoostingClassifier(max_iter=300)",
         "accuracy": accuracies, "seconds": round(time.monotonic() - t0, 1),
-        "device": results.device_description(), "commit": results.git_commit(),
-        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        **results.provenance(),
     }
     if args.out:
         results.append_jsonl(args.out, record)

@@ -65,7 +65,8 @@ def test_bad_options_are_refused_before_any_work(capsys):
         assert "difficulty" in capsys.readouterr().err
 
 
-@pytest.mark.skipif(importlib.util.find_spec("sklearn") is None, reason="needs scikit-learn (pip install -e '.[probe]')")
+@pytest.mark.skipif(importlib.util.find_spec("sklearn") is None,
+                    reason="needs scikit-learn (pip install -e '.[probe]')")
 def test_a_small_probe_run_appends_its_record(tmp_path):
     out = tmp_path / "probe.jsonl"
     assert probe.main(["--num", "200", "--out", str(out)]) == 0
