@@ -264,15 +264,17 @@ def markers_joined(images, markers, radius) -> np.ndarray:
     return a == b
 
 
-@pytest.mark.parametrize("resolution,num", [(32, 400), (64, 40)])
-def test_connectivity_decides_the_label(resolution, num):
+@pytest.mark.parametrize("resolution,num,difficulty", [(32, 400, "hard"), (64, 40, "hard"), (32, 200, "easy"),
+                                                      (32, 200, "medium")])
+def test_connectivity_decides_the_label(resolution, num, difficulty):
     # Gaps inside a path leave at most one dark pixel at 32x32 (resolution/32 at other sizes), and the generator
     # keeps the ink of different paths more than 2 px apart: joining ink pixels up to resolution/16 px apart
     # must join the markers of every positive and of no negative.
-    images, labels, markers = PF.generate(num, resolution=resolution, seed=11, return_markers=True)
+    images, labels, markers = PF.generate(num, resolution=resolution, difficulty=difficulty, seed=11,
+                                          return_markers=True)
     joined = markers_joined(images, markers, radius=resolution / 16)
     assert (joined == (labels == 1)).all(), (joined != (labels == 1)).sum()
-    if resolution == 32:
+    if resolution == 32 and difficulty == "hard":
         # The paths really are dashed: without bridging the gaps (8-neighbours only) many positives fall apart.
         eight = markers_joined(images, markers, radius=1.5)
         assert not (eight & (labels == 0)).any()
