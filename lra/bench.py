@@ -305,11 +305,12 @@ def main(cfg: DictConfig) -> None:
             loggers.resolve_mode((bench.get("logger") or {}).get("mode", "auto"))
         rows = run(bench)
     except ValueError as e:   # in a sweep (-m) the other benchmarks still run; the exit status is 1 at the end
-        fail_run(e)
+        fail_run(e, log)
         return
     if rows and all(r["status"] == "error" for r in rows):
         fail_run(RuntimeError(f"every measurement failed ({len(rows)} rows with status error in "
-                              f"{Path(bench['results_dir']) / 'bench.jsonl'}); the first: {rows[0].get('message')}"))
+                              f"{Path(bench['results_dir']) / 'bench.jsonl'}); the first: {rows[0].get('message')}"),
+                 log)
         return
     if wandb:
         log_to_wandb(bench, rows, Path(HydraConfig.get().runtime.output_dir))

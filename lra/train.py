@@ -59,10 +59,11 @@ def main(cfg: DictConfig) -> float | None:
 FAILED_RUNS: list[str] = []
 
 
-def fail_run(error: Exception) -> None:
+def fail_run(error: Exception, logger: logging.Logger | None = None) -> None:
     """A clear reason instead of a traceback; the exit status says the run failed. In a sweep run by Hydra's basic
-    launcher (its runs share this process) the failure is remembered and the sweep goes on."""
-    log.error("%s: %s", type(error).__name__, error)
+    launcher (its runs share this process) the failure is remembered and the sweep goes on. ``logger``: the
+    command's own (default: lra.train's)."""
+    (logger or log).error("%s: %s", type(error).__name__, error)
     print(f"error: {error}", file=sys.stderr)
     hydra_config = HydraConfig.get()
     if hydra_config.mode == RunMode.MULTIRUN and hydra_config.launcher.get("_target_", "").endswith("BasicLauncher"):

@@ -82,6 +82,8 @@ def test_unknown_variant_fails_before_measuring(tmp_path, subprocess_env):
                            f"hydra.run.dir={tmp_path / 'run'}"), cwd=ROOT, env=subprocess_env, capture_output=True,
                        text=True, timeout=120)
     assert r.returncode == 1 and "unknown attention 'nope'" in r.stderr and "full" in r.stderr
+    out = r.stdout + r.stderr   # logged as the bench's own
+    assert "[lra.bench][ERROR]" in out and "[lra.train]" not in out
     assert not (tmp_path / "bench.jsonl").exists()
 
 
