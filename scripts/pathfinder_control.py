@@ -16,8 +16,8 @@ see 13 px around a pixel, less than a path of 14 paddles (about 38 px at 32x32):
 near-marker ink is alike in both classes, it learns easy (99.35%) and stays at chance on hard with 20,000
 images; ``--dilated --layers 8 --num 100000 --steps 5000`` learns hard (97.67%, README). ``--dilated`` doubles
 the dilation every two layers (1, 1, 2, 2, 4, 4, 8, 8, ...) and adds each layer's output to its input after the
-first (residual), so that eight layers see 61 px. One JSON line per run is appended to ``--out``: the val curve, the test accuracy
-at the best val step, the wall time and the machine.
+first (residual), so that eight layers see 61 px. One JSON line per run is appended to ``--out``: the val
+curve, the test accuracy at the best val step, the wall time and the machine.
 """
 from __future__ import annotations
 
