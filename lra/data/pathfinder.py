@@ -343,10 +343,8 @@ class _Canvas:
                 other = drawn & (spid != mine)  # paddles of the other paths
                 adjacent = nseg - 1 if t > 0 or origin is None else np.asarray(origin[3])[a_pend]
                 own = drawn & (spid == mine) & (slot != adjacent[:, None])  # own paddles but the neighbour
-                far = other.copy()
                 if near is not None and t >= near[2]:
                     in_near = own & (slot >= near[0][a_pend, None]) & (slot < near[1][a_pend, None])
-                    far |= in_near
                     if near[3] is None:
                         nx, ny = self.x0[a_img, a_start], self.y0[a_img, a_start]
                     else:
@@ -355,7 +353,7 @@ class _Canvas:
                     ok &= d2 >= disc**2
                 else:
                     in_near = np.zeros_like(own)
-                thr = np.where(far, p.clearance, np.where(own, p.self_clearance, 0.0))
+                thr = np.where(other | in_near, p.clearance, np.where(own, p.self_clearance, 0.0))
                 ok &= ~self._segments_closer(a_img, thr, sx, sy, ex, ey, L)
                 if target and (t == 0 or last):
                     # Room for a marker at this end: clear of other paths, and of its own path beyond the
@@ -478,8 +476,7 @@ def _draw_geometry(rng: np.random.Generator, num: int, p: Params) -> _Canvas:
                     (marker[:, 0], marker[:, 1]))
             canvas.grow(rng, idx, p, n=np.where(forward, n - c, c + r), pid=np.where(forward, s, 2), origin=origin,
                         near=near, avoid=np.arange(4)[None, :] != own_end[:, None], partial=True)
-        idx = np.flatnonzero(ok)
-        for j in range(p.num_distractors):
+        for j in range(p.num_distractors):   # an extension never fails: idx still holds the images with both spines
             canvas.grow(rng, idx, p, n=p.distractor_length, pid=3 + j, avoid=np.ones(4, bool))
         dst = todo[ok]
         for name in _Canvas.FIELDS:
